@@ -1,0 +1,248 @@
+"""How commands and files of a service are reached.
+
+A service module asks its :class:`Access` to "run pg_dump and give me stdout as a
+stream" or "open this file for reading"; it never knows whether that happens on this
+host or inside a container. Implementations:
+
+- :class:`LocalAccess` — commands run on this host (they may talk to the service over
+  the network, as pg_dump does); files are read from this host's file system.
+- Docker (``docker exec`` / ``get_archive``) and command-prefix (``kubectl exec``)
+  access plug in here behind the same interface; :func:`access_for` chooses.
+
+This module is also the one place that runs external commands: every subprocess goes
+through :class:`CommandStream`, which keeps stderr apart (drained in a thread, bounded),
+enforces a timeout by killing the process group, and turns a non-zero exit into a
+:class:`~coderz_backup.errors.ProducerError` whose message carries the stderr tail.
+Secrets go in ``env``, never in ``argv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator, Mapping, Protocol, Sequence
+
+from .errors import AccessError, ProducerError
+
+__all__ = ["Access", "CommandStream", "LocalAccess", "access_for", "CHUNK"]
+
+CHUNK = 1 << 20  # 1 MiB reads: large enough for throughput, small enough for flat memory
+_STDERR_KEEP = 16 * 1024
+
+
+class CommandStream:
+    """A running command whose stdout is read as a stream.
+
+    Use as a context manager; leaving it kills the process if it is still running.
+    Call :meth:`finish` after reading stdout to the end: it waits for the exit and
+    raises ProducerError on failure.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: int | None = subprocess.DEVNULL,
+        label: str | None = None,
+    ):
+        self.argv = list(argv)
+        self.label = label or Path(self.argv[0]).name
+        self.timeout = timeout
+        self._started = time.monotonic()
+        self._timed_out = False
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=full_env,
+                start_new_session=True,  # own process group: a timeout kills children too
+            )
+        except FileNotFoundError:
+            raise AccessError(f"{self.label}: command not found ({self.argv[0]}); install it or set its path in the config") from None
+        except PermissionError:
+            raise AccessError(f"{self.label}: {self.argv[0]} is not executable") from None
+        self._stderr_head = bytearray()
+        self._stderr_tail = bytearray()
+        self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_thread.start()
+        self._timer: threading.Timer | None = None
+        if timeout:
+            self._timer = threading.Timer(timeout, self._on_timeout)
+            self._timer.daemon = True
+            self._timer.start()
+
+    # -- stderr -----------------------------------------------------------
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for chunk in iter(lambda: self.proc.stderr.read(8192), b""):
+            if len(self._stderr_head) < _STDERR_KEEP:
+                self._stderr_head += chunk[: _STDERR_KEEP - len(self._stderr_head)]
+            self._stderr_tail += chunk
+            if len(self._stderr_tail) > _STDERR_KEEP:
+                del self._stderr_tail[: len(self._stderr_tail) - _STDERR_KEEP]
+
+    @property
+    def stderr_text(self) -> str:
+        """First lines of stderr (where errors usually are), bounded."""
+        self._stderr_thread.join(timeout=5)
+        text = bytes(self._stderr_head).decode("utf-8", "replace").strip()
+        return text
+
+    # -- stdout -----------------------------------------------------------
+    def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
+        assert self.proc.stdout is not None
+        read = self.proc.stdout.read1 if hasattr(self.proc.stdout, "read1") else self.proc.stdout.read
+        while True:
+            chunk = read(size)
+            if not chunk:
+                return
+            yield chunk
+
+    # -- end --------------------------------------------------------------
+    def _on_timeout(self) -> None:
+        self._timed_out = True
+        self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def finish(self) -> None:
+        """Wait for the exit; raise ProducerError unless it exited 0."""
+        rc = self.proc.wait()
+        if self._timer:
+            self._timer.cancel()
+        err = self.stderr_text
+        if self._timed_out:
+            raise ProducerError(f"{self.label} did not finish within {self.timeout:.0f}s and was killed")
+        if rc != 0:
+            how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+            detail = f": {_last_lines(err)}" if err else " (no error output)"
+            raise ProducerError(f"{self.label} {how}{detail}")
+
+    def __enter__(self) -> "CommandStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+        if self._timer:
+            self._timer.cancel()
+        for f in (self.proc.stdout, self.proc.stderr, self.proc.stdin):
+            if f:
+                with contextlib.suppress(OSError):
+                    f.close()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=10)
+
+
+def _last_lines(text: str, n: int = 6) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return " | ".join(lines[:n])
+
+
+class Access(Protocol):
+    """Where a service's commands run and its files are read."""
+
+    description: str
+
+    def stream(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+               timeout: float | None = None, label: str | None = None) -> CommandStream:
+        """Start ``argv`` and return its stdout as a stream (a context manager)."""
+
+    def feed(self, argv: Sequence[str], chunks: Iterable[bytes], *, env: Mapping[str, str] | None = None,
+             timeout: float | None = None, label: str | None = None) -> str:
+        """Run ``argv`` with ``chunks`` on stdin; return its stdout text; raise on failure."""
+
+    def run(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+            timeout: float | None = None, label: str | None = None) -> str:
+        """Run ``argv`` to completion; return stdout text; raise ProducerError on failure."""
+
+    def open_read(self, path: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        """Open a file of the service for reading (binary)."""
+
+    def readable(self, path: str) -> bool:
+        """True when the file or folder ``path`` exists and can be read through this access."""
+
+
+class LocalAccess:
+    """Commands run on this host; files are this host's files."""
+
+    description = "local"
+
+    def stream(self, argv, *, env=None, timeout=None, label=None) -> CommandStream:
+        return CommandStream(argv, env=env, timeout=timeout, label=label)
+
+    def feed(self, argv, chunks, *, env=None, timeout=None, label=None) -> str:
+        cmd = CommandStream(argv, env=env, timeout=timeout, label=label, stdin=subprocess.PIPE)
+        out = bytearray()
+
+        def _collect() -> None:
+            for c in cmd.chunks(65536):
+                if len(out) < _STDERR_KEEP:
+                    out.extend(c[: _STDERR_KEEP - len(out)])
+
+        with cmd:
+            reader = threading.Thread(target=_collect, daemon=True)
+            reader.start()
+            assert cmd.proc.stdin is not None
+            try:
+                for chunk in chunks:
+                    cmd.proc.stdin.write(chunk)
+                cmd.proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the command quit early; finish() reports why
+            reader.join()
+            cmd.finish()
+        return out.decode("utf-8", "replace")
+
+    def run(self, argv, *, env=None, timeout=None, label=None) -> str:
+        with self.stream(argv, env=env, timeout=timeout, label=label) as cmd:
+            out = b"".join(cmd.chunks())
+            cmd.finish()
+        return out.decode("utf-8", "replace")
+
+    @contextlib.contextmanager
+    def open_read(self, path: str) -> Iterator[BinaryIO]:
+        try:
+            fh = open(path, "rb")
+        except FileNotFoundError:
+            raise AccessError(f"{path}: no such file") from None
+        except PermissionError:
+            raise AccessError(f"{path}: permission denied") from None
+        with fh:
+            yield fh
+
+    def readable(self, path: str) -> bool:
+        if os.path.isdir(path):
+            return os.access(path, os.R_OK | os.X_OK)
+        return os.path.isfile(path) and os.access(path, os.R_OK)
+
+
+def access_for(service_config) -> Access:
+    """Choose the access for a service's config."""
+    container = getattr(service_config, "container", None)
+    if container:
+        raise AccessError(
+            f"container = {container!r}: Docker access is not available in this version of "
+            "coderz-backup; remove `container` to reach the service over the network"
+        )
+    return LocalAccess()
+
+
+def describe_argv(argv: Sequence[str]) -> str:
+    """argv as a shell-quoted string for logs (argv never holds secrets)."""
+    return shlex.join(argv)

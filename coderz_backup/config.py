@@ -1,0 +1,404 @@
+"""Typed configuration, validated once.
+
+Sources, highest first: command-line flag > environment (``CODERZ_BACKUP_CONFIG``,
+``CODERZ_BACKUP_DEST``, ``KEEP_DAYS``) > TOML config file > built-in defaults (the
+Coderz Stack of the product document). :func:`load` returns a :class:`Config` or raises
+:class:`~coderz_backup.errors.ConfigError` listing *every* problem, prefixed by the
+file name.
+
+Secrets are references: a literal, ``env:NAME`` or ``prefect-secret:NAME`` (a Prefect
+Secret block). They are kept as :class:`pydantic.SecretStr` so they never show in a
+repr, and are resolved only where they are used (:func:`resolve_secret`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Mapping, Union
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .errors import ConfigError, SecretError
+from .runlog import redact
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_DEST",
+    "DEFAULT_KEEP_DAYS",
+    "Config",
+    "EmailConfig",
+    "ServiceConfig",
+    "PostgresConfig",
+    "RedisConfig",
+    "ConfigsConfig",
+    "load",
+    "resolve_secret",
+    "secret_problems",
+]
+
+DEFAULT_CONFIG_PATH = Path("/opt/coderz/backup/coderz-backup.toml")
+DEFAULT_DEST = Path("/opt/coderz/backup/snapshots")
+DEFAULT_KEEP_DAYS = 7
+
+SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+# ---------------------------------------------------------------------------
+# secrets
+
+
+def resolve_secret(ref: SecretStr | None, *, what: str = "secret") -> str | None:
+    """Turn a secret reference into its value.
+
+    ``env:NAME`` reads the environment, ``prefect-secret:NAME`` loads a Prefect
+    Secret block, anything else is the literal value. Raises SecretError naming
+    the reference (never the value) when it cannot be resolved.
+    """
+    if ref is None:
+        return None
+    value = _resolve(ref.get_secret_value(), what)
+    redact(value)
+    return value
+
+
+def _resolve(raw: str, what: str) -> str:
+    if raw.startswith("env:"):
+        name = raw[4:]
+        value = os.environ.get(name)
+        if value is None:
+            raise SecretError(f"{what}: environment variable {name} is not set")
+        return value
+    if raw.startswith("prefect-secret:"):
+        name = raw[len("prefect-secret:"):]
+        try:
+            from prefect.blocks.system import Secret
+
+            return str(Secret.load(name, _sync=True).get())
+        except Exception as exc:  # noqa: BLE001 - mapped into our tree
+            raise SecretError(
+                f"{what}: Prefect Secret block {name!r} could not be loaded "
+                f"({type(exc).__name__}); create it with "
+                f"`Secret(value=...).save({name!r})` or in the Prefect UI"
+            ) from None
+    return raw
+
+
+# ---------------------------------------------------------------------------
+# models
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmailConfig(_Model):
+    """SMTP settings for alert mails (used by the e-mail task)."""
+
+    smtp_host: str = Field("127.0.0.1", description="SMTP server host")
+    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP server port")
+    smtp_type: Literal["INSECURE", "SSL", "STARTTLS"] = Field("INSECURE", description="connection security")
+    username: str | None = Field(None, description="SMTP user; leave unset when the server has no AUTH")
+    password: SecretStr | None = Field(None, description="SMTP password reference")
+    from_: str = Field("backup@coderz.local", alias="from", description="sender address")
+    to: list[str] = Field(default_factory=list, description="recipients")
+    block: str | None = Field(None, description="name of a saved prefect-email EmailServerCredentials block")
+
+
+class ServiceBase(_Model):
+    """Keys every service table has."""
+
+    kind: str
+    enabled: bool = Field(True, description="back this service up")
+    container: str | None = Field(None, description="reach the service through this Docker container")
+    title: str | None = Field(None, description="section title in the report")
+    timeout_s: float = Field(3600.0, gt=0, description="give up on one attempt after this many seconds")
+
+    #: section of the product document's report this kind belongs to (None = own title)
+    section: ClassVar[str | None] = None
+    #: order of sections in the report (the product document's order)
+    order: ClassVar[int] = 50
+
+    def secret_fields(self) -> dict[str, SecretStr | None]:
+        return {k: getattr(self, k) for k, f in type(self).model_fields.items() if f.annotation in (SecretStr, SecretStr | None)}
+
+
+class PostgresConfig(ServiceBase):
+    """A PostgreSQL database dumped with pg_dump (plain SQL, gzip)."""
+
+    kind: Literal["postgres"]
+    host: str = Field("127.0.0.1", description="server host")
+    port: int = Field(5432, ge=1, le=65535, description="server port")
+    user: str = Field(..., description="role used for pg_dump and restore")
+    password: SecretStr | None = Field(None, description="password reference (env:NAME recommended)")
+    database: str = Field(..., description="database to dump")
+    pg_dump: str = Field("pg_dump", description="pg_dump executable")
+    psql: str = Field("psql", description="psql executable (restore)")
+    order: ClassVar[int] = 10
+
+
+class RedisConfig(ServiceBase):
+    """Redis: BGSAVE, then the RDB file (from data_dir, or over the replication protocol)."""
+
+    kind: Literal["redis"]
+    host: str = Field("127.0.0.1", description="server host")
+    port: int = Field(6379, ge=1, le=65535, description="server port")
+    username: str | None = Field(None, description="ACL user (needs SYNC/REPLCONF for the network path)")
+    password: SecretStr | None = Field(None, description="password reference")
+    data_dir: str | None = Field(None, description="server's data dir as seen from this host; unset = fetch over the network")
+    start_command: list[str] | None = Field(None, description="argv that starts the server again after a restore")
+    save_timeout_s: float = Field(600.0, gt=0, description="how long to wait for BGSAVE")
+    section: ClassVar[str] = "Redis"
+    order: ClassVar[int] = 20
+
+
+class ConfigsConfig(ServiceBase):
+    """A tar of configuration trees (configs + compose files)."""
+
+    kind: Literal["configs"]
+    paths: list[str] = Field(default_factory=lambda: ["/opt/coderz/configs"], min_length=1, description="files/folders to archive")
+    exclude: list[str] = Field(default_factory=list, description="glob patterns (matched on each path's name and its full path) to leave out")
+    section: ClassVar[str] = "Configs + Compose"
+    order: ClassVar[int] = 70
+
+    @field_validator("paths")
+    @classmethod
+    def _absolute(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if not p.startswith("/")]
+        if bad:
+            raise ValueError(f"paths must be absolute: {', '.join(bad)}")
+        return v
+
+
+class GrafanaConfig(ServiceBase):
+    kind: Literal["grafana"]
+    url: str = "http://127.0.0.1:3000"
+    token: SecretStr | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+    data_dir: str | None = None
+    section: ClassVar[str] = "Grafana"
+    order: ClassVar[int] = 40
+
+
+class PrometheusConfig(ServiceBase):
+    kind: Literal["prometheus"]
+    url: str = "http://127.0.0.1:9090"
+    data_dir: str | None = None
+    section: ClassVar[str] = "Prometheus"
+    order: ClassVar[int] = 50
+
+
+class ElasticsearchConfig(ServiceBase):
+    kind: Literal["elasticsearch"]
+    url: str = "http://127.0.0.1:9200"
+    user: str | None = None
+    password: SecretStr | None = None
+    api_key: SecretStr | None = None
+    data_dir: str | None = None
+    section: ClassVar[str] = "Elasticsearch"
+    order: ClassVar[int] = 60
+
+
+class EtcdConfig(ServiceBase):
+    kind: Literal["etcd"]
+    endpoint: str = "http://127.0.0.1:2379"
+    user: str | None = None
+    password: SecretStr | None = None
+    section: ClassVar[str] = "etcd Snapshots"
+    order: ClassVar[int] = 80
+
+
+class K3sConfig(ServiceBase):
+    kind: Literal["k3s"]
+    mode: Literal["auto", "etcd-snapshot", "sqlite"] = "auto"
+    data_dir: str = "/var/lib/rancher/k3s"
+    section: ClassVar[str] = "etcd Snapshots"
+    order: ClassVar[int] = 80
+
+
+class ApisixConfig(ServiceBase):
+    kind: Literal["apisix"]
+    admin_url: str = "http://127.0.0.1:9180"
+    admin_key: SecretStr | None = None
+    section: ClassVar[str] = "etcd Snapshots"
+    order: ClassVar[int] = 80
+
+
+ServiceConfig = Annotated[
+    Union[
+        PostgresConfig,
+        RedisConfig,
+        ConfigsConfig,
+        GrafanaConfig,
+        PrometheusConfig,
+        ElasticsearchConfig,
+        EtcdConfig,
+        K3sConfig,
+        ApisixConfig,
+    ],
+    Field(discriminator="kind"),
+]
+
+
+def default_services() -> dict[str, dict[str, Any]]:
+    """The Coderz Stack of the product document, in its order."""
+    return {
+        "postgres-prefect": {"kind": "postgres", "title": "PostgreSQL — Prefect DB", "user": "prefect",
+                             "password": "env:PG_PREFECT_PASSWORD", "database": "prefect"},
+        "postgres-coderapi": {"kind": "postgres", "title": "PostgreSQL — CoderAPI DB", "user": "coderapi",
+                              "password": "env:PG_CODERAPI_PASSWORD", "database": "coderapi"},
+        "redis": {"kind": "redis"},
+        "grafana": {"kind": "grafana", "token": "env:GRAFANA_TOKEN", "data_dir": "/var/lib/grafana"},
+        "prometheus": {"kind": "prometheus", "data_dir": "/prometheus"},
+        "elasticsearch": {"kind": "elasticsearch", "user": "elastic", "password": "env:ELASTIC_PASSWORD",
+                          "data_dir": "/usr/share/elasticsearch/data"},
+        "configs": {"kind": "configs", "paths": ["/opt/coderz/configs"]},
+        "etcd-k3s": {"kind": "k3s"},
+        "etcd-apisix": {"kind": "etcd"},
+        "apisix-config": {"kind": "apisix", "admin_key": "env:APISIX_ADMIN_KEY"},
+    }
+
+
+class Config(_Model):
+    """The whole configuration."""
+
+    dest: Path = Field(DEFAULT_DEST, description="folder holding the dated snapshots")
+    keep_days: int = Field(DEFAULT_KEEP_DAYS, ge=0, description="rotation: keep this many days, 0 = forever")
+    retries: int = Field(2, ge=0, le=10, description="retries per service task after the first attempt")
+    retry_delay_s: list[float] = Field(default_factory=lambda: [10.0, 30.0], description="delay before each retry")
+    email: EmailConfig | None = Field(None, description="alert mail settings; absent = no mail")
+    services: dict[str, ServiceConfig] = Field(default_factory=dict, description="services, by artifact base name")
+    source: str = Field("<defaults>", description="where this config came from (for messages)")
+
+    @field_validator("services")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = [n for n in v if not SERVICE_NAME.match(n)]
+        if bad:
+            raise ValueError(
+                "service names must be lowercase letters, digits, '.', '_' or '-' "
+                f"(they become file names): {', '.join(bad)}"
+            )
+        return v
+
+    def enabled_services(self, only: list[str] | None = None) -> dict[str, ServiceConfig]:
+        """Enabled services in report order; ``only`` selects by name (unknown → ConfigError)."""
+        if only:
+            unknown = [n for n in only if n not in self.services]
+            if unknown:
+                raise ConfigError(
+                    "--only",
+                    [f"unknown service {n!r}; configured: {', '.join(self.services)}" for n in unknown],
+                )
+        items = [
+            (n, s) for n, s in self.services.items()
+            if (n in only if only else s.enabled)
+        ]
+        position = {n: i for i, n in enumerate(self.services)}
+        items.sort(key=lambda item: (item[1].order, position[item[0]]))
+        return dict(items)
+
+
+# ---------------------------------------------------------------------------
+# loading
+
+
+def _format_loc(loc: tuple[Any, ...], data: Mapping[str, Any]) -> str:
+    parts = list(loc)
+    # discriminated unions insert the tag ("postgres") after the service name
+    if len(parts) >= 3 and parts[0] == "services":
+        svc = data.get("services", {}).get(parts[1], {})
+        if isinstance(svc, Mapping) and parts[2] == svc.get("kind"):
+            del parts[2]
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
+def _problems_from(exc: ValidationError, data: Mapping[str, Any]) -> list[str]:
+    out = []
+    for err in exc.errors(include_input=False, include_url=False):
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown kind; expected one of {err.get('ctx', {}).get('expected_tags', '')}"
+        elif err["type"] == "union_tag_not_found":
+            msg = "missing key 'kind'"
+        out.append(f"{_format_loc(err['loc'], data)}: {msg}")
+    return out
+
+
+def secret_problems(config: Config) -> list[str]:
+    """Secret references of enabled services that cannot be resolved right now."""
+    problems = []
+    for name, svc in config.services.items():
+        if not svc.enabled:
+            continue
+        for key, ref in svc.secret_fields().items():
+            if ref is not None and ref.get_secret_value().startswith("env:"):
+                var = ref.get_secret_value()[4:]
+                if var not in os.environ:
+                    problems.append(f"services.{name}.{key}: environment variable {var} is not set")
+    if config.email and config.email.password is not None:
+        raw = config.email.password.get_secret_value()
+        if raw.startswith("env:") and raw[4:] not in os.environ:
+            problems.append(f"email.password: environment variable {raw[4:]} is not set")
+    return problems
+
+
+def load(
+    config_path: str | Path | None = None,
+    *,
+    dest: str | Path | None = None,
+    keep: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Load and validate the configuration with the documented precedence."""
+    env = os.environ if env is None else env
+    explicit = config_path or env.get("CODERZ_BACKUP_CONFIG")
+    path = Path(explicit) if explicit else DEFAULT_CONFIG_PATH
+    source = str(path)
+    data: dict[str, Any] = {}
+    if path.exists() or explicit:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(source, ["config file not found"]) from None
+        except PermissionError:
+            raise ConfigError(source, ["config file is not readable (permission denied)"]) from None
+        except IsADirectoryError:
+            raise ConfigError(source, ["is a directory, not a config file"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+    else:
+        source = "<built-in defaults>"
+
+    problems: list[str] = []
+    merged: dict[str, Any] = dict(data)
+    merged.pop("source", None)
+    if not merged.get("services"):
+        merged["services"] = default_services()
+
+    if env.get("CODERZ_BACKUP_DEST"):
+        merged["dest"] = env["CODERZ_BACKUP_DEST"]
+    if dest is not None:
+        merged["dest"] = str(dest)
+    if "KEEP_DAYS" in env and keep is None:
+        try:
+            merged["keep_days"] = int(env["KEEP_DAYS"])
+        except ValueError:
+            problems.append(f"KEEP_DAYS={env['KEEP_DAYS']!r}: must be a whole number of days (0 = keep forever)")
+    if keep is not None:
+        merged["keep_days"] = keep
+
+    try:
+        config = Config.model_validate({**merged, "source": source})
+    except ValidationError as exc:
+        problems.extend(_problems_from(exc, merged))
+        raise ConfigError(source, problems) from None
+    if problems:
+        raise ConfigError(source, problems)
+    return config

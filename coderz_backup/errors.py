@@ -1,0 +1,93 @@
+"""One exception tree for coderz-backup.
+
+Every error a user can see is one of these. Lower-level errors (subprocess,
+psycopg, redis, OSError, pydantic) are mapped into this tree at the boundary
+where they happen, with a message that says what failed, why, and what to do::
+
+    CoderzBackupError                 base; ``str(e)`` is the operator message
+    ├── ConfigError                   bad config file/flags; lists every problem
+    ├── SecretError                   a secret reference cannot be resolved
+    ├── StoreError                    destination unusable (missing, not writable)
+    │   └── LockHeldError             another run holds the destination lock
+    ├── SnapshotNotFoundError         no such snapshot / unsafe snapshot name
+    ├── AccessError                   a command or file cannot be reached
+    ├── ArtifactError                 an artifact could not be produced
+    │   ├── ProducerError             the producer exited non-zero / timed out
+    │   └── IncompleteArtifactError   empty, truncated or without end marker
+    ├── VerifyError                   an artifact on disk fails its checks
+    └── RestoreError                  a restore step failed
+
+Messages never contain secret values: secrets travel in process environments
+or library connection objects, never in argv or in text we build.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CoderzBackupError",
+    "ConfigError",
+    "SecretError",
+    "StoreError",
+    "LockHeldError",
+    "SnapshotNotFoundError",
+    "AccessError",
+    "ArtifactError",
+    "ProducerError",
+    "IncompleteArtifactError",
+    "VerifyError",
+    "RestoreError",
+]
+
+
+class CoderzBackupError(Exception):
+    """Base of every error coderz-backup raises on purpose."""
+
+
+class ConfigError(CoderzBackupError):
+    """The configuration is invalid. ``problems`` holds every problem found."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n{lines}")
+
+
+class SecretError(CoderzBackupError):
+    """A secret reference (env:NAME, prefect-secret:NAME) cannot be resolved."""
+
+
+class StoreError(CoderzBackupError):
+    """The snapshot destination cannot be used."""
+
+
+class LockHeldError(StoreError):
+    """Another backup run holds the destination lock."""
+
+
+class SnapshotNotFoundError(CoderzBackupError):
+    """The requested snapshot does not exist or its name is not a snapshot name."""
+
+
+class AccessError(CoderzBackupError):
+    """A command, file or container could not be reached."""
+
+
+class ArtifactError(CoderzBackupError):
+    """An artifact could not be produced."""
+
+
+class ProducerError(ArtifactError):
+    """The process producing an artifact failed (non-zero exit, killed, timed out)."""
+
+
+class IncompleteArtifactError(ArtifactError):
+    """The producer finished but its output is empty, truncated or lacks its end marker."""
+
+
+class VerifyError(CoderzBackupError):
+    """An artifact on disk does not pass its checks."""
+
+
+class RestoreError(CoderzBackupError):
+    """A restore step failed."""

@@ -1,0 +1,1 @@
+"""Prefect layer: flows and thin task wrappers around the plain service modules."""

@@ -1,0 +1,262 @@
+"""Flow ``coderz-backup``: every enabled service is its own retryable Prefect task.
+
+Sequence::
+
+    load config ─ prepare dest ─ lock ─ clean killed runs ─ begin .in-progress-<ts>
+      └─ submit one task per service (concurrently, retries with backoff, timeout)
+      └─ collect as they complete (one failure never stops the others)
+      └─ [size check — plugs in here, before the manifest]
+      └─ manifest.json ─ rename to <ts> ─ latest (unless nothing usable) ─ rotation
+      └─ [e-mail — plugs in here, and in the on_failure/on_crashed hooks]
+
+Final state: Completed when every artifact passed; Failed("1 of 4 artifacts failed")
+when some failed (the snapshot is kept, status ``partial``); Failed with the error when
+the run could not start (config, lock, destination); Crashed on an unexpected exit.
+
+Processes that want live progress (the CLI) register a listener with
+:func:`add_listener`; deployments run without one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.runtime import flow_run as rt_flow_run
+from prefect.runtime import task_run as rt_task_run
+from prefect.states import Failed
+
+from .. import __version__
+from ..config import Config, ServiceConfig, load
+from ..errors import ConfigError, CoderzBackupError, SecretError
+from ..rotation import rotate
+from ..runlog import run_log
+from ..services import REGISTRY, ArtifactResult, create, expected_artifacts
+from ..snapshot import SnapshotStore
+
+__all__ = ["coderz_backup", "backup_service", "add_listener", "remove_listener", "section_title"]
+
+log = logging.getLogger("coderz_backup.flow")
+
+# -- progress listeners (in-process only) -------------------------------------
+_listeners: list[Callable[[str, dict], None]] = []
+_listeners_lock = threading.Lock()
+
+
+def add_listener(fn: Callable[[str, dict], None]) -> None:
+    with _listeners_lock:
+        _listeners.append(fn)
+
+
+def remove_listener(fn: Callable[[str, dict], None]) -> None:
+    with _listeners_lock:
+        if fn in _listeners:
+            _listeners.remove(fn)
+
+
+def _emit(event: str, **data: Any) -> None:
+    with _listeners_lock:
+        listeners = list(_listeners)
+    for fn in listeners:
+        try:
+            fn(event, data)
+        except Exception:  # noqa: BLE001 - a broken progress display never breaks a backup
+            log.debug("progress listener failed", exc_info=True)
+
+
+# -- report sections --------------------------------------------------------------
+_KIND_TITLES = {"postgres": "PostgreSQL", "redis": "Redis", "grafana": "Grafana", "prometheus": "Prometheus",
+                "elasticsearch": "Elasticsearch", "configs": "Configs + Compose", "etcd": "etcd Snapshots",
+                "k3s": "etcd Snapshots", "apisix": "etcd Snapshots"}
+
+
+def section_title(name: str, cfg: ServiceConfig) -> str:
+    """The report section a service's artifacts are listed under."""
+    if cfg.title:
+        return cfg.title
+    if cfg.section:
+        return cfg.section
+    if cfg.kind == "postgres":
+        return f"PostgreSQL — {cfg.database}"
+    return _KIND_TITLES.get(cfg.kind, name)
+
+
+# -- the task -------------------------------------------------------------------------
+def _retry_worthwhile(task, task_run, state) -> bool:
+    """Do not retry what a retry cannot fix (config and secret problems)."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001
+        return True
+    return not isinstance(exc, (ConfigError, SecretError))
+
+
+@task(name="backup-service", cache_policy=NO_CACHE, retry_condition_fn=_retry_worthwhile)
+def backup_service(name: str, service_config: Any, snapshot_dir: str) -> list[ArtifactResult]:
+    """Back up one service into the in-progress snapshot folder."""
+    attempt = rt_task_run.run_count or 1
+    _emit("attempt", name=name, attempt=attempt)
+    if attempt > 1:
+        log.warning("%s: attempt %d", name, attempt)
+    try:
+        results = create(name, service_config).backup(Path(snapshot_dir))
+    except CoderzBackupError as exc:
+        log.error("%s: attempt %d failed: %s", name, attempt, exc)
+        exc.attempts = attempt  # type: ignore[attr-defined]
+        raise
+    except Exception as exc:
+        log.exception("%s: attempt %d failed with an unexpected error", name, attempt)
+        exc.attempts = attempt  # type: ignore[attr-defined]
+        raise
+    for r in results:
+        r.attempts = attempt
+    return results
+
+
+# -- the flow -----------------------------------------------------------------------
+@flow(name="coderz-backup", log_prints=False, validate_parameters=True)
+def coderz_backup(
+    dest: str | None = None,
+    keep: int | None = None,
+    only: list[str] | None = None,
+    config: str | None = None,
+):
+    """Back up every enabled service of the Coderz Stack into a new dated snapshot.
+
+    Args:
+        dest: snapshot destination (default: config file, then /opt/coderz/backup/snapshots).
+        keep: rotation, keep this many days (0 = forever; default: KEEP_DAYS, config, 7).
+        only: back up just these services (config table names).
+        config: path of the TOML config file.
+    """
+    cfg = load(config, dest=dest, keep=keep)
+    return run_backup(cfg, only=only)
+
+
+def run_backup(cfg: Config, *, only: list[str] | None = None):
+    services = cfg.enabled_services(only)
+    store = SnapshotStore(cfg.dest)
+    store.prepare()
+    with store.lock():
+        stale = store.clean_stale()
+        started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        snap = store.begin(started)
+        with run_log(snap.path / "backup.log", extra_handlers=_api_handlers()):
+            summary, final_path = _run_in_snapshot(cfg, store, snap, services, started, stale)
+            _emit("finished", summary=summary, path=str(final_path))
+    if summary["status"] == "ok":
+        return summary
+    total = summary["passed"] + summary["failed"]
+    msg = (f"{summary['failed']} of {total} artifacts failed" if summary["passed"]
+           else f"no usable snapshot: {summary['failed']} of {total} artifacts failed")
+    return Failed(message=msg, data=summary)
+
+
+def _api_handlers() -> list[logging.Handler]:
+    """Send our own log records to the Prefect API too (the run's log in the UI)."""
+    try:
+        from prefect.logging.handlers import APILogHandler
+
+        return [APILogHandler()]
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def _run_in_snapshot(cfg, store, snap, services, started, stale):
+    log.info("coderz-backup %s on %s: snapshot %s into %s (keep %s days, flow run %s)",
+             __version__, socket.gethostname(), snap.name, cfg.dest,
+             cfg.keep_days or "∞", rt_flow_run.id)
+    for name in stale:
+        log.warning("removed %s left behind by an interrupted run", name)
+    sections = {name: section_title(name, c) for name, c in services.items()}
+    _emit("started", snapshot=snap.name, services=sections)
+
+    results: dict[str, list[ArtifactResult]] = {}
+    futures = {}
+    submitted_at = {}
+    for name, svc_cfg in services.items():
+        if svc_cfg.kind not in REGISTRY:
+            reason = f"kind {svc_cfg.kind!r} is not supported by coderz-backup {__version__} yet"
+            log.warning("%s: skipped: %s", name, reason)
+            results[name] = [ArtifactResult(name, svc_cfg.kind, p, status="skipped", attempts=0, error=reason)
+                             for p in expected_artifacts(name, svc_cfg)]
+            continue
+        t = backup_service.with_options(
+            task_run_name=f"backup-{name}",
+            retries=cfg.retries,
+            retry_delay_seconds=cfg.retry_delay_s or 0,
+            timeout_seconds=svc_cfg.timeout_s * 1.1 + 60,
+        )
+        submitted_at[name] = time.monotonic()
+        futures[t.submit(name, svc_cfg, str(snap.path))] = name
+
+    for fut in as_completed(list(futures)):
+        name = futures[fut]
+        svc_cfg = services[name]
+        elapsed = time.monotonic() - submitted_at[name]
+        value = fut.result(raise_on_failure=False)
+        if fut.state.is_completed() and isinstance(value, list):
+            for r in value:
+                r.duration_s = elapsed
+            results[name] = value
+        else:
+            err = value if isinstance(value, BaseException) else None
+            message = str(err) if isinstance(err, CoderzBackupError) else (
+                f"{type(err).__name__}: {err}" if err else (fut.state.message or "task failed"))
+            attempts = getattr(err, "attempts", None) or (cfg.retries + 1)
+            log.error("%s: FAILED after %d attempt(s): %s", name, attempts, message)
+            results[name] = [ArtifactResult(name, svc_cfg.kind, p, status="failed", duration_s=elapsed,
+                                            attempts=attempts, error=message)
+                             for p in expected_artifacts(name, svc_cfg)]
+        for r in results[name]:
+            if r.status == "ok":
+                log.info("%s: %s ok (%d bytes, %.1fs, %d attempt(s))", name, r.path, r.bytes, r.duration_s, r.attempts)
+        _emit("done", name=name, results=results[name], section=sections[name])
+
+    ordered = [r for name in services for r in results.get(name, [])]
+    # Size check (its own issue) plugs in here: findings go into the manifest below.
+    passed = sum(r.status == "ok" for r in ordered)
+    failed = sum(r.status == "failed" for r in ordered)
+    skipped = sum(r.status == "skipped" for r in ordered)
+    status = "ok" if passed and not failed else ("partial" if passed else "failed")
+    finished = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    manifest = {
+        "snapshot": snap.name,
+        "status": status,
+        "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "finished_at": finished.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "passed": passed,
+        "failed": failed,
+        "skipped": skipped,
+        "total_bytes": sum(r.bytes for r in ordered if r.status == "ok"),
+        "tool_version": __version__,
+        "host": socket.gethostname(),
+        "keep_days": cfg.keep_days,
+        "flow_run_id": str(rt_flow_run.id) if rt_flow_run.id else None,
+        "artifacts": [
+            {**r.as_manifest(), "section": sections[r.service], "report_lines": r.lines}
+            for r in ordered
+        ],
+    }
+    usable = status in ("ok", "partial")
+    log.info("snapshot %s: status %s — %d passed, %d failed, %d skipped, %d bytes",
+             snap.name, status, passed, failed, skipped, manifest["total_bytes"])
+    final = store.finish(snap, manifest, make_latest=usable)
+    if usable:
+        log.info("latest -> %s", snap.name)
+    else:
+        log.error("no usable artifact: %s kept for its log, `latest` not moved", final)
+    deleted = rotate(store, keep_days=cfg.keep_days, current=snap.name, current_usable=usable)
+    # E-mail (its own issue) plugs in here, with the summary below.
+    summary = {k: manifest[k] for k in ("snapshot", "status", "started_at", "finished_at", "passed",
+                                         "failed", "skipped", "total_bytes")}
+    summary.update(path=str(final), deleted=deleted, manifest=manifest)
+    return summary, final

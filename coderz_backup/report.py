@@ -1,0 +1,56 @@
+"""The boxed terminal report of the product document, and human-readable sizes."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+__all__ = ["human_size", "header", "section_line", "summary", "BOX_WIDTH"]
+
+BOX_WIDTH = 54  # characters between the box's side walls
+
+
+def human_size(n: int | float) -> str:
+    """Size like ``ls -lh``: 512B, 128K, 1.2M, 45M, 3.1G (powers of 1024, rounded up)."""
+    n = float(n)
+    if n < 1024:
+        return f"{int(n)}B"
+    for unit in "KMGTP":
+        n /= 1024
+        if n < 1024 or unit == "P":
+            if n < 10:
+                v = math.ceil(n * 10) / 10
+                if v < 10:
+                    return f"{v:.1f}{unit}"
+                n = v
+            v = math.ceil(n)
+            if v < 1024 or unit == "P":
+                return f"{v}{unit}"
+            n = v
+    return f"{int(n)}P"  # pragma: no cover
+
+
+def _box(title: str, rows: Iterable[str]) -> list[str]:
+    w = BOX_WIDTH
+    out = ["╔" + "═" * w + "╗", "║ " + title.ljust(w - 2) + " ║", "╠" + "═" * w + "╣"]
+    out += ["║ " + r.ljust(w - 2) + " ║" for r in rows]
+    out.append("╚" + "═" * w + "╝")
+    return out
+
+
+def header(timestamp: str) -> list[str]:
+    return _box("Coderz Stack — Full Backup", [f"Timestamp : {timestamp}"])
+
+
+def section_line(index: int, total: int, title: str) -> str:
+    text = f"── {index}/{total} {title} "
+    return text + "─" * max(3, BOX_WIDTH + 2 - len(text))
+
+
+def summary(passed: int, failed: int, skipped: int, total_bytes: int, *, title: str = "Backup Complete") -> list[str]:
+    return _box(title, [
+        f"✓ Passed : {passed}",
+        f"✗ Failed : {failed}",
+        f"- Skipped : {skipped}",
+        f"Total size: {human_size(total_bytes)}",
+    ])

@@ -1,0 +1,81 @@
+"""Rotation: keep N days of snapshots.
+
+Rules, in order (a snapshot is a folder whose name is a snapshot name):
+
+1. ``keep_days == 0`` keeps everything.
+2. If the run that just finished produced no usable snapshot, nothing is deleted.
+3. Only snapshot folders older than ``keep_days`` days are candidates; anything else in
+   the destination (stray folders, files, in-progress folders, ``latest``) is never touched.
+4. Never deleted: ``latest``'s target, the newest snapshot with status ``ok``, and the
+   snapshot the current run produced.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from dataclasses import dataclass
+
+from .snapshot import SnapshotInfo, SnapshotStore
+
+__all__ = ["plan", "rotate", "RotationPlan"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RotationPlan:
+    delete: list[str]
+    keep_reasons: dict[str, str]
+
+
+def plan(snapshots: list[SnapshotInfo], *, keep_days: int, now: dt.datetime,
+         latest: str | None, current: str | None, current_usable: bool) -> RotationPlan:
+    """Decide which snapshots to delete (pure function; see the module docstring)."""
+    if keep_days <= 0:
+        return RotationPlan([], {})
+    if not current_usable:
+        return RotationPlan([], {})
+    cutoff = now - dt.timedelta(days=keep_days)
+    newest_ok = next((s.name for s in sorted(snapshots, key=lambda s: s.name, reverse=True)
+                      if s.status == "ok"), None)
+    protected = {latest: "latest", newest_ok: "newest ok snapshot", current: "this run"}
+    delete, reasons = [], {}
+    for snap in snapshots:
+        if snap.when >= cutoff:
+            continue
+        if snap.name in protected:
+            reasons[snap.name] = protected[snap.name]
+            continue
+        delete.append(snap.name)
+    return RotationPlan(sorted(delete), reasons)
+
+
+def rotate(store: SnapshotStore, *, keep_days: int, current: str | None, current_usable: bool,
+           now: dt.datetime | None = None) -> list[str]:
+    """Apply :func:`plan` to ``store``; returns the names deleted (and logs them)."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if keep_days <= 0:
+        log.info("rotation: keep 0 = keep forever, nothing deleted")
+        return []
+    if not current_usable:
+        log.warning("rotation skipped: this run produced no usable snapshot, nothing deleted")
+        return []
+    p = plan(store.list(), keep_days=keep_days, now=now, latest=store.latest_name(),
+             current=current, current_usable=current_usable)
+    for name, why in p.keep_reasons.items():
+        log.info("rotation: keeping %s although older than %d days (%s)", name, keep_days, why)
+    deleted = []
+    for name in p.delete:
+        path = store.dest / name
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            log.error("rotation: could not delete %s: %s", path, exc.strerror)
+            continue
+        deleted.append(name)
+        log.info("rotation: deleted %s (older than %d days)", name, keep_days)
+    if not deleted:
+        log.info("rotation: nothing older than %d days to delete", keep_days)
+    return deleted

@@ -1,0 +1,289 @@
+"""A local sandbox of real servers: throwaway PostgreSQL 15 and Redis 7 on free
+127.0.0.1 ports in temp dirs, plus a configs tree.
+
+Used by the test fixtures and by ``python -m coderz_backup.sandbox`` (the README's
+main-job command), which starts the sandbox, fills it with sample data, writes a config
+for it and runs a full backup through the real flow ``coderz-backup``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["free_port", "PostgresServer", "RedisServer", "pg_bin", "main"]
+
+PG_VERSION = "15"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_bin(name: str) -> str:
+    path = Path(f"/usr/lib/postgresql/{PG_VERSION}/bin") / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} not found: install postgresql-{PG_VERSION}")
+    return found
+
+
+def _wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None, what: str = "server") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited early with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (runs as the ``postgres`` OS user when we are root)."""
+
+    superuser = "postgres"
+
+    def __init__(self, base: Path, port: int | None = None, password: str = "sandbox-superuser-pw"):
+        self.base = Path(base)
+        self.data = self.base / "pgdata"
+        self.port = port or free_port()
+        self.password = password
+        self.proc: subprocess.Popen | None = None
+        self._user = "postgres" if os.geteuid() == 0 else None
+
+    def _run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, check=True, capture_output=True, user=self._user, **kw)
+
+    def start(self) -> "PostgresServer":
+        self.base.mkdir(parents=True, exist_ok=True)
+        if self._user:
+            pw = pwd.getpwnam(self._user)
+            os.chown(self.base, pw.pw_uid, pw.pw_gid)
+        if not self.data.exists():
+            pwfile = self.base / "pwfile"
+            pwfile.write_text(self.password + "\n")
+            if self._user:
+                os.chown(pwfile, pwd.getpwnam(self._user).pw_uid, -1)
+            self._run([pg_bin("initdb"), "-D", str(self.data), "-U", self.superuser, "--auth=scram-sha-256",
+                       f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8"])
+            pwfile.unlink()
+        self.proc = subprocess.Popen(
+            [pg_bin("postgres"), "-D", str(self.data), "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
+             "-c", f"unix_socket_directories={self.base}", "-c", "fsync=off", "-c", "max_connections=50"],
+            stdout=subprocess.DEVNULL, stderr=open(self.base / "postgres.log", "ab"), user=self._user,
+            start_new_session=True,
+        )
+        _wait_port(self.port, 60, self.proc, "postgres")
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with self.connect("postgres"):
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def connect(self, dbname: str = "postgres", user: str | None = None, password: str | None = None):
+        import psycopg
+
+        return psycopg.connect(host="127.0.0.1", port=self.port, user=user or self.superuser,
+                               password=password or self.password, dbname=dbname, autocommit=True)
+
+    def create_role_db(self, role: str, password: str, database: str) -> None:
+        from psycopg import sql
+
+        with self.connect() as c:
+            c.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(sql.Identifier(role),
+                                                                                sql.Literal(password)))
+            c.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(role)))
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class RedisServer:
+    """A throwaway redis-server with a config file (so CONFIG REWRITE works)."""
+
+    def __init__(self, base: Path, port: int | None = None, password: str | None = None,
+                 appendonly: bool = False, extra: dict[str, str] | None = None):
+        self.base = Path(base)
+        self.data = self.base / "data"
+        self.port = port or free_port()
+        self.password = password
+        self.conf = self.base / "redis.conf"
+        self.appendonly = appendonly
+        self.extra = extra or {}
+
+    def write_conf(self) -> None:
+        self.data.mkdir(parents=True, exist_ok=True)
+        lines = {
+            "bind": "127.0.0.1", "port": str(self.port), "dir": str(self.data), "dbfilename": "dump.rdb",
+            "daemonize": "yes", "pidfile": str(self.base / "redis.pid"), "logfile": str(self.base / "redis.log"),
+            "save": '""', "appendonly": "yes" if self.appendonly else "no", "protected-mode": "no",
+        }
+        if self.password:
+            lines["requirepass"] = self.password
+        lines.update(self.extra)
+        self.conf.write_text("".join(f"{k} {v}\n" for k, v in lines.items()))
+
+    @property
+    def start_command(self) -> list[str]:
+        return [shutil.which("redis-server") or "redis-server", str(self.conf)]
+
+    def start(self) -> "RedisServer":
+        if not self.conf.exists():
+            self.write_conf()
+        subprocess.run(self.start_command, check=True, capture_output=True)
+        _wait_port(self.port, 30, None, "redis-server")
+        return self
+
+    def client(self):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+
+    def stop(self) -> None:
+        pidfile = self.base / "redis.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+
+# -- the demo ---------------------------------------------------------------------------
+DEMO_PASSWORDS = {"PG_PREFECT_PASSWORD": "prefect-demo-pw", "PG_CODERAPI_PASSWORD": "coderapi-demo-pw",
+                  "REDIS_PASSWORD": "redis-demo-pw"}
+
+
+def _demo_data(pg: PostgresServer, redis_srv: RedisServer, configs: Path) -> None:
+    pg.create_role_db("prefect", DEMO_PASSWORDS["PG_PREFECT_PASSWORD"], "prefect")
+    pg.create_role_db("coderapi", DEMO_PASSWORDS["PG_CODERAPI_PASSWORD"], "coderapi")
+    with pg.connect("prefect", "prefect", DEMO_PASSWORDS["PG_PREFECT_PASSWORD"]) as c:
+        c.execute("CREATE TABLE flow_run (id serial PRIMARY KEY, name text, state text, created timestamptz DEFAULT now())")
+        c.execute("INSERT INTO flow_run (name, state) SELECT 'run-' || g, 'COMPLETED' FROM generate_series(1, 20000) g")
+    with pg.connect("coderapi", "coderapi", DEMO_PASSWORDS["PG_CODERAPI_PASSWORD"]) as c:
+        c.execute("CREATE TABLE users (id serial PRIMARY KEY, email text UNIQUE, payload jsonb)")
+        c.execute("INSERT INTO users (email, payload) SELECT 'user' || g || '@coderz.local', "
+                  "jsonb_build_object('n', g, 'tags', array['a','b']) FROM generate_series(1, 50000) g")
+    r = redis_srv.client()
+    pipe = r.pipeline()
+    for i in range(5000):
+        pipe.set(f"session:{i}", f"user-{i}", ex=86400)
+    pipe.hset("stats", mapping={"runs": 20000, "users": 50000})
+    pipe.execute()
+    (configs / "prometheus").mkdir(parents=True, exist_ok=True)
+    (configs / "docker-compose.yml").write_text("services:\n  postgres:\n    image: postgres:15\n")
+    (configs / "prometheus" / "prometheus.yml").write_text("global:\n  scrape_interval: 15s\n")
+    (configs / "cache").mkdir(exist_ok=True)
+    (configs / "cache" / "tmp.bin").write_bytes(os.urandom(1024))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m coderz_backup.sandbox",
+                                description="Start a sandbox of real servers (PostgreSQL ×2 databases, Redis, "
+                                            "a configs tree), back it up through flow coderz-backup, stop it.")
+    p.add_argument("--dest", default=None, help="snapshot destination (default: a folder under --workdir)")
+    p.add_argument("--workdir", default=None, help="where the sandbox lives (default: a new temp dir)")
+    p.add_argument("--keep-running", action="store_true", help="leave the servers running afterwards")
+    args = p.parse_args(argv)
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="coderz-sandbox-"))
+    work.mkdir(parents=True, exist_ok=True)
+    dest = Path(args.dest) if args.dest else work / "snapshots"
+    configs = work / "opt" / "coderz" / "configs"
+    os.environ.update(DEMO_PASSWORDS)
+    pg = PostgresServer(work / "postgres")
+    rd = RedisServer(work / "redis", password=DEMO_PASSWORDS["REDIS_PASSWORD"])
+    print(f"sandbox in {work}: starting PostgreSQL 15 on 127.0.0.1:{pg.port}, Redis on 127.0.0.1:{rd.port}")
+    try:
+        pg.start()
+        rd.start()
+        _demo_data(pg, rd, configs)
+        cfg = work / "coderz-backup.toml"
+        cfg.write_text(f"""\
+dest = "{dest}"
+keep_days = 7
+retries = 1
+retry_delay_s = [2]
+
+[services.postgres-prefect]
+kind = "postgres"
+title = "PostgreSQL — Prefect DB"
+port = {pg.port}
+user = "prefect"
+password = "env:PG_PREFECT_PASSWORD"
+database = "prefect"
+
+[services.postgres-coderapi]
+kind = "postgres"
+title = "PostgreSQL — CoderAPI DB"
+port = {pg.port}
+user = "coderapi"
+password = "env:PG_CODERAPI_PASSWORD"
+database = "coderapi"
+
+[services.redis]
+kind = "redis"
+port = {rd.port}
+password = "env:REDIS_PASSWORD"
+data_dir = "{rd.data}"
+
+[services.configs]
+kind = "configs"
+paths = ["{configs}"]
+exclude = ["cache"]
+""")
+        print(f"config: {cfg}\n")
+        from .cli import main as cli_main
+
+        rc = cli_main(["backup", "--config", str(cfg)])
+        print(f"\ncoderz-backup backup exited {rc}; try: coderz-backup list --config {cfg}")
+        return rc
+    finally:
+        if not args.keep_running:
+            rd.stop()
+            pg.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

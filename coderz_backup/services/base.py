@@ -1,0 +1,83 @@
+"""The contract every service module implements.
+
+A service is built from its config table (name + typed config) and an
+:class:`~coderz_backup.access.Access`. It knows nothing of Prefect.
+
+- :meth:`Service.artifacts` — the artifact paths a backup produces (relative to the
+  snapshot folder), known before it runs so a failure can be reported per artifact.
+- :meth:`Service.backup` — write the artifacts into a snapshot folder through the
+  streaming writer; return one :class:`ArtifactResult` per artifact; raise an
+  :class:`~coderz_backup.errors.CoderzBackupError` when it cannot (the flow retries).
+- :meth:`Service.verify` — check one artifact on disk; raise VerifyError or return a
+  short description of what was checked.
+- :meth:`Service.restore` — put an artifact back; raise RestoreError on failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+from ..access import Access
+from ..writer import FileRecord
+
+__all__ = ["ArtifactResult", "Service"]
+
+
+@dataclass
+class ArtifactResult:
+    """The outcome of one artifact, as it goes into the manifest and report."""
+
+    service: str
+    kind: str
+    path: str
+    status: str = "ok"                 # ok | failed | skipped
+    bytes: int = 0
+    sha256: str | None = None
+    duration_s: float = 0.0
+    attempts: int = 1
+    error: str | None = None
+    files: list[FileRecord] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)   # extra report lines before the file line
+    details: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_files(cls, service: str, kind: str, path: str, files: list[FileRecord], **kw) -> "ArtifactResult":
+        single = len(files) == 1 and files[0].path == path
+        return cls(service=service, kind=kind, path=path, status="ok",
+                   bytes=sum(f.bytes for f in files),
+                   sha256=files[0].sha256 if single else None,
+                   files=[] if single else files, **kw)
+
+    def as_manifest(self) -> dict:
+        return {
+            "service": self.service,
+            "kind": self.kind,
+            "path": self.path,
+            "status": self.status,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "duration_s": round(self.duration_s, 3),
+            "attempts": self.attempts,
+            "error": self.error,
+            "files": [f.as_manifest() for f in self.files],
+            "details": self.details,
+        }
+
+
+class Service(Protocol):
+    """One stateful service of the stack (see the module docstring)."""
+
+    kind: ClassVar[str]
+    name: str
+
+    def artifacts(self) -> list[str]: ...
+
+    def backup(self, into: Path) -> list[ArtifactResult]: ...
+
+    def verify(self, artifact: Path) -> str: ...
+
+    def restore(self, artifact: Path, **options) -> str: ...
+
+

@@ -1,0 +1,198 @@
+"""PostgreSQL → ``<name>.sql.gz``: plain ``pg_dump`` streamed through gzip.
+
+The password goes to pg_dump/psql in ``PGPASSWORD`` (the process environment), never
+in argv. A dump is complete only when its head has ``-- PostgreSQL database dump`` and
+its *tail* has ``-- PostgreSQL database dump complete`` (current releases put a
+``\\unrestrict`` line after the trailer, so the last line is not the marker).
+
+Restore is all-or-nothing: the dump is loaded with ``ON_ERROR_STOP`` in one
+transaction into a fresh database ``<db>__coderz_restore``; only when that succeeded
+is the old database swapped out (renamed, then dropped). A failing restore leaves the
+current database untouched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+from typing import ClassVar, Iterator
+
+import psycopg
+from isal import igzip
+from psycopg import sql
+
+from ..access import CHUNK, Access
+from ..config import PostgresConfig, resolve_secret
+from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, VerifyError
+from ..writer import StreamEnds, write_command
+from .base import ArtifactResult
+
+__all__ = ["PostgresService", "check_dump"]
+
+log = logging.getLogger(__name__)
+
+HEAD_MARKER = b"-- PostgreSQL database dump"
+TAIL_MARKER = b"-- PostgreSQL database dump complete"
+
+
+def check_dump(ends: StreamEnds) -> None:
+    """Raise IncompleteArtifactError unless the dump has its header and trailer."""
+    if HEAD_MARKER not in ends.head[:4096]:
+        raise IncompleteArtifactError("output is not a pg_dump plain-format dump (header missing)")
+    if TAIL_MARKER not in ends.tail[-4096:]:
+        raise IncompleteArtifactError(
+            "dump is truncated: the trailer '-- PostgreSQL database dump complete' is missing"
+        )
+
+
+def read_gzip_chunks(path: Path) -> Iterator[bytes]:
+    """Decompressed chunks of a .gz file; raises VerifyError when it is corrupt or truncated."""
+    try:
+        with igzip.open(path, "rb") as fh:
+            while True:
+                chunk = fh.read(CHUNK)
+                if not chunk:
+                    return
+                yield chunk
+    except (EOFError, OSError, ValueError) as exc:  # truncated / bad CRC / not gzip
+        raise VerifyError(f"{path.name}: gzip stream is damaged ({exc})") from None
+
+
+class PostgresService:
+    kind: ClassVar[str] = "postgres"
+
+    def __init__(self, name: str, config: PostgresConfig, access: Access):
+        self.name = name
+        self.config = config
+        self.access = access
+
+    # -- helpers ------------------------------------------------------------
+    @property
+    def artifact_path(self) -> str:
+        return f"{self.name}.sql.gz"
+
+    def artifacts(self) -> list[str]:
+        return [self.artifact_path]
+
+    def _env(self) -> dict[str, str]:
+        env = {"PGCONNECT_TIMEOUT": "15", "PGAPPNAME": "coderz-backup"}
+        password = resolve_secret(self.config.password, what=f"{self.name}.password")
+        if password is not None:
+            env["PGPASSWORD"] = password
+        return env
+
+    def _conn_args(self) -> list[str]:
+        c = self.config
+        return ["--host", c.host, "--port", str(c.port), "--username", c.user, "--no-password"]
+
+    def _connect(self, dbname: str) -> psycopg.Connection:
+        c = self.config
+        try:
+            return psycopg.connect(
+                host=c.host, port=c.port, user=c.user, dbname=dbname,
+                password=resolve_secret(c.password, what=f"{self.name}.password"),
+                connect_timeout=15, autocommit=True, application_name="coderz-backup",
+            )
+        except psycopg.Error as exc:
+            raise RestoreError(f"{self.name}: cannot connect to {c.host}:{c.port} as {c.user}: "
+                               f"{str(exc).strip()}") from None
+
+    # -- backup -------------------------------------------------------------
+    def backup(self, into: Path) -> list[ArtifactResult]:
+        c = self.config
+        argv = [c.pg_dump, *self._conn_args(), "--dbname", c.database, "--format=plain"]
+        started = time.monotonic()
+        rec = write_command(
+            self.access, argv, into, self.artifact_path, compress=True, check=check_dump,
+            env=self._env(), timeout=c.timeout_s, label=f"pg_dump of {c.database}@{c.host}:{c.port}",
+        )
+        log.info("%s: dumped %s (%d bytes raw, %d compressed) in %.1fs", self.name, c.database,
+                 rec.raw_bytes, rec.bytes, time.monotonic() - started)
+        return [ArtifactResult.from_files(self.name, self.kind, self.artifact_path, [rec],
+                                          details={"database": c.database, "raw_bytes": rec.raw_bytes})]
+
+    # -- verify -------------------------------------------------------------
+    def verify(self, artifact: Path) -> str:
+        head = bytearray()
+        tail = b""
+        raw = 0
+        for chunk in read_gzip_chunks(artifact):
+            if len(head) < 4096:
+                head += chunk[: 4096 - len(head)]
+            tail = (tail + chunk)[-65536:]
+            raw += len(chunk)
+        if raw == 0:
+            raise VerifyError(f"{artifact.name}: empty dump")
+        try:
+            check_dump(StreamEnds(bytes(head), tail, raw))
+        except IncompleteArtifactError as exc:
+            raise VerifyError(f"{artifact.name}: {exc}") from None
+        return f"gzip intact, pg_dump header and trailer present ({raw} bytes of SQL)"
+
+    # -- restore ------------------------------------------------------------
+    def restore(self, artifact: Path, *, database: str | None = None, **_: object) -> str:
+        """Load ``artifact`` into ``database`` (default: the configured one), all or nothing."""
+        self.verify(artifact)
+        c = self.config
+        target = database or c.database
+        staging = f"{target}__coderz_restore"
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+        retired = f"{target}__coderz_old_{stamp}"
+        with self._connect("postgres") as conn:
+            row = conn.execute(
+                "SELECT pg_encoding_to_char(encoding), datcollate, datctype, pg_get_userbyid(datdba) "
+                "FROM pg_database WHERE datname = %s", (target,)).fetchone()
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(staging)))
+            create = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(staging))
+            if row:
+                create = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+                    sql.Identifier(staging), sql.Literal(row[0]), sql.Literal(row[1]), sql.Literal(row[2]))
+            try:
+                conn.execute(create)
+            except psycopg.Error as exc:
+                raise RestoreError(f"{self.name}: cannot create staging database {staging}: {str(exc).strip()}") from None
+
+        argv = [c.psql, *self._conn_args(), "--dbname", staging, "-X", "-q",
+                "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"]
+        try:
+            self.access.feed(argv, read_gzip_chunks(artifact), env=self._env(), timeout=c.timeout_s,
+                             label=f"psql restore into {staging}")
+        except (ArtifactError, VerifyError) as exc:
+            with self._connect("postgres") as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(staging)))
+            raise RestoreError(f"{self.name}: restore failed, {target} left unchanged: {exc}") from None
+
+        with self._connect("postgres") as conn:
+            self._swap(conn, target, staging, retired, existed=row is not None)
+            if row and row[3] != c.user:
+                try:
+                    conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                        sql.Identifier(target), sql.Identifier(row[3])))
+                except psycopg.Error as exc:
+                    log.warning("%s: could not give %s back to owner %s: %s", self.name, target, row[3], exc)
+        log.info("%s: restored %s from %s", self.name, target, artifact.name)
+        return f"database {target} replaced from {artifact.name}"
+
+    def _swap(self, conn: psycopg.Connection, target: str, staging: str, retired: str, *, existed: bool) -> None:
+        ident = sql.Identifier
+        for attempt in range(5):
+            try:
+                if existed:
+                    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE datname = %s AND pid <> pg_backend_pid()", (target,))
+                    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(target), ident(retired)))
+                conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(staging), ident(target)))
+                break
+            except psycopg.errors.ObjectInUse:
+                time.sleep(0.5 * (attempt + 1))
+            except psycopg.Error as exc:
+                raise RestoreError(f"{self.name}: could not swap in the restored database: {str(exc).strip()}") from None
+        else:
+            raise RestoreError(f"{self.name}: {target} stayed in use; the restored copy is kept as {staging}")
+        if existed:
+            try:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident(retired)))
+            except psycopg.Error as exc:
+                log.warning("%s: old copy kept as %s (%s)", self.name, retired, exc)

@@ -1,0 +1,377 @@
+"""Redis → ``redis.rdb``.
+
+Backup, two paths:
+
+- ``data_dir`` readable from here: ``BGSAVE``, wait until it finished *and succeeded*
+  (``INFO persistence``: not in progress, ``rdb_last_bgsave_status:ok``, more saves or a
+  newer save time than before), then stream ``<data_dir>/<dbfilename>``.
+- otherwise: fetch a fresh RDB over the replication protocol, as ``redis-cli --rdb``
+  does (``REPLCONF rdb-only 1`` + ``SYNC``; both the ``$<len>`` and the diskless
+  ``$EOF:<mark>`` payload forms are read).
+
+Either way the file must start with ``REDIS`` + 4 digits and end with opcode ``0xFF`` and
+a CRC-64 over everything before it (computed while streaming).
+
+Restore honours the AOF trap: with ``appendonly yes`` Redis would load the AOF and
+ignore the RDB, so AOF is switched off (and persisted) before the swap and rebuilt
+from memory afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import ClassVar, Iterator
+
+import anycrc
+import redis
+
+from ..access import CHUNK, Access
+from ..config import RedisConfig, resolve_secret
+from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, VerifyError
+from ..writer import StreamEnds, write_stream
+from .base import ArtifactResult
+
+__all__ = ["RedisService", "RdbChecker", "crc64"]
+
+log = logging.getLogger(__name__)
+_CRC = anycrc.Model("CRC64-REDIS")
+
+
+def crc64(data: bytes, crc: int | None = None) -> int:
+    return _CRC.calc(data, crc) if crc is not None else _CRC.calc(data)
+
+
+class RdbChecker:
+    """Computes the CRC-64 of a streamed RDB and checks header and trailer at the end."""
+
+    def __init__(self) -> None:
+        self._crc: int | None = None
+        self._pending = b""  # last 8 bytes seen: the candidate checksum
+
+    def observe(self, data: bytes) -> None:
+        buf = self._pending + data
+        if len(buf) <= 8:
+            self._pending = buf
+            return
+        body, self._pending = buf[:-8], buf[-8:]
+        self._crc = crc64(body, self._crc)
+
+    def check(self, ends: StreamEnds) -> None:
+        head = ends.head
+        if not (head[:5] == b"REDIS" and head[5:9].isdigit()):
+            raise IncompleteArtifactError("not an RDB file (the 'REDIS' header is missing)")
+        if ends.raw_bytes < 18 or ends.tail[-9:-8] != b"\xff":
+            raise IncompleteArtifactError("RDB is truncated (no end-of-file opcode before the checksum)")
+        stored = int.from_bytes(self._pending, "little")
+        if stored == 0:
+            log.warning("RDB written with rdbchecksum no: checksum not verifiable")
+            return
+        if stored != (self._crc or 0):
+            raise IncompleteArtifactError("RDB checksum mismatch: the file is corrupt or truncated")
+
+
+class RedisService:
+    kind: ClassVar[str] = "redis"
+
+    def __init__(self, name: str, config: RedisConfig, access: Access):
+        self.name = name
+        self.config = config
+        self.access = access
+
+    @property
+    def artifact_path(self) -> str:
+        return f"{self.name}.rdb"
+
+    def artifacts(self) -> list[str]:
+        return [self.artifact_path]
+
+    def _password(self) -> str | None:
+        return resolve_secret(self.config.password, what=f"{self.name}.password")
+
+    def client(self) -> redis.Redis:
+        c = self.config
+        return redis.Redis(host=c.host, port=c.port, username=c.username, password=self._password(),
+                           socket_timeout=30, socket_connect_timeout=10)
+
+    def _where(self) -> str:
+        return f"redis at {self.config.host}:{self.config.port}"
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except redis.AuthenticationError:
+            raise ArtifactError(f"{self._where()}: authentication failed; check {self.name}.password") from None
+        except redis.ConnectionError as exc:
+            raise ArtifactError(f"{self._where()} is unreachable: {exc}") from None
+        except redis.ResponseError as exc:
+            raise ArtifactError(f"{self._where()}: {exc}") from None
+
+    # -- backup -------------------------------------------------------------
+    def backup(self, into: Path) -> list[ArtifactResult]:
+        c = self.config
+        client = self.client()
+        try:
+            self._call(client.ping)
+            dbfile = self._dbfilename(client)
+            local = os.path.join(c.data_dir, dbfile) if c.data_dir else None
+            checker = RdbChecker()
+            if local and self.access.readable(c.data_dir):
+                self._bgsave(client)
+                with self.access.open_read(local) as fh:
+                    rec = write_stream(into, self.artifact_path, iter(lambda: fh.read(CHUNK), b""),
+                                       compress=False, check=checker.check, observe=checker.observe)
+                how = f"BGSAVE + copy of {local}"
+            else:
+                if local:
+                    log.info("%s: %s is not readable here; fetching the RDB over the network", self.name, local)
+                rec = write_stream(into, self.artifact_path, self._sync_rdb(), compress=False,
+                                   check=checker.check, observe=checker.observe)
+                how = "replication SYNC"
+            keys = sum(v.get("keys", 0) for k, v in self._call(client.info, "keyspace").items()
+                       if isinstance(v, dict))
+        finally:
+            client.close()
+        log.info("%s: %s, %d bytes (%d keys at backup time)", self.name, how, rec.bytes, keys)
+        return [ArtifactResult.from_files(self.name, self.kind, self.artifact_path, [rec],
+                                          details={"method": how, "keys": keys})]
+
+    def _dbfilename(self, client: redis.Redis) -> str:
+        try:
+            return client.config_get("dbfilename").get("dbfilename") or "dump.rdb"
+        except redis.ResponseError:  # CONFIG renamed/disabled
+            return "dump.rdb"
+
+    def _persistence(self, client: redis.Redis) -> dict:
+        return self._call(client.info, "persistence")
+
+    def _bgsave(self, client: redis.Redis) -> None:
+        deadline = time.monotonic() + self.config.save_timeout_s
+        before = self._persistence(client)
+        while True:
+            try:
+                client.bgsave()
+                break
+            except redis.ResponseError as exc:
+                if "in progress" not in str(exc) and "already" not in str(exc):
+                    raise ArtifactError(f"{self._where()}: BGSAVE refused: {exc}") from None
+                if "rewriting" in str(exc) or "AOF" in str(exc):
+                    self._call(client.execute_command, "BGSAVE", "SCHEDULE")
+                    break
+                if time.monotonic() > deadline:
+                    raise ArtifactError(f"{self._where()}: another save kept running for "
+                                        f"{self.config.save_timeout_s:.0f}s") from None
+                time.sleep(0.2)
+                before = self._persistence(client)
+        while True:
+            info = self._persistence(client)
+            newer = (info.get("rdb_saves", 0) > before.get("rdb_saves", 0)
+                     or info.get("rdb_last_save_time", 0) > before.get("rdb_last_save_time", 0))
+            if not info.get("rdb_bgsave_in_progress") and newer:
+                break
+            if not info.get("rdb_bgsave_in_progress") and not newer and info.get("rdb_last_bgsave_status") == "err":
+                raise ArtifactError(f"{self._where()}: BGSAVE failed (rdb_last_bgsave_status:err); "
+                                    "check the Redis log and free disk space in its data dir")
+            if time.monotonic() > deadline:
+                raise ArtifactError(f"{self._where()}: BGSAVE did not finish within "
+                                    f"{self.config.save_timeout_s:.0f}s")
+            time.sleep(0.05)
+        if info.get("rdb_last_bgsave_status") != "ok":
+            raise ArtifactError(f"{self._where()}: BGSAVE failed (rdb_last_bgsave_status:"
+                                f"{info.get('rdb_last_bgsave_status')}); check the Redis log")
+
+    def _sync_rdb(self) -> Iterator[bytes]:
+        """Yield a fresh RDB from the server over the replication protocol."""
+        c = self.config
+        try:
+            sock = socket.create_connection((c.host, c.port), timeout=10)
+        except OSError as exc:
+            raise ArtifactError(f"{self._where()} is unreachable: {exc.strerror or exc}") from None
+        sock.settimeout(self.config.save_timeout_s)
+        reader = sock.makefile("rb", buffering=CHUNK)
+        try:
+            password = self._password()
+            if password is not None:
+                auth = ["AUTH", c.username, password] if c.username else ["AUTH", password]
+                self._send(sock, auth)
+                if not reader.readline().startswith(b"+OK"):
+                    raise ArtifactError(f"{self._where()}: authentication failed; check {self.name}.password")
+            self._send(sock, ["REPLCONF", "rdb-only", "1"])
+            reader.readline()  # +OK on 7.0+, an error on older servers: both fine
+            self._send(sock, ["SYNC"])
+            line = reader.readline()
+            while line in (b"\n", b"\r\n"):  # keep-alives while the master prepares the RDB
+                line = reader.readline()
+            if line.startswith(b"-"):
+                raise ArtifactError(f"{self._where()}: SYNC refused: {line[1:].decode(errors='replace').strip()}"
+                                    " (the user needs SYNC/REPLCONF permissions, or set data_dir)")
+            if not line.startswith(b"$"):
+                raise ArtifactError(f"{self._where()}: unexpected SYNC reply {line[:40]!r}")
+            if line.startswith(b"$EOF:"):
+                mark = line[5:].rstrip(b"\r\n")
+                yield from _until_mark(reader, mark)
+            else:
+                remaining = int(line[1:].strip())
+                while remaining:
+                    chunk = reader.read(min(CHUNK, remaining))
+                    if not chunk:
+                        raise IncompleteArtifactError(f"{self._where()}: connection closed with {remaining} "
+                                                      "RDB bytes missing")
+                    remaining -= len(chunk)
+                    yield chunk
+        except socket.timeout:
+            raise ArtifactError(f"{self._where()}: SYNC timed out") from None
+        finally:
+            reader.close()
+            sock.close()
+
+    @staticmethod
+    def _send(sock: socket.socket, parts: list[str]) -> None:
+        out = [f"*{len(parts)}\r\n".encode()]
+        for p in parts:
+            b = p.encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        sock.sendall(b"".join(out))
+
+    # -- verify -------------------------------------------------------------
+    def verify(self, artifact: Path) -> str:
+        checker = RdbChecker()
+        head = b""
+        tail = b""
+        n = 0
+        with open(artifact, "rb") as fh:
+            for chunk in iter(lambda: fh.read(CHUNK), b""):
+                if not head:
+                    head = chunk[:16]
+                checker.observe(chunk)
+                tail = (tail + chunk)[-16:]
+                n += len(chunk)
+        try:
+            checker.check(StreamEnds(head, tail, n))
+        except IncompleteArtifactError as exc:
+            raise VerifyError(f"{artifact.name}: {exc}") from None
+        return f"RDB header {head[:9].decode()} and CRC-64 trailer ok ({n} bytes)"
+
+    # -- restore ------------------------------------------------------------
+    def restore(self, artifact: Path, *, data_dir: str | None = None, start_command: list[str] | None = None,
+                **_: object) -> str:
+        """Stop Redis without saving, put the RDB in place, start it, wait until loaded."""
+        self.verify(artifact)
+        c = self.config
+        start = start_command or c.start_command
+        if not start:
+            raise RestoreError(f"{self.name}: set start_command (how to start Redis again) before restoring")
+        client = self.client()
+        try:
+            conf = self._restore_call(client.config_get, "*")
+        finally:
+            client.close()
+        target_dir = data_dir or c.data_dir or conf.get("dir")
+        dbfile = conf.get("dbfilename") or "dump.rdb"
+        aof = conf.get("appendonly") == "yes"
+        if not target_dir or not os.path.isdir(target_dir):
+            raise RestoreError(f"{self.name}: data dir {target_dir!r} is not reachable from here; set data_dir")
+        client = self.client()
+        if aof:
+            # With appendonly yes Redis would load the AOF and ignore our RDB: turn AOF off
+            # and persist that, so the restart loads the RDB; it is rebuilt below.
+            self._restore_call(client.config_set, "appendonly", "no")
+            try:
+                client.config_rewrite()
+            except redis.ResponseError as exc:
+                self._restore_call(client.config_set, "appendonly", "yes")
+                raise RestoreError(f"{self.name}: AOF is on and the config file cannot be rewritten ({exc}); "
+                                   "nothing changed") from None
+        log.info("%s: stopping Redis (SHUTDOWN NOSAVE)", self.name)
+        try:
+            client.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass
+        finally:
+            client.close()
+        self._wait_down()
+
+        dest = Path(target_dir) / dbfile
+        tmp = dest.with_name(f".{dbfile}.coderz-restore")
+        shutil.copyfile(artifact, tmp)
+        st = os.stat(target_dir)
+        os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, 0o660)
+        os.replace(tmp, dest)
+        log.info("%s: RDB placed at %s; starting Redis", self.name, dest)
+        self.access.run(start, timeout=60, label="redis start_command")
+        client = self._wait_up()
+        try:
+            if aof:
+                self._restore_call(client.config_set, "appendonly", "yes")
+                self._wait_aof(client)
+                client.config_rewrite()
+            keys = sum(v.get("keys", 0) for k, v in client.info("keyspace").items() if isinstance(v, dict))
+        finally:
+            client.close()
+        return f"Redis restarted from {artifact.name} with {keys} keys" + (" (AOF rebuilt)" if aof else "")
+
+    def _restore_call(self, fn, *args):
+        try:
+            return fn(*args)
+        except redis.RedisError as exc:
+            raise RestoreError(f"{self.name}: {self._where()}: {exc}") from None
+
+    def _wait_down(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self.config.host, self.config.port), timeout=1):
+                    pass
+            except OSError:
+                return
+            time.sleep(0.1)
+        raise RestoreError(f"{self.name}: Redis did not stop within {timeout:.0f}s; nothing was replaced")
+
+    def _wait_up(self, timeout: float = 60) -> redis.Redis:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            client = self.client()
+            try:
+                if client.ping() and not client.info("persistence").get("loading"):
+                    return client
+            except redis.BusyLoadingError:
+                pass
+            except redis.RedisError as exc:
+                last = str(exc)
+            client.close()
+            time.sleep(0.2)
+        raise RestoreError(f"{self.name}: Redis did not come back within {timeout:.0f}s ({last})")
+
+    def _wait_aof(self, client: redis.Redis, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = client.info("persistence")
+            if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+                return
+            time.sleep(0.1)
+        raise RestoreError(f"{self.name}: AOF rewrite did not finish within {timeout:.0f}s")
+
+
+def _until_mark(reader, mark: bytes) -> Iterator[bytes]:
+    """Yield bytes until the diskless EOF ``mark`` (which is not yielded)."""
+    keep = len(mark)
+    buf = b""
+    while True:
+        chunk = reader.read1(CHUNK) if hasattr(reader, "read1") else reader.read(CHUNK)
+        if not chunk:
+            raise IncompleteArtifactError("connection closed before the RDB end mark")
+        buf += chunk
+        idx = buf.find(mark)
+        if idx >= 0:
+            if idx:
+                yield buf[:idx]
+            return
+        if len(buf) > keep:
+            yield buf[:-keep]
+            buf = buf[-keep:]
