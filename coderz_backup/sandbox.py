@@ -68,7 +68,10 @@ class PostgresServer:
         self._user = "postgres" if os.geteuid() == 0 else None
 
     def _run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(argv, check=True, capture_output=True, user=self._user, **kw)
+        res = subprocess.run(argv, capture_output=True, user=self._user, **kw)
+        if res.returncode:
+            raise RuntimeError(f"{argv[0]} failed ({res.returncode}): {res.stderr.decode(errors='replace')}")
+        return res
 
     def start(self) -> "PostgresServer":
         self.base.mkdir(parents=True, exist_ok=True)
@@ -229,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="coderz-sandbox-"))
     work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o755)  # the postgres OS user must reach its cluster dir
     dest = Path(args.dest) if args.dest else work / "snapshots"
     configs = work / "opt" / "coderz" / "configs"
     os.environ.update(DEMO_PASSWORDS)

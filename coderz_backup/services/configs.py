@@ -33,8 +33,16 @@ log = logging.getLogger(__name__)
 
 
 def check_member(member: tarfile.TarInfo, root: str) -> None:
-    """Raise tarfile.FilterError when ``member`` could write outside ``root``."""
-    tarfile.data_filter(member, root)  # refuses abs paths, '..', links out, devices
+    """Raise tarfile.FilterError when ``member`` could write outside ``root``.
+
+    Our own archives never hold absolute paths or ``..``; one that does was tampered
+    with, so it is refused rather than silently re-rooted.
+    """
+    name = member.name
+    if name.startswith("/") or ".." in name.split("/"):
+        raise tarfile.AbsolutePathError(member) if name.startswith("/") else tarfile.OutsideDestinationError(
+            member, os.path.join(root, name))
+    tarfile.data_filter(member, root)  # refuses links out of root, device files
 
 
 class ConfigsService:

@@ -29,6 +29,8 @@ from typing import ClassVar, Iterator
 
 import anycrc
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ..access import CHUNK, Access
 from ..config import RedisConfig, resolve_secret
@@ -95,8 +97,10 @@ class RedisService:
 
     def client(self) -> redis.Redis:
         c = self.config
+        # No client-side retries: the flow's task retries decide, and a dead server
+        # should fail in milliseconds, not after a hidden backoff.
         return redis.Redis(host=c.host, port=c.port, username=c.username, password=self._password(),
-                           socket_timeout=30, socket_connect_timeout=10)
+                           socket_timeout=30, socket_connect_timeout=10, retry=Retry(NoBackoff(), 0))
 
     def _where(self) -> str:
         return f"redis at {self.config.host}:{self.config.port}"

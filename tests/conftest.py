@@ -1,0 +1,152 @@
+"""Fixtures: real servers on free 127.0.0.1 ports in temp dirs.
+
+- A real Prefect API (``prefect server start``) for the whole session, started before
+  test modules import Prefect, so in-process flows and CLI subprocesses share it.
+- PostgreSQL 15 (two clusters: source and restore target) and Redis 7 started by
+  :mod:`coderz_backup.sandbox`, the same code the README's demo uses.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="coderz-tests-"))
+_SESSION_DIR.chmod(0o755)  # the postgres OS user must reach its cluster dir
+_prefect_proc: subprocess.Popen | None = None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pytest_configure(config):
+    """Start one real Prefect server before any test module imports prefect."""
+    global _prefect_proc
+    home = _SESSION_DIR / "prefect-home"
+    home.mkdir()
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["PREFECT_LOGGING_TO_API_BATCH_INTERVAL"] = "0.3"
+    os.environ.pop("PREFECT_API_URL", None)
+    port = _free_port()
+    log = open(_SESSION_DIR / "prefect-server.log", "wb")
+    prefect_bin = Path(sys.executable).with_name("prefect")
+    _prefect_proc = subprocess.Popen(
+        [str(prefect_bin), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if _prefect_proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"prefect server did not start; see {_SESSION_DIR / 'prefect-server.log'}")
+        time.sleep(0.5)
+    os.environ["PREFECT_API_URL"] = url
+
+
+def pytest_unconfigure(config):
+    if _prefect_proc and _prefect_proc.poll() is None:
+        os.killpg(_prefect_proc.pid, signal.SIGTERM)
+        try:
+            _prefect_proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(_prefect_proc.pid, signal.SIGKILL)
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+# -- servers ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """Source PostgreSQL 15 cluster."""
+    from coderz_backup.sandbox import PostgresServer
+
+    srv = PostgresServer(_SESSION_DIR / "pg-source").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_target():
+    """A second, empty PostgreSQL 15 cluster to restore into."""
+    from coderz_backup.sandbox import PostgresServer
+
+    srv = PostgresServer(_SESSION_DIR / "pg-target").start()
+    yield srv
+    srv.stop()
+
+
+class PgDatabase:
+    """A database with its own owner role on a cluster."""
+
+    def __init__(self, server, name: str, user: str, password: str):
+        self.server, self.name, self.user, self.password = server, name, user, password
+
+    def connect(self):
+        return self.server.connect(self.name, self.user, self.password)
+
+    def service_config(self, **over):
+        from coderz_backup.config import PostgresConfig
+        from pydantic import SecretStr
+
+        data = dict(kind="postgres", host="127.0.0.1", port=self.server.port, user=self.user,
+                    password=SecretStr(self.password), database=self.name)
+        data.update(over)
+        return PostgresConfig(**data)
+
+
+@pytest.fixture
+def make_db(pg):
+    """Factory: a fresh database + owner role on ``pg`` (or another server)."""
+
+    def _make(server=None, name: str | None = None, password: str | None = None,
+              user: str | None = None) -> PgDatabase:
+        server = server or pg
+        name = name or f"db_{secrets.token_hex(4)}"
+        user = user or f"u_{secrets.token_hex(4)}"
+        password = password or f"pw-{secrets.token_hex(8)}"
+        server.create_role_db(user, password, name)
+        return PgDatabase(server, name, user, password)
+
+    return _make
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    from coderz_backup.sandbox import RedisServer
+
+    srv = RedisServer(tmp_path / "redis", password=f"redis-{secrets.token_hex(6)}").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    """Environment for running the CLI as a subprocess (shares the session Prefect API)."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["HOME"] = str(tmp_path)
+    return env

@@ -1,0 +1,194 @@
+"""PostgreSQL service against real PostgreSQL 15 clusters."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from coderz_backup.access import LocalAccess
+from coderz_backup.errors import ArtifactError, RestoreError, VerifyError
+from coderz_backup.services.postgres import PostgresService
+
+
+def _fill(db, rows: int = 2000) -> None:
+    with db.connect() as c:
+        c.execute("CREATE TABLE items (id int PRIMARY KEY, name text, price numeric(10,2), tags text[])")
+        c.execute("INSERT INTO items SELECT g, 'item ' || g, g * 1.25, ARRAY['t' || (g %% 7)] "
+                  "FROM generate_series(1, %s) g", (rows,))
+        c.execute("CREATE VIEW cheap AS SELECT * FROM items WHERE price < 100")
+        c.execute("CREATE SEQUENCE counter START 42")
+
+
+def _snapshot_of(db) -> tuple:
+    with db.connect() as c:
+        rows = c.execute("SELECT id, name, price, tags FROM items ORDER BY id").fetchall()
+        cheap = c.execute("SELECT count(*) FROM cheap").fetchone()[0]
+        seq = c.execute("SELECT nextval('counter')").fetchone()[0]
+    return rows, cheap, seq
+
+
+def test_postgres_round_trip_into_a_second_server(make_db, pg_target, tmp_path):
+    src = make_db()
+    _fill(src)
+    svc = PostgresService("postgres-app", src.service_config(), LocalAccess())
+
+    [result] = svc.backup(tmp_path)
+
+    dump = tmp_path / "postgres-app.sql.gz"
+    assert result.status == "ok" and result.path == "postgres-app.sql.gz"
+    assert result.bytes == dump.stat().st_size and len(result.sha256) == 64
+    assert oct(dump.stat().st_mode & 0o777) == "0o600"
+    with gzip.open(dump, "rt") as fh:  # readable by standard gzip, as the README says
+        assert "-- PostgreSQL database dump" in fh.read(200)
+    assert "pg_dump header and trailer" in svc.verify(dump)
+
+    dst = make_db(server=pg_target, name=src.name, user=src.user)  # same names on a fresh server
+    restored = PostgresService("postgres-app", dst.service_config(), LocalAccess())
+    restored.restore(dump)
+    assert _snapshot_of(dst) == _snapshot_of(src)
+
+
+def test_restore_replaces_existing_data_and_is_all_or_nothing(make_db, tmp_path):
+    db = make_db()
+    _fill(db, rows=50)
+    svc = PostgresService("pg", db.service_config(), LocalAccess())
+    svc.backup(tmp_path)
+    dump = tmp_path / "pg.sql.gz"
+    with db.connect() as c:
+        c.execute("DELETE FROM items WHERE id > 10")
+        c.execute("CREATE TABLE junk (x int)")
+    svc.restore(dump)
+    with db.connect() as c:
+        assert c.execute("SELECT count(*) FROM items").fetchone()[0] == 50
+        assert c.execute("SELECT to_regclass('junk')").fetchone()[0] is None
+
+    # A dump that fails half-way (SQL error) must leave the current database untouched.
+    bad = tmp_path / "bad.sql.gz"
+    with gzip.open(dump, "rb") as fh:
+        text = fh.read()
+    marker = b"-- PostgreSQL database dump complete"
+    text = text.replace(marker, b"SELECT * FROM no_such_table;\n" + marker)
+    with gzip.open(bad, "wb") as fh:
+        fh.write(text)
+    with db.connect() as c:
+        c.execute("DELETE FROM items WHERE id > 20")
+    with pytest.raises(RestoreError, match="left unchanged"):
+        svc.restore(bad)
+    with db.connect() as c:
+        assert c.execute("SELECT count(*) FROM items").fetchone()[0] == 20
+        assert c.execute("SELECT count(*) FROM pg_database WHERE datname LIKE %s",
+                         (db.name + "__coderz%",)).fetchone()[0] == 0
+
+
+def test_wrong_password_fails_with_pg_dump_message_and_no_file(make_db, tmp_path):
+    db = make_db()
+    svc = PostgresService("pg", db.service_config(password=__import__("pydantic").SecretStr("wrong-pw-123")),
+                          LocalAccess())
+    with pytest.raises(ArtifactError) as err:
+        svc.backup(tmp_path)
+    assert "password authentication failed" in str(err.value)
+    assert "wrong-pw-123" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # no partial, no final file
+
+
+def test_server_down_fails_clearly(make_db, tmp_path):
+    from coderz_backup.sandbox import free_port
+
+    db = make_db()
+    svc = PostgresService("pg", db.service_config(port=free_port()), LocalAccess())
+    with pytest.raises(ArtifactError, match="pg_dump .*exited with status 1.*(refused|connect)"):
+        svc.backup(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pg_dump_killed_mid_stream_is_never_ok(make_db, tmp_path):
+    db = make_db()
+    with db.connect() as c:  # big enough that the dump takes a moment
+        c.execute("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 20) AS pad "
+                  "FROM generate_series(1, 400000) g")
+    svc = PostgresService("pg", db.service_config(), LocalAccess())
+
+    def _kill_pg_dump():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            partial = tmp_path / ".pg.sql.gz.partial"
+            if partial.exists() and partial.stat().st_size > 0:
+                for pid in os.listdir("/proc"):
+                    if pid.isdigit():
+                        try:
+                            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                        except OSError:
+                            continue
+                        if b"pg_dump" in cmd and db.name.encode() in cmd:
+                            os.kill(int(pid), signal.SIGKILL)
+                            return
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=_kill_pg_dump)
+    killer.start()
+    with pytest.raises(ArtifactError, match="killed by signal 9|truncated"):
+        svc.backup(tmp_path)
+    killer.join()
+    assert not (tmp_path / "pg.sql.gz").exists()
+    assert not (tmp_path / ".pg.sql.gz.partial").exists()
+
+
+def test_verify_rejects_truncated_and_corrupted_dumps(make_db, tmp_path):
+    db = make_db()
+    _fill(db, rows=5000)
+    svc = PostgresService("pg", db.service_config(), LocalAccess())
+    svc.backup(tmp_path)
+    good = (tmp_path / "pg.sql.gz").read_bytes()
+
+    truncated = tmp_path / "truncated.sql.gz"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(VerifyError, match="damaged"):
+        svc.verify(truncated)
+
+    flipped = bytearray(good)
+    flipped[len(flipped) // 2] ^= 0xFF
+    corrupt = tmp_path / "corrupt.sql.gz"
+    corrupt.write_bytes(bytes(flipped))
+    with pytest.raises(VerifyError):
+        svc.verify(corrupt)
+
+    # a complete gzip whose SQL lacks the trailer (a dump cut off before compression)
+    sql = gzip.decompress(good)
+    cut = tmp_path / "cut.sql.gz"
+    cut.write_bytes(gzip.compress(sql[: sql.index(b"-- PostgreSQL database dump complete")]))
+    with pytest.raises(VerifyError, match="trailer"):
+        svc.verify(cut)
+
+
+def test_password_never_in_process_argv(make_db, tmp_path):
+    db = make_db(password="argv-secret-8472")
+    with db.connect() as c:
+        c.execute("CREATE TABLE big AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 200000) g")
+    svc = PostgresService("pg", db.service_config(), LocalAccess())
+    seen: list[bytes] = []
+    stop = threading.Event()
+
+    def _watch():
+        while not stop.is_set():
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    try:
+                        seen.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+                    except OSError:
+                        pass
+
+    t = threading.Thread(target=_watch)
+    t.start()
+    try:
+        svc.backup(tmp_path)
+    finally:
+        stop.set()
+        t.join()
+    assert any(b"pg_dump" in c for c in seen), "the watcher never saw pg_dump running"
+    assert not any(b"argv-secret-8472" in c for c in seen)
