@@ -245,3 +245,15 @@ def test_sigkill_mid_backup_leaves_no_snapshot_and_next_run_cleans_up(stack, mak
     assert not list(stack.dest.glob(".in-progress-*"))
     assert len(stack.snapshots()) == 1
     assert "interrupted run" in (stack.dest / "latest" / "backup.log").read_text()
+
+
+def test_backup_sh_accepts_the_documented_invocations(stack, tmp_path):
+    script = Path(__file__).resolve().parent.parent / "scripts" / "backup.sh"
+    other = tmp_path / "external-drive"
+    env = dict(stack.env, CODERZ_BACKUP_CONFIG=str(stack.config), KEEP_DAYS="30")
+    res = subprocess.run(["bash", str(script), "--dest", str(other), "--keep", "0", "--only", "configs"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "✓ configs.tar.gz" in res.stdout
+    snaps = [p for p in other.iterdir() if SNAPSHOT_NAME.match(p.name)]
+    assert len(snaps) == 1 and json.loads((snaps[0] / "manifest.json").read_text())["keep_days"] == 0
