@@ -394,10 +394,15 @@ def load(
     if keep is not None:
         merged["keep_days"] = keep
 
+    services = merged.get("services")
+    if isinstance(services, Mapping):
+        # checked here too: the model's own check does not run when a service table is invalid
+        problems.extend(f"services.{n}: service names must be lowercase letters, digits, '.', '_' or '-' "
+                        "(they become file names)" for n in services if not SERVICE_NAME.match(str(n)))
     try:
         config = Config.model_validate({**merged, "source": source})
     except ValidationError as exc:
-        problems.extend(_problems_from(exc, merged))
+        problems.extend(p for p in _problems_from(exc, merged) if not (p.startswith("services: ") and "service names must" in p))
         raise ConfigError(source, problems) from None
     if problems:
         raise ConfigError(source, problems)

@@ -206,7 +206,11 @@ class SnapshotStore:
         link = self.dest / LATEST
         if not link.is_symlink():
             return None
-        target = os.readlink(link)
+        target = os.readlink(link).rstrip("/")
+        if os.path.isabs(target):  # e.g. made by hand with `ln -sfn /abs/path latest`
+            if os.path.realpath(os.path.dirname(target)) != os.path.realpath(self.dest):
+                return None
+            target = os.path.basename(target)
         return target if parse_snapshot_name(target) and (self.dest / target).is_dir() else None
 
     def get(self, name: str) -> SnapshotInfo:

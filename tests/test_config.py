@@ -212,9 +212,6 @@ def test_service_name_that_cannot_be_a_file_name_is_rejected(tmp_path):
     assert any(p.startswith("services") and "Bad_Name" in p for p in err.problems)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: Config._names is an after-validator on `services`, so it never runs when any "
-    "service table has an error; the bad name is then not reported (config.py:276-285)"))
 def test_bad_service_name_is_reported_alongside_other_service_problems(tmp_path):
     path = write(tmp_path, """\
         [services.pg]

@@ -271,10 +271,6 @@ def test_rotate_on_missing_destination_deletes_nothing(tmp_path):
     assert rotation.rotate(store, keep_days=7, current=None, current_usable=True, now=NOW) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: SnapshotStore.latest_name (snapshot.py:205-210) only understands a bare relative "
-    "target; an absolute `latest` link (e.g. made by `ln -sfn $DIR latest`) is not "
-    "recognised, so rotation deletes its target and leaves `latest` dangling"))
 def test_rotation_never_deletes_target_of_an_absolute_latest_link(populated):
     dest = populated["dest"]
     os.unlink(dest / "latest")
