@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -266,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{gz_size / raw_size:8.1%}")
         print(f"  {'ours  backup()':<22}{best_ours:8.2f}s{ratio_ours:8.2f}{fmt_mb(ours_size):>14}"
               f"{ours_size / raw_size:8.1%}")
+        med = {k: statistics.median(v) for k, v in (("raw", raw_t), ("gzip6", gz_t), ("ours", ours_t))}
+        print(f"  medians: raw {med['raw']:.2f}s, gzip6 {med['gzip6']:.2f}s, ours {med['ours']:.2f}s "
+              f"(ours/raw {med['ours'] / med['raw']:.2f}); spread shows how noisy the host is")
         print(f"  raw SQL through ours: {ours_raw:,} bytes (raw file {raw_size:,})")
         print(f"  raw throughput {raw_size / best_raw / 1e6:,.0f} MB/s; ours {ours_raw / best_ours / 1e6:,.0f} MB/s")
         print(f"  peak RSS of our Python process: {rss_mb:.1f} MB")
@@ -279,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             "ours_child_total_s": [round(r["child_total_s"], 3) for r in ours_runs],
             "raw_fsync_s": [round(x, 3) for x in fsyncs],
             "best_raw_s": round(best_raw, 3), "best_gzip6_s": round(best_gz, 3), "best_ours_s": round(best_ours, 3),
+            "median_raw_s": round(med["raw"], 3), "median_gzip6_s": round(med["gzip6"], 3),
+            "median_ours_s": round(med["ours"], 3), "median_ratio_ours_raw": round(med["ours"] / med["raw"], 3),
             "ratio_ours_raw": round(ratio_ours, 3), "ratio_gzip6_raw": round(ratio_gz, 3),
             "raw_bytes": raw_size, "gzip6_bytes": gz_size, "ours_bytes": ours_size, "ours_raw_bytes": ours_raw,
             "ours_peak_rss_mb": round(rss_mb, 1),

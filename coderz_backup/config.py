@@ -388,9 +388,14 @@ def load(
         merged["dest"] = str(dest)
     if "KEEP_DAYS" in env and keep is None:
         try:
-            merged["keep_days"] = int(env["KEEP_DAYS"])
+            days = int(env["KEEP_DAYS"])
         except ValueError:
-            problems.append(f"KEEP_DAYS={env['KEEP_DAYS']!r}: must be a whole number of days (0 = keep forever)")
+            days = -1
+        if days < 0:
+            problems.append(f"KEEP_DAYS={env['KEEP_DAYS']!r}: must be a whole number of days, 0 or more "
+                            "(0 = keep forever)")
+        else:
+            merged["keep_days"] = days
     if keep is not None:
         merged["keep_days"] = keep
 

@@ -383,16 +383,28 @@ def test_literal_password_never_appears_in_repr_or_str_of_the_config(tmp_path):
         assert SECRET not in text
 
 
-@pytest.mark.parametrize("mistake", [
-    pytest.param('port = "not-a-port"\n', id="validation-error-in-same-service"),
-    pytest.param('[services.other]\nkind = "nope"\n', id="validation-error-elsewhere"),
-    pytest.param('password2 = "{secret}" trailing\n', id="toml-syntax-error-on-secret-line"),
+PG_OK = 'kind = "postgres"\nuser = "u"\ndatabase = "d"\n'
+
+
+@pytest.mark.parametrize("toml", [
+    # the failing value is the secret itself, or a table/list that contains it
+    pytest.param(f'[services.pg]\n{PG_OK}pasword = "{SECRET}"\n', id="misspelled-password-key"),
+    pytest.param(f'[services.pg]\n{PG_OK}password = ["{SECRET}"]\n', id="secret-of-wrong-type"),
+    pytest.param(f'[services.pg]\nkind = "postgres"\ndatabase = "d"\npassword = "{SECRET}"\n',
+                 id="missing-key-in-same-service"),
+    pytest.param(f'[services.pg]\nkind = "postgress"\nuser = "u"\npassword = "{SECRET}"\n',
+                 id="unknown-kind-in-same-service"),
+    pytest.param(f'[email]\npasswd = "{SECRET}"\n', id="misspelled-email-password-key"),
+    # the secret sits next to an unrelated mistake
+    pytest.param(f'[services.pg]\n{PG_OK}password = "{SECRET}"\nport = "not-a-port"\n',
+                 id="validation-error-in-same-service"),
+    pytest.param(f'[services.pg]\n{PG_OK}password = "{SECRET}"\n[services.other]\nkind = "nope"\n',
+                 id="validation-error-elsewhere"),
+    pytest.param(f'[services.pg]\n{PG_OK}password = "{SECRET}" trailing\n',
+                 id="toml-syntax-error-on-secret-line"),
 ])
-def test_literal_password_never_appears_in_config_error(tmp_path, mistake):
-    path = write(tmp_path, (
-        '[services.pg]\nkind = "postgres"\nuser = "u"\ndatabase = "d"\n'
-        f'password = "{SECRET}"\n' + mistake.replace("{secret}", SECRET)
-    ))
+def test_literal_password_never_appears_in_config_error(tmp_path, toml):
+    path = write(tmp_path, toml)
 
     err = load_error(path, env={})
 
