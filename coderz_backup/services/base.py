@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
 
-from ..access import Access
 from ..writer import FileRecord
 
 __all__ = ["ArtifactResult", "Service"]
