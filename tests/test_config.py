@@ -456,3 +456,21 @@ def test_secret_problems_is_empty_when_every_reference_is_set(tmp_path, monkeypa
     path = write(tmp_path, '[services.a]\nkind = "redis"\npassword = "env:CODERZ_TEST_SET_A"\n')
 
     assert secret_problems(load(path, env={})) == []
+
+
+def test_prefect_secret_reference_resolves_from_a_saved_secret_block():
+    """`prefect-secret:NAME` loads a Secret block from the Prefect API (the session's real server)."""
+    import secrets as _secrets
+
+    from prefect.blocks.system import Secret
+    from pydantic import SecretStr
+
+    from coderz_backup.config import resolve_secret
+    from coderz_backup.errors import SecretError
+
+    name = f"coderz-test-{_secrets.token_hex(4)}"
+    Secret(value="block-secret-value-77").save(name)
+    assert resolve_secret(SecretStr(f"prefect-secret:{name}")) == "block-secret-value-77"
+    with pytest.raises(SecretError, match="no-such-block") as err:
+        resolve_secret(SecretStr("prefect-secret:no-such-block"))
+    assert "block-secret-value-77" not in str(err.value)
