@@ -18,7 +18,7 @@ from typing import Sequence
 from . import __version__
 from .config import Config, load, secret_problems
 from .errors import CoderzBackupError, ConfigError
-from .report import header, human_size, section_line, summary
+from .report import human_size, render_report
 
 EXIT_OK, EXIT_PARTIAL, EXIT_UNUSABLE = 0, 1, 2
 
@@ -151,31 +151,6 @@ def _n(v) -> str:
 
 
 # -- backup ---------------------------------------------------------------------------
-def render_report(manifest: dict) -> str:
-    """The product document's boxed report for a finished snapshot's manifest."""
-    lines = header(manifest["snapshot"])
-    sections: dict[str, list[dict]] = {}
-    for a in manifest["artifacts"]:
-        sections.setdefault(a.get("section") or a["service"], []).append(a)
-    for i, (title, arts) in enumerate(sections.items(), 1):
-        lines.append(section_line(i, len(sections), title))
-        for a in arts:
-            name = a["path"].rstrip("/")
-            if a["status"] == "ok":
-                lines += [f"✓ {extra}" for extra in a.get("report_lines") or []]
-                lines.append(f"✓ {name} ({human_size(a['bytes'])})")
-            elif a["status"] == "skipped":
-                lines.append(f"- {name} — skipped: {a.get('error') or ''}")
-            else:
-                first = (a.get("error") or "failed").splitlines()[0]
-                lines.append(f"✗ {name} — {first}")
-    title = {"ok": "Backup Complete", "partial": "Backup Completed with Failures"}.get(
-        manifest["status"], "Backup FAILED")
-    lines += summary(manifest["passed"], manifest["failed"], manifest["skipped"], manifest["total_bytes"],
-                     title=title)
-    return "\n".join(lines)
-
-
 class _Progress:
     """Live progress on a terminal (stderr): one line per finished service."""
 
@@ -250,4 +225,6 @@ def cmd_backup(args) -> int:
     print(f"Snapshot: {s['path']}")
     if s["deleted"]:
         print(f"Rotation: deleted {', '.join(s['deleted'])}")
+    if s.get("mail") and s["mail"] != "not configured":
+        print(f"Mail: {s['mail']}")
     return {"ok": EXIT_OK, "partial": EXIT_PARTIAL}.get(s["status"], EXIT_UNUSABLE)

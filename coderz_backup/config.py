@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_KEEP_DAYS",
     "Config",
     "EmailConfig",
+    "SizeCheckConfig",
     "ServiceConfig",
     "PostgresConfig",
     "RedisConfig",
@@ -105,6 +106,8 @@ class EmailConfig(_Model):
     from_: str = Field("backup@coderz.local", alias="from", description="sender address")
     to: list[str] = Field(default_factory=list, description="recipients")
     block: str | None = Field(None, description="name of a saved prefect-email EmailServerCredentials block")
+    retries: int = Field(2, ge=0, le=10, description="retries when sending fails")
+    retry_delay_s: list[float] = Field(default_factory=lambda: [5.0, 15.0], description="delay before each retry")
 
 
 class ServiceBase(_Model):
@@ -115,6 +118,11 @@ class ServiceBase(_Model):
     container: str | None = Field(None, description="reach the service through this Docker container")
     title: str | None = Field(None, description="section title in the report")
     timeout_s: float = Field(3600.0, gt=0, description="give up on one attempt after this many seconds")
+    min_bytes: int | None = Field(None, ge=1, description="an artifact smaller than this fails the size check "
+                                                           "(default per kind)")
+
+    #: smallest plausible artifact of this kind (a complete but empty dump is bigger)
+    default_min_bytes: ClassVar[int] = 1
 
     #: section of the product document's report this kind belongs to (None = own title)
     section: ClassVar[str | None] = None
@@ -136,6 +144,7 @@ class PostgresConfig(ServiceBase):
     database: str = Field(..., description="database to dump")
     pg_dump: str = Field("pg_dump", description="pg_dump executable")
     psql: str = Field("psql", description="psql executable (restore)")
+    default_min_bytes: ClassVar[int] = 64
     order: ClassVar[int] = 10
 
 
@@ -151,6 +160,7 @@ class RedisConfig(ServiceBase):
     start_command: list[str] | None = Field(None, description="argv that starts the server again after a restore")
     save_timeout_s: float = Field(600.0, gt=0, description="how long to wait for BGSAVE")
     section: ClassVar[str] = "Redis"
+    default_min_bytes: ClassVar[int] = 18
     order: ClassVar[int] = 20
 
 
@@ -161,6 +171,7 @@ class ConfigsConfig(ServiceBase):
     paths: list[str] = Field(default_factory=lambda: ["/opt/coderz/configs"], min_length=1, description="files/folders to archive")
     exclude: list[str] = Field(default_factory=list, description="glob patterns (matched on each path's name and its full path) to leave out")
     section: ClassVar[str] = "Configs + Compose"
+    default_min_bytes: ClassVar[int] = 64
     order: ClassVar[int] = 70
 
     @field_validator("paths")
@@ -262,6 +273,17 @@ def default_services() -> dict[str, dict[str, Any]]:
     }
 
 
+class SizeCheckConfig(_Model):
+    """Checks on sizes: room before the run, plausibility after it."""
+
+    margin: float = Field(1.2, ge=1.0, description="need free space of previous snapshot size × margin before a run")
+    min_free_bytes: int = Field(0, ge=0, description="always keep at least this much free on the destination")
+    max_shrink: float = Field(0.5, gt=0, le=1, description="flag an artifact that shrank by more than this "
+                                                          "fraction against the previous ok snapshot")
+    shrink_floor_bytes: int = Field(64 * 1024, ge=0, description="ignore shrinkage of artifacts smaller than this "
+                                                                 "in the previous snapshot")
+
+
 class Config(_Model):
     """The whole configuration."""
 
@@ -270,6 +292,7 @@ class Config(_Model):
     retries: int = Field(2, ge=0, le=10, description="retries per service task after the first attempt")
     retry_delay_s: list[float] = Field(default_factory=lambda: [10.0, 30.0], description="delay before each retry")
     email: EmailConfig | None = Field(None, description="alert mail settings; absent = no mail")
+    size_check: SizeCheckConfig = Field(default_factory=SizeCheckConfig, description="size checks")
     services: dict[str, ServiceConfig] = Field(default_factory=dict, description="services, by artifact base name")
     source: str = Field("<defaults>", description="where this config came from (for messages)")
 

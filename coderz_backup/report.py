@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
-__all__ = ["human_size", "header", "section_line", "summary", "BOX_WIDTH"]
+__all__ = ["human_size", "header", "section_line", "summary", "render_report", "BOX_WIDTH"]
 
 BOX_WIDTH = 54  # characters between the box's side walls
 
@@ -54,3 +54,30 @@ def summary(passed: int, failed: int, skipped: int, total_bytes: int, *, title: 
         f"- Skipped : {skipped}",
         f"Total size: {human_size(total_bytes)}",
     ])
+
+
+def render_report(manifest: dict) -> str:
+    """The product document's boxed report for a finished snapshot's manifest."""
+    lines = header(manifest["snapshot"])
+    sections: dict[str, list[dict]] = {}
+    for a in manifest["artifacts"]:
+        sections.setdefault(a.get("section") or a["service"], []).append(a)
+    for i, (title, arts) in enumerate(sections.items(), 1):
+        lines.append(section_line(i, len(sections), title))
+        for a in arts:
+            name = a["path"].rstrip("/")
+            if a["status"] == "ok":
+                lines += [f"✓ {extra}" for extra in a.get("report_lines") or []]
+                lines.append(f"✓ {name} ({human_size(a['bytes'])})")
+            elif a["status"] == "skipped":
+                lines.append(f"- {name} — skipped: {a.get('error') or ''}")
+            else:
+                first = (a.get("error") or "failed").splitlines()[0]
+                lines.append(f"✗ {name} — {first}")
+    for finding in (manifest.get("size_check") or {}).get("findings", []):
+        lines.append(f"⚠ size check: {finding['message']}")
+    title = {"ok": "Backup Complete", "partial": "Backup Completed with Failures"}.get(
+        manifest["status"], "Backup FAILED")
+    lines += summary(manifest["passed"], manifest["failed"], manifest["skipped"], manifest["total_bytes"],
+                     title=title)
+    return "\n".join(lines)

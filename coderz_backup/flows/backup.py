@@ -2,12 +2,13 @@
 
 Sequence::
 
-    load config ─ prepare dest ─ lock ─ clean killed runs ─ begin .in-progress-<ts>
+    load config ─ prepare dest ─ lock ─ clean killed runs ─ room check ─ begin .in-progress-<ts>
       └─ submit one task per service (concurrently, retries with backoff, timeout)
       └─ collect as they complete (one failure never stops the others)
-      └─ [size check — plugs in here, before the manifest]
+      └─ size-check task (minimum sizes, shrinkage vs the previous ok snapshot)
       └─ manifest.json ─ rename to <ts> ─ latest (unless nothing usable) ─ rotation
-      └─ [e-mail — plugs in here, and in the on_failure/on_crashed hooks]
+      └─ report artifacts ─ send-mail task (✅/⚠️/🔴; retried, never changes the outcome)
+    on_failure / on_crashed hooks: 🔴 mail when the run ended before a snapshot was finished
 
 Final state: Completed when every artifact passed; Failed("1 of 4 artifacts failed")
 when some failed (the snapshot is kept, status ``partial``); Failed with the error when
@@ -35,8 +36,10 @@ from prefect.runtime import task_run as rt_task_run
 from prefect.states import Failed
 
 from .. import __version__
+from .. import notify, sizecheck
 from ..config import Config, ServiceConfig, load
 from ..errors import ConfigError, CoderzBackupError, SecretError
+from ..report import render_report
 from ..rotation import rotate
 from ..runlog import run_log
 from ..services import REGISTRY, ArtifactResult, create, expected_artifacts
@@ -121,8 +124,123 @@ def backup_service(name: str, service_config: Any, snapshot_dir: str) -> list[Ar
     return results
 
 
+@task(name="size-check", cache_policy=NO_CACHE)
+def size_check(results: list[ArtifactResult], snapshot_dir: str, min_bytes: dict[str, int], cfg: Any,
+               previous: Any) -> tuple[list[ArtifactResult], list[dict]]:
+    """Minimum sizes and shrinkage against the previous ok snapshot (see coderz_backup.sizecheck)."""
+    results, findings = sizecheck.check(results, Path(snapshot_dir), min_bytes, cfg, previous)
+    for f in findings:
+        (log.error if f.level == "error" else log.warning)("size check: %s", f.message)
+    if not findings:
+        log.info("size check: all artifact sizes plausible")
+    return results, [f.as_dict() for f in findings]
+
+
+@task(name="publish-report", cache_policy=NO_CACHE)
+def publish_report(manifest: dict, snapshot_path: str) -> None:
+    """The run's report as Prefect artifacts (markdown + one table row per artifact)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from ..report import human_size
+
+    create_markdown_artifact(
+        key="coderz-backup-report",
+        markdown=f"# Coderz backup {manifest['snapshot']} — {manifest['status']}\n\n"
+                 f"Snapshot: `{snapshot_path}`\n\n```\n{render_report(manifest)}\n```\n",
+        description=f"Backup report for snapshot {manifest['snapshot']}",
+    )
+    create_table_artifact(
+        key="coderz-backup-artifacts",
+        table=[{"artifact": a["path"], "service": a["service"], "status": a["status"],
+                "size": human_size(a["bytes"]) if a["status"] == "ok" else "", "bytes": a["bytes"],
+                "duration_s": a["duration_s"], "attempts": a["attempts"], "error": a["error"] or "",
+                "sha256": a["sha256"] or ""} for a in manifest["artifacts"]],
+        description=f"Artifacts of snapshot {manifest['snapshot']}",
+    )
+
+
+@task(name="send-mail", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 15])
+def send_mail(email_cfg: Any, subject: str, html: str, text: str) -> str:
+    """Send one alert mail through prefect-email (retried; never changes the backup's outcome)."""
+    _send(email_cfg, subject, html, text)
+    log.info("mail sent to %s: %s", ", ".join(email_cfg.to), subject)
+    return subject
+
+
+def _credentials(email_cfg):
+    from prefect_email import EmailServerCredentials
+
+    from ..config import resolve_secret
+
+    if email_cfg.block:
+        return EmailServerCredentials.load(email_cfg.block, _sync=True)
+    kwargs = dict(smtp_server=email_cfg.smtp_host, smtp_port=email_cfg.smtp_port, smtp_type=email_cfg.smtp_type)
+    if email_cfg.username:  # leave unset without AUTH: setting it against such a server fails
+        kwargs.update(username=email_cfg.username,
+                      password=resolve_secret(email_cfg.password, what="email.password") or "")
+    return EmailServerCredentials(**kwargs)
+
+
+def _send(email_cfg, subject: str, html: str, text: str) -> None:
+    import anyio
+    from prefect_email import email_send_message
+
+    if not email_cfg.to:
+        raise ConfigError("email", ["email.to: no recipients configured"])
+    anyio.run(lambda: email_send_message.fn(
+        subject=subject, msg=html, msg_plain=text, email_server_credentials=_credentials(email_cfg),
+        email_from=email_cfg.from_, email_to=list(email_cfg.to)))
+
+
+def _mail_outcome(cfg: Config, manifest: dict, snapshot_path: str) -> str:
+    """Send the result mail; return what happened (for the summary). Never raises."""
+    if cfg.email is None:
+        return "not configured"
+    subject, html, text = notify.result_bodies(manifest, snapshot_path)
+    fut = send_mail.with_options(task_run_name="send-mail", retries=cfg.email.retries,
+                                 retry_delay_seconds=cfg.email.retry_delay_s or 0).submit(cfg.email, subject, html, text)
+    value = fut.result(raise_on_failure=False)
+    if fut.state.is_completed():
+        return f"sent: {subject}"
+    log.error("mail NOT sent after retries: %s — the backup itself is unaffected", value)
+    return f"failed: {value}"
+
+
+# -- flow hooks: a crash is never silent ----------------------------------------------
+_mailed_runs: set[str] = set()
+
+
+def _alert_hook(flow, flow_run, state) -> None:
+    """on_failure / on_crashed: send 🔴 unless the run already mailed its outcome."""
+    run_id = str(flow_run.id)
+    if run_id in _mailed_runs:
+        return
+    params = dict(flow_run.parameters or {})
+    try:
+        cfg = load(params.get("config"), dest=params.get("dest"), keep=params.get("keep"))
+    except CoderzBackupError as exc:
+        log.error("cannot send the failure mail: config unusable (%s)", exc)
+        return
+    if cfg.email is None:
+        return
+    when = flow_run.start_time or flow_run.expected_start_time or dt.datetime.now(dt.timezone.utc)
+    subject, html, text = notify.crash_bodies(when, state.message or state.name, flow_run=flow_run.name,
+                                              dest=str(cfg.dest))
+    for attempt in range(cfg.email.retries + 1):
+        try:
+            _send(cfg.email, subject, html, text)
+            _mailed_runs.add(run_id)
+            log.info("failure mail sent: %s", subject)
+            return
+        except Exception as exc:  # noqa: BLE001 - a hook must not raise
+            log.error("failure mail attempt %d failed: %s", attempt + 1, exc)
+            if attempt < cfg.email.retries:
+                time.sleep((cfg.email.retry_delay_s or [0])[min(attempt, len(cfg.email.retry_delay_s or [0]) - 1)])
+
+
 # -- the flow -----------------------------------------------------------------------
-@flow(name="coderz-backup", log_prints=False, validate_parameters=True)
+@flow(name="coderz-backup", log_prints=False, validate_parameters=True,
+      on_failure=[_alert_hook], on_crashed=[_alert_hook])
 def coderz_backup(
     dest: str | None = None,
     keep: int | None = None,
@@ -147,10 +265,12 @@ def run_backup(cfg: Config, *, only: list[str] | None = None):
     store.prepare()
     with store.lock():
         stale = store.clean_stale()
+        preflight = sizecheck.preflight(store, cfg.size_check)  # no room → StoreError, nothing written
+        previous = sizecheck.previous_ok(store)
         started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         snap = store.begin(started)
         with run_log(snap.path / "backup.log", extra_handlers=_api_handlers()):
-            summary, final_path = _run_in_snapshot(cfg, store, snap, services, started, stale)
+            summary, final_path = _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous)
             _emit("finished", summary=summary, path=str(final_path))
     if summary["status"] == "ok":
         return summary
@@ -170,7 +290,7 @@ def _api_handlers() -> list[logging.Handler]:
         return []
 
 
-def _run_in_snapshot(cfg, store, snap, services, started, stale):
+def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous):
     log.info("coderz-backup %s on %s: snapshot %s into %s (keep %s days, flow run %s)",
              __version__, socket.gethostname(), snap.name, cfg.dest,
              cfg.keep_days or "∞", rt_flow_run.id)
@@ -222,7 +342,8 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale):
         _emit("done", name=name, results=results[name], section=sections[name])
 
     ordered = [r for name in services for r in results.get(name, [])]
-    # Size check (its own issue) plugs in here: findings go into the manifest below.
+    min_bytes = {name: c.min_bytes or c.default_min_bytes for name, c in services.items()}
+    ordered, findings = size_check(ordered, str(snap.path), min_bytes, cfg.size_check, previous)
     passed = sum(r.status == "ok" for r in ordered)
     failed = sum(r.status == "failed" for r in ordered)
     skipped = sum(r.status == "skipped" for r in ordered)
@@ -241,6 +362,9 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale):
         "host": socket.gethostname(),
         "keep_days": cfg.keep_days,
         "flow_run_id": str(rt_flow_run.id) if rt_flow_run.id else None,
+        "size_check": {"findings": findings, "free_bytes_before": preflight["free_bytes"],
+                       "estimate_bytes": preflight["estimate_bytes"],
+                       "compared_with": previous.name if previous else None},
         "artifacts": [
             {**r.as_manifest(), "section": sections[r.service], "report_lines": r.lines}
             for r in ordered
@@ -255,8 +379,14 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale):
     else:
         log.error("no usable artifact: %s kept for its log, `latest` not moved", final)
     deleted = rotate(store, keep_days=cfg.keep_days, current=snap.name, current_usable=usable)
-    # E-mail (its own issue) plugs in here, with the summary below.
+    try:
+        publish_report(manifest, str(final))
+    except Exception as exc:  # noqa: BLE001 - the UI report is a convenience, the snapshot is done
+        log.warning("could not publish the report to Prefect: %s", exc)
+    mail = _mail_outcome(cfg, manifest, str(final))
+    if rt_flow_run.id and cfg.email is not None:
+        _mailed_runs.add(str(rt_flow_run.id))  # the outcome mail went (or was tried): hooks stay quiet
     summary = {k: manifest[k] for k in ("snapshot", "status", "started_at", "finished_at", "passed",
                                          "failed", "skipped", "total_bytes")}
-    summary.update(path=str(final), deleted=deleted, manifest=manifest)
+    summary.update(path=str(final), deleted=deleted, mail=mail, size_check=findings, manifest=manifest)
     return summary, final
