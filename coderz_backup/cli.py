@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     chk = csub.add_parser("check", help="validate the config and list every problem",
                           description="Validate the config file and list every problem (exit 0 valid, 2 invalid).")
     _common(chk)
+
+    from . import setup as setup_cmd
+
+    setup_cmd.register_cli(sub)
     return p
 
 
@@ -89,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "config":
             return cmd_config_check(args)
+        if args.command == "setup":
+            from . import setup as setup_cmd
+
+            return setup_cmd.run_cli(args)
     except ConfigError as exc:
         print(f"✗ {exc}", file=sys.stderr)
         return EXIT_UNUSABLE

@@ -150,3 +150,50 @@ def cli_env(tmp_path):
     env["PYTHONUNBUFFERED"] = "1"
     env["HOME"] = str(tmp_path)
     return env
+
+
+@pytest.fixture
+def stack(tmp_path, make_db, redis_server, cli_env):
+    """Two PostgreSQL databases, Redis and a configs dir with data, plus a config for them.
+
+    Secrets reach the config as ``env:T_*`` references; ``stack.env`` holds their values.
+    """
+    from helpers import Stack, pg_table
+
+    a, b = make_db(), make_db()
+    with a.connect() as c:
+        c.execute("CREATE TABLE flow_run AS SELECT g AS id, 'run-' || g AS name FROM generate_series(1, 3000) g")
+    with b.connect() as c:
+        c.execute("CREATE TABLE users AS SELECT g AS id, 'u' || g AS email FROM generate_series(1, 3000) g")
+    redis_server.client().set("k", "v")
+    conf = tmp_path / "opt" / "coderz" / "configs"
+    conf.mkdir(parents=True)
+    (conf / "docker-compose.yml").write_text("services: {}\n")
+    env = dict(cli_env, T_PG_A=a.password, T_PG_B=b.password, T_REDIS=redis_server.password)
+    services = (
+        pg_table("postgres-prefect", a, "T_PG_A").replace("kind =", 'title = "PostgreSQL — Prefect DB"\nkind =')
+        + pg_table("postgres-coderapi", b, "T_PG_B").replace("kind =", 'title = "PostgreSQL — CoderAPI DB"\nkind =')
+        + f'[services.redis]\nkind = "redis"\nport = {redis_server.port}\npassword = "env:T_REDIS"\n'
+          f'data_dir = "{redis_server.data}"\n\n'
+        + f'[services.configs]\nkind = "configs"\npaths = ["{conf}"]\n'
+    )
+    s = Stack(tmp_path, env, services, tmp_path / "snapshots")
+    s.dbs = (a, b)
+    return s
+
+
+@pytest.fixture
+def smtp():
+    """A real SMTP server (aiosmtpd) on a free 127.0.0.1 port."""
+    from aiosmtpd.controller import Controller
+
+    from coderz_backup.sandbox import free_port
+    from helpers import Inbox
+
+    inbox = Inbox()
+    port = free_port()
+    ctl = Controller(inbox, hostname="127.0.0.1", port=port)
+    ctl.start()
+    inbox.port = port
+    yield inbox
+    ctl.stop()

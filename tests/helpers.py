@@ -2,10 +2,69 @@
 
 from __future__ import annotations
 
+import email
+import email.header
+import email.policy
+import json
+import threading
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run_cli(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "coderz_backup", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+class Stack:
+    """A Coderz Stack in miniature (see the ``stack`` fixture): its config file, env and dest."""
+
+    def __init__(self, root: Path, env: dict, services: str, dest: Path):
+        self.root, self.env, self.dest = root, env, dest
+        self.config = root / "coderz-backup.toml"
+        self.config.write_text(f'dest = "{dest}"\nretries = 1\nretry_delay_s = [0.2]\n\n{services}')
+        self.secrets = [v for k, v in env.items() if k.startswith("T_")]
+
+    def snapshots(self) -> list[Path]:
+        from coderz_backup.snapshot import SNAPSHOT_NAME
+
+        return sorted(p for p in self.dest.iterdir() if SNAPSHOT_NAME.match(p.name)) if self.dest.exists() else []
+
+    def manifest(self, snap: Path | None = None) -> dict:
+        snap = snap or self.dest / "latest"
+        return json.loads((snap / "manifest.json").read_text())
+
+
+def pg_table(name, db, var):
+    """A ``[services.NAME]`` postgres table for ``db`` whose password comes from env ``var``."""
+    return (f'[services.{name}]\nkind = "postgres"\nport = {db.server.port}\nuser = "{db.user}"\n'
+            f'password = "env:{var}"\ndatabase = "{db.name}"\n\n')
+
+
+class Inbox:
+    """aiosmtpd handler keeping every message it receives."""
+
+    def __init__(self):
+        self.messages: list[tuple[list[str], email.message.EmailMessage]] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        with self.lock:
+            self.messages.append((list(envelope.rcpt_tos), msg))
+        return "250 OK"
+
+
+def with_email(stack, port: int) -> None:
+    stack.config.write_text(stack.config.read_text() + (
+        "\n[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = %d\nfrom = \"backup@coderz.local\"\n"
+        "to = [\"ops@coderz.local\", \"oncall@coderz.local\"]\nretries = 1\nretry_delay_s = [0.1]\n" % port))
+
+
+def decoded_subject(msg) -> str:
+    return str(email.header.make_header(email.header.decode_header(msg["Subject"])))
+
+
+def mail_parts(msg) -> dict[str, str]:
+    return {p.get_content_type(): p.get_content() for p in msg.walk() if p.get_content_maintype() == "text"}

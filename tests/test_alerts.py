@@ -3,58 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import email
-import email.header
-import email.policy
 import json
-import threading
 
-import pytest
-from aiosmtpd.controller import Controller
-
+from helpers import decoded_subject as _decoded_subject
+from helpers import mail_parts as _parts
 from helpers import run_cli
-from test_backup_flow import stack  # noqa: F401 - fixture (moves to conftest)
+from helpers import with_email as _with_email
 
 from coderz_backup.report import human_size
 from coderz_backup.sandbox import free_port
 from coderz_backup.snapshot import SnapshotStore
-
-
-class _Inbox:
-    def __init__(self):
-        self.messages: list[tuple[list[str], email.message.EmailMessage]] = []
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server, session, envelope):
-        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        with self.lock:
-            self.messages.append((list(envelope.rcpt_tos), msg))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp():
-    inbox = _Inbox()
-    port = free_port()
-    ctl = Controller(inbox, hostname="127.0.0.1", port=port)
-    ctl.start()
-    inbox.port = port
-    yield inbox
-    ctl.stop()
-
-
-def _with_email(stack, port: int) -> None:
-    stack.config.write_text(stack.config.read_text() + (
-        "\n[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = %d\nfrom = \"backup@coderz.local\"\n"
-        "to = [\"ops@coderz.local\", \"oncall@coderz.local\"]\nretries = 1\nretry_delay_s = [0.1]\n" % port))
-
-
-def _decoded_subject(msg) -> str:
-    return str(email.header.make_header(email.header.decode_header(msg["Subject"])))
-
-
-def _parts(msg) -> dict[str, str]:
-    return {p.get_content_type(): p.get_content() for p in msg.walk() if p.get_content_maintype() == "text"}
 
 
 def _when(manifest: dict) -> str:

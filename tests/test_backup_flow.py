@@ -17,54 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli
+from helpers import Stack, pg_table, run_cli
 
 from coderz_backup.sandbox import free_port
 from coderz_backup.snapshot import SNAPSHOT_NAME, SnapshotStore
-
-
-class Stack:
-    def __init__(self, root: Path, env: dict, services: str, dest: Path):
-        self.root, self.env, self.dest = root, env, dest
-        self.config = root / "coderz-backup.toml"
-        self.config.write_text(f'dest = "{dest}"\nretries = 1\nretry_delay_s = [0.2]\n\n{services}')
-        self.secrets = [v for k, v in env.items() if k.startswith("T_")]
-
-    def snapshots(self) -> list[Path]:
-        return sorted(p for p in self.dest.iterdir() if SNAPSHOT_NAME.match(p.name)) if self.dest.exists() else []
-
-    def manifest(self, snap: Path | None = None) -> dict:
-        snap = snap or self.dest / "latest"
-        return json.loads((snap / "manifest.json").read_text())
-
-
-def _pg_table(name, db, var):
-    return (f'[services.{name}]\nkind = "postgres"\nport = {db.server.port}\nuser = "{db.user}"\n'
-            f'password = "env:{var}"\ndatabase = "{db.name}"\n\n')
-
-
-@pytest.fixture
-def stack(tmp_path, make_db, redis_server, cli_env):
-    a, b = make_db(), make_db()
-    with a.connect() as c:
-        c.execute("CREATE TABLE flow_run AS SELECT g AS id, 'run-' || g AS name FROM generate_series(1, 3000) g")
-    with b.connect() as c:
-        c.execute("CREATE TABLE users AS SELECT g AS id, 'u' || g AS email FROM generate_series(1, 3000) g")
-    redis_server.client().set("k", "v")
-    conf = tmp_path / "opt" / "coderz" / "configs"
-    conf.mkdir(parents=True)
-    (conf / "docker-compose.yml").write_text("services: {}\n")
-    env = dict(cli_env, T_PG_A=a.password, T_PG_B=b.password, T_REDIS=redis_server.password)
-    services = (
-        _pg_table("postgres-prefect", a, "T_PG_A").replace("kind =", 'title = "PostgreSQL — Prefect DB"\nkind =')
-        + _pg_table("postgres-coderapi", b, "T_PG_B").replace("kind =", 'title = "PostgreSQL — CoderAPI DB"\nkind =')
-        + f'[services.redis]\nkind = "redis"\nport = {redis_server.port}\npassword = "env:T_REDIS"\n'
-          f'data_dir = "{redis_server.data}"\n\n'
-        + f'[services.configs]\nkind = "configs"\npaths = ["{conf}"]\n'
-    )
-    s = Stack(tmp_path, env, services, tmp_path / "snapshots")
-    s.dbs = (a, b)
-    return s
 
 
 def _assert_no_secrets(stack: Stack, *texts: str) -> None:
@@ -219,7 +175,7 @@ def test_sigkill_mid_backup_leaves_no_snapshot_and_next_run_cleans_up(stack, mak
     with big.connect() as c:
         c.execute("CREATE TABLE pad AS SELECT g AS id, repeat(md5(g::text), 8) AS pad "
                   "FROM generate_series(1, 1500000) g")
-    stack.config.write_text(stack.config.read_text() + "\n" + _pg_table("postgres-big", big, "T_BIG"))
+    stack.config.write_text(stack.config.read_text() + "\n" + pg_table("postgres-big", big, "T_BIG"))
     env = dict(stack.env, T_BIG=big.password)
     proc = subprocess.Popen([sys.executable, "-m", "coderz_backup", "backup", "--config", str(stack.config)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -1,0 +1,237 @@
+"""The Prefect deployment, end to end on the session's real Prefect server.
+
+`coderz-backup setup` (work pool) → `prefect deploy --all` with the repository's prefect.yaml →
+`prefect deployment run` → `prefect worker start --run-once` → snapshot on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import decoded_subject, mail_parts, with_email
+
+from coderz_backup.errors import AccessError, ConfigError
+from coderz_backup.setup import TEMPLATES_DIR, register_cli, run_cli, setup
+
+ROOT = Path(__file__).resolve().parent.parent
+POOL = "coderz-backup"
+DEPLOYMENT = "coderz-backup/coderz-backup-daily"
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def _prefect(args: list[str], env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1", COLUMNS="250")
+    return subprocess.run([PREFECT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def _client():
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def _forget(pool: str, deployment: str | None = None) -> None:
+    """Remove a work pool (and a deployment) left by an earlier test on the session server."""
+    from prefect.exceptions import ObjectNotFound
+
+    with _client() as c:
+        if deployment:
+            try:
+                c.delete_deployment(c.read_deployment_by_name(deployment).id)
+            except ObjectNotFound:
+                pass
+        try:
+            c.delete_work_pool(pool)
+        except ObjectNotFound:
+            pass
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="coderz-backup")
+    register_cli(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+# -- setup --------------------------------------------------------------------------------
+
+
+def test_setup_creates_the_work_pool_from_the_template_once_and_then_leaves_it(capsys):
+    pool = "coderz-backup-setup-test"
+    _forget(pool)
+    first = setup(pool)
+    assert any(line.startswith(f"✓ work pool '{pool}' (process) created from deployments/process-pool.json")
+               for line in first), first
+    second = setup(pool)
+    assert f"= work pool '{pool}' (process) already exists, left unchanged" in second
+    assert not any("created" in line for line in second)
+
+    with _client() as c:
+        wp = c.read_work_pool(pool)
+    assert wp.type == "process"
+    assert wp.base_job_template == json.loads((TEMPLATES_DIR / "process-pool.json").read_text())
+
+    assert run_cli(_parse(["setup", "--pool", pool])) == 0
+    assert "already exists" in capsys.readouterr().out
+    _forget(pool)
+
+
+def test_setup_docker_pool_has_the_coderz_host_defaults():
+    pool = "coderz-backup-docker-test"
+    _forget(pool)
+    assert any("(docker) created" in line for line in setup(pool, "docker"))
+    with _client() as c:
+        props = c.read_work_pool(pool).base_job_template["variables"]["properties"]
+    assert props["volumes"]["default"] == ["/opt/coderz/backup:/opt/coderz/backup",
+                                           "/var/run/docker.sock:/var/run/docker.sock",
+                                           "/opt/coderz/configs:/opt/coderz/configs:ro"]
+    assert props["network_mode"]["default"] == "host"
+    assert props["image_pull_policy"]["default"] == "Never"
+    assert props["auto_remove"]["default"] is True
+    # an existing pool of another type is left alone, with a hint
+    lines = setup(pool, "process")
+    assert any(line.startswith(f"! work pool '{pool}' is a docker pool, not process") for line in lines)
+    _forget(pool)
+
+
+def test_setup_errors_are_clear_and_exit_2(tmp_path, capsys):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with pytest.raises(ConfigError, match="unknown work pool type 'k8s'"):
+        setup("x", "k8s")
+    with pytest.raises(ConfigError, match="base job template not found"):
+        setup("x", template=tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text('{"variables": {}}')
+    with pytest.raises(ConfigError, match="job_configuration"):
+        setup("x", template=tmp_path / "bad.json")
+
+    from coderz_backup.sandbox import free_port
+
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        with pytest.raises(AccessError, match="cannot reach the Prefect API"):
+            setup("x")
+        assert run_cli(_parse(["setup"])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("✗ setup failed: cannot reach the Prefect API") and "PREFECT_API_URL" in err
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}), \
+            pytest.raises(AccessError, match="PREFECT_API_URL is not set.*prefect server start"):
+        setup("x")
+
+
+def test_setup_saves_the_email_block_from_the_config_once(tmp_path, monkeypatch):
+    from prefect_email import EmailServerCredentials
+
+    pool, block = "coderz-backup-mail-test", "coderz-smtp-test"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[email]\nsmtp_host = "mail.example"\nsmtp_port = 2525\nsmtp_type = "STARTTLS"\n'
+                   'username = "backup"\npassword = "env:T_SMTP_PW"\nto = ["ops@example"]\n')
+    monkeypatch.setenv("T_SMTP_PW", "s3cret-smtp")
+    lines = setup(pool, email_block=block, config=cfg)
+    assert f"✓ e-mail block '{block}' (email-server-credentials) saved from {cfg} [email]" in lines
+    creds = EmailServerCredentials.load(block)
+    assert (creds.smtp_server, creds.smtp_port, creds.username) == ("mail.example", 2525, "backup")
+    assert getattr(creds.smtp_type, "name", creds.smtp_type) == "STARTTLS"
+    assert creds.password.get_secret_value() == "s3cret-smtp"
+    assert not any("s3cret-smtp" in line for line in lines)
+
+    monkeypatch.delenv("T_SMTP_PW")
+    cfg.write_text('[email]\nsmtp_host = "other.example"\n')
+    assert f"= e-mail block '{block}' (email-server-credentials) already exists, left unchanged" \
+        in setup(pool, email_block=block, config=cfg)
+    assert EmailServerCredentials.load(block).smtp_server == "mail.example"
+
+    cfg.write_text("keep_days = 3\n")
+    with pytest.raises(ConfigError, match=r"no \[email\] table"):
+        setup(pool, email_block=block, config=cfg)
+    _forget(pool)
+
+
+# -- prefect deploy + worker --------------------------------------------------------------
+
+
+def test_deploy_needs_the_pool_then_a_worker_runs_the_daily_backup(stack, smtp):
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+
+    _forget(POOL, DEPLOYMENT)
+
+    # 1. without the work pool, deploy fails and says why
+    res = _prefect(["--no-prompt", "deploy", "--all"])
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    assert f"references work pool '{POOL}' which does not exist" in " ".join(out.split()), out
+    with _client() as c, pytest.raises(ObjectNotFound):
+        c.read_deployment_by_name(DEPLOYMENT)
+
+    # 2. setup creates it; deploy then succeeds. A stale $PWD must not move the code location.
+    assert any("created" in line for line in setup())
+    res = _prefect(["--no-prompt", "deploy", "--all"], env=dict(os.environ, PWD="/nonexistent/stale-pwd"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert DEPLOYMENT in res.stdout
+
+    with _client() as c:
+        dep = c.read_deployment_by_name(DEPLOYMENT)
+    assert dep.name == "coderz-backup-daily"
+    assert dep.entrypoint == "coderz_backup.flows.backup:coderz_backup"
+    assert dep.work_pool_name == POOL
+    assert dep.parameters == {"dest": None, "keep": None}
+    assert dep.paused is False
+    assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT.resolve())}}]
+    [sched] = dep.schedules
+    assert sched.active is True
+    assert (sched.schedule.cron, sched.schedule.timezone) == ("0 3 * * *", "UTC")
+    assert set(dep.parameter_openapi_schema["properties"]) >= {"dest", "keep", "only", "config"}
+
+    # Keep the 03:00 runs out of this test: deactivating the schedule also deletes its
+    # auto-scheduled runs, so the worker below can only pick up the run created here.
+    with _client() as c:
+        c.update_deployment_schedule(dep.id, sched.id, active=False)
+
+    with_email(stack, smtp.port)
+
+    # 3. a manual run with a parameter; dest stays null → the config (via the worker's env) decides
+    res = _prefect(["deployment", "run", DEPLOYMENT, "--param", "keep=5"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", res.stdout).group(1)
+
+    # 4. a worker with the host's environment: config path + the secrets the config refers to
+    worker_env = dict(stack.env, CODERZ_BACKUP_CONFIG=str(stack.config))
+    worker = _prefect(["worker", "start", "--pool", POOL, "--run-once"], env=worker_env, timeout=400)
+    log = worker.stdout + worker.stderr
+    (stack.root / "worker.log").write_text(log)
+    assert worker.returncode == 0, log[-3000:]
+
+    with _client() as c:
+        run = c.read_flow_run(run_id)
+    assert run.state.type == StateType.COMPLETED, f"{run.state!r}; worker log {stack.root / 'worker.log'}:\n{log[-3000:]}"
+    assert run.parameters == {"dest": None, "keep": 5}
+
+    [snap] = stack.snapshots()
+    m = stack.manifest()
+    assert m["snapshot"] == snap.name and m["status"] == "ok"
+    assert (m["passed"], m["failed"]) == (4, 0)
+    assert m["keep_days"] == 5 and m["flow_run_id"] == run_id
+    for secret in stack.secrets:
+        assert secret not in log
+        assert secret not in (snap / "backup.log").read_text()
+
+    # the mail and the report artifacts of that run
+    [(rcpts, msg)] = smtp.messages
+    assert decoded_subject(msg).startswith("✅ Coderz Backup — OK (") and "ops@coderz.local" in rcpts
+    assert set(mail_parts(msg)) == {"text/plain", "text/html"}
+    import httpx
+
+    resp = httpx.post(f"{os.environ['PREFECT_API_URL']}/artifacts/filter",
+                      json={"artifacts": {"flow_run_id": {"any_": [run_id]}}, "limit": 50, "offset": 0,
+                            "sort": "ID_DESC"})
+    resp.raise_for_status()
+    assert {a["key"] for a in resp.json()} >= {"coderz-backup-report", "coderz-backup-artifacts"}
