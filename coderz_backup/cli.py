@@ -56,6 +56,36 @@ def _parser() -> argparse.ArgumentParser:
     _common(ls)
     ls.add_argument("--dest", metavar="D", help="snapshot destination")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(list=True)
+
+    v = sub.add_parser("verify", help="check every artifact of a snapshot",
+                       description="Check every artifact of a snapshot (default latest): size and sha256 "
+                                   "against the manifest, then its format (gzip, pg_dump trailer, RDB CRC-64, "
+                                   "tar members). Exit 0 all verified, 1 a check failed, 2 not found / bad input.")
+    v.add_argument("snapshot", nargs="?", default="latest", metavar="SNAPSHOT",
+                   help="snapshot name YYYY-MM-DD_HH-MM-SS or latest (default)")
+    _common(v)
+    v.add_argument("--dest", metavar="D", help="snapshot destination")
+    v.add_argument("--json", action="store_true", help="machine-readable output")
+
+    r = sub.add_parser("restore", help="restore a snapshot (asks to confirm first)",
+                       description="Run flow `coderz-restore`: verify the snapshot, show the plan, ask the "
+                                   "operator to type the snapshot name (or take --yes), back up the current "
+                                   "state into <dest>/safety-backups, then restore. Restore overwrites current "
+                                   "data. Exit 0 restored, 1 some services failed, 2 bad input or verification "
+                                   "failed (nothing changed), 3 not approved / timed out (nothing changed).")
+    r.add_argument("snapshot", nargs="?", default="latest", metavar="SNAPSHOT",
+                   help="snapshot name YYYY-MM-DD_HH-MM-SS or latest (default)")
+    r.add_argument("--list", action="store_true", help="list the snapshots to choose from, and exit")
+    _common(r)
+    r.add_argument("--dest", metavar="D", help="snapshot destination")
+    r.add_argument("--only", metavar="NAME", action="append", help="restore only this service; repeatable")
+    r.add_argument("--yes", action="store_true", help="approve without asking (for scripts)")
+    r.add_argument("--no-safety-backup", action="store_true",
+                   help="do not back up the current state first (no undo)")
+    r.add_argument("--timeout", metavar="S", type=int, default=3600,
+                   help="give up when not approved within S seconds (default 3600)")
+    r.add_argument("--verbose", "-v", action="store_true", help="also show Prefect's own log lines")
 
     c = sub.add_parser("config", help="configuration commands")
     csub = c.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
@@ -93,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "config":
             return cmd_config_check(args)
+        if args.command == "verify":
+            return cmd_verify(args)
+        if args.command == "restore":
+            return cmd_list(args) if args.list else cmd_restore(args)
         if args.command == "setup":
             from . import setup as setup_cmd
 
@@ -129,6 +163,7 @@ def cmd_list(args) -> int:
 
     cfg = load(args.config, dest=args.dest)
     store = SnapshotStore(cfg.dest)
+    as_json = getattr(args, "json", False)
     if not store.dest.is_dir():
         print(f"✗ destination {store.dest} does not exist", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -139,7 +174,7 @@ def cmd_list(args) -> int:
         rows.append({"name": s.name, "status": s.status, "latest": s.name == latest,
                      "total_bytes": m.get("total_bytes"), "passed": m.get("passed"),
                      "failed": m.get("failed"), "skipped": m.get("skipped"), "path": str(s.path)})
-    if args.json:
+    if as_json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     if not rows:
@@ -236,3 +271,108 @@ def cmd_backup(args) -> int:
     if s.get("mail") and s["mail"] != "not configured":
         print(f"Mail: {s['mail']}")
     return {"ok": EXIT_OK, "partial": EXIT_PARTIAL}.get(s["status"], EXIT_UNUSABLE)
+
+
+# -- verify -----------------------------------------------------------------------------
+def cmd_verify(args) -> int:
+    from .snapshot import SnapshotStore
+    from .verify import verify_snapshot
+
+    cfg = load(args.config, dest=args.dest)
+    snap = SnapshotStore(cfg.dest).get(args.snapshot)
+    checks = verify_snapshot(snap, cfg)
+    if args.json:
+        print(json.dumps({"snapshot": snap.name, "ok": all(c.ok for c in checks),
+                          "artifacts": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        print(f"Snapshot {snap.name} ({snap.status}), {snap.path}")
+        for c in checks:
+            print(f"{'✓' if c.ok else '✗'} {c.path} — {c.detail}")
+        bad = sum(not c.ok for c in checks)
+        print(f"{len(checks) - bad} verified, {bad} failed")
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_PARTIAL
+
+
+# -- restore ----------------------------------------------------------------------------
+EXIT_NOT_APPROVED = 3
+
+
+def cmd_restore(args) -> int:
+    from .snapshot import SnapshotStore
+
+    cfg = load(args.config, dest=args.dest)
+    snap = SnapshotStore(cfg.dest).get(args.snapshot)  # bad names refused before anything else
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if not args.yes and not interactive:
+        print("✗ restore needs a confirmation: run it on a terminal to type the snapshot name, or pass --yes. "
+              "Nothing was changed.", file=sys.stderr)
+        return EXIT_NOT_APPROVED
+    _prepare_prefect(args.verbose)
+    from .flows.backup import add_listener, remove_listener
+    from .flows.restore import coderz_restore
+
+    events: dict = {}
+    plan_ready = threading.Event()
+
+    def listener(event: str, data: dict) -> None:
+        if event == "restore-plan":
+            events["plan"] = data
+            plan_ready.set()
+        elif event == "restore-refused":
+            events["refused"] = data["reason"]
+        elif event == "restore-finished":
+            events["summary"] = data["summary"]
+
+    add_listener(listener)
+    box: dict = {}
+
+    def _run() -> None:
+        try:
+            box["state"] = coderz_restore(snapshot=snap.name, only=args.only, config=args.config, dest=args.dest,
+                                          safety_backup=not args.no_safety_backup,
+                                          approval_timeout_s=args.timeout, auto_approve=args.yes,
+                                          return_state=True)
+        finally:
+            plan_ready.set()
+
+    worker = threading.Thread(target=_run, name="coderz-restore", daemon=True)
+    worker.start()
+    try:
+        plan_ready.wait()
+        if not args.yes and "plan" in events and worker.is_alive():
+            _ask_operator(events["plan"])
+        worker.join()
+    finally:
+        remove_listener(listener)
+    state = box.get("state")
+    if state is None:
+        print("✗ restore did not run", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if "refused" in events or state.is_cancelled():
+        print(f"✗ {events.get('refused') or state.message}", file=sys.stderr)
+        return EXIT_NOT_APPROVED
+    if "summary" not in events:
+        err = state.result(raise_on_failure=False)
+        msg = str(err) if isinstance(err, BaseException) else (state.message or state.name)
+        print(f"✗ restore did not run: {msg}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    print(events["summary"]["report"])
+    return EXIT_OK if state.is_completed() else EXIT_PARTIAL
+
+
+def _ask_operator(plan: dict) -> None:
+    """Show the plan, read the typed name, answer the paused flow run (same path as the UI form)."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+
+    print(plan["plan"])
+    run_id = plan["flow_run_id"]
+    with get_client(sync_client=True) as client:
+        while not client.read_flow_run(run_id).state.is_paused():
+            time.sleep(0.2)
+    try:
+        typed = input(f"\nType the snapshot name ({plan['snapshot']}) to restore it, anything else to cancel: ")
+    except (EOFError, KeyboardInterrupt):
+        typed = ""
+    approve = typed.strip() == plan["snapshot"]
+    resume_flow_run(run_id, run_input={"approve": approve, "snapshot": typed.strip()})

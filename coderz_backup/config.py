@@ -32,6 +32,7 @@ __all__ = [
     "EmailConfig",
     "SizeCheckConfig",
     "ServiceConfig",
+    "KIND_MODELS",
     "PostgresConfig",
     "RedisConfig",
     "ConfigsConfig",
@@ -170,6 +171,7 @@ class ConfigsConfig(ServiceBase):
     kind: Literal["configs"]
     paths: list[str] = Field(default_factory=lambda: ["/opt/coderz/configs"], min_length=1, description="files/folders to archive")
     exclude: list[str] = Field(default_factory=list, description="glob patterns (matched on each path's name and its full path) to leave out")
+    restore_root: str = Field("/", description="restore extracts the archived absolute paths under this root")
     section: ClassVar[str] = "Configs + Compose"
     default_min_bytes: ClassVar[int] = 64
     order: ClassVar[int] = 70
@@ -252,6 +254,14 @@ ServiceConfig = Annotated[
     ],
     Field(discriminator="kind"),
 ]
+
+
+#: config model of each service kind
+KIND_MODELS: dict[str, type[ServiceBase]] = {
+    m.model_fields["kind"].annotation.__args__[0]: m
+    for m in (PostgresConfig, RedisConfig, ConfigsConfig, GrafanaConfig, PrometheusConfig,
+              ElasticsearchConfig, EtcdConfig, K3sConfig, ApisixConfig)
+}
 
 
 def default_services() -> dict[str, dict[str, Any]]:

@@ -11,6 +11,8 @@ A service is built from its config table (name + typed config) and an
 - :meth:`Service.verify` — check one artifact on disk; raise VerifyError or return a
   short description of what was checked.
 - :meth:`Service.restore` — put an artifact back; raise RestoreError on failure.
+- :meth:`Service.restore_target` / :meth:`Service.health` — what a restore overwrites
+  (for the plan), and whether the service answers afterwards.
 """
 
 from __future__ import annotations
@@ -78,5 +80,11 @@ class Service(Protocol):
     def verify(self, artifact: Path) -> str: ...
 
     def restore(self, artifact: Path, **options) -> str: ...
+
+    def restore_target(self) -> str:
+        """What a restore overwrites, in words (for the restore plan)."""
+
+    def health(self) -> str:
+        """Check the service answers after a restore; raise RestoreError if not."""
 
 

@@ -121,9 +121,21 @@ class ConfigsService:
         return f"gzip and tar intact, {n} entries, all paths safe"
 
     # -- restore ------------------------------------------------------------
-    def restore(self, artifact: Path, *, target: str | Path = "/", **_: object) -> str:
-        """Extract into ``target`` (default ``/``), after checking every member."""
-        root = os.path.realpath(target)
+    def restore_target(self) -> str:
+        root = self.config.restore_root
+        where = ", ".join(os.path.join(root, p.lstrip("/")) for p in self.config.paths)
+        return f"files in {where} are overwritten with the archived ones (others are left in place)"
+
+    def health(self) -> str:
+        root = self.config.restore_root
+        missing = [p for p in self.config.paths if not os.path.lexists(os.path.join(root, p.lstrip("/")))]
+        if missing:
+            raise RestoreError(f"{self.name}: not in place after restore: {', '.join(missing)}")
+        return "files in place"
+
+    def restore(self, artifact: Path, *, target: str | Path | None = None, **_: object) -> str:
+        """Extract into ``target`` (default: the config's restore_root, ``/``), after checking every member."""
+        root = os.path.realpath(target or self.config.restore_root)
         try:
             n = sum(1 for _ in self._members(artifact, root))  # pass 1: nothing written yet
         except VerifyError as exc:

@@ -132,6 +132,16 @@ class PostgresService:
         return f"gzip intact, pg_dump header and trailer present ({raw} bytes of SQL)"
 
     # -- restore ------------------------------------------------------------
+    def restore_target(self) -> str:
+        c = self.config
+        return f"database {c.database} on {c.host}:{c.port} is replaced (loaded into a copy first, then swapped)"
+
+    def health(self) -> str:
+        with self._connect(self.config.database) as conn:
+            tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN "
+                                  "('pg_catalog', 'information_schema')").fetchone()[0]
+        return f"accepts queries, {tables} table(s)"
+
     def restore(self, artifact: Path, *, database: str | None = None, **_: object) -> str:
         """Load ``artifact`` into ``database`` (default: the configured one), all or nothing."""
         self.verify(artifact)

@@ -261,6 +261,22 @@ class RedisService:
         return f"RDB header {head[:9].decode()} and CRC-64 trailer ok ({n} bytes)"
 
     # -- restore ------------------------------------------------------------
+    def restore_target(self) -> str:
+        c = self.config
+        start = " ".join(c.start_command) if c.start_command else "(start_command not set: restore will refuse)"
+        return f"every key of Redis at {c.host}:{c.port} is replaced; the server is stopped and started with {start}"
+
+    def health(self) -> str:
+        client = self.client()
+        try:
+            if not client.ping():
+                raise RestoreError(f"{self.name}: PING failed")
+            return f"PING ok, {client.dbsize()} key(s)"
+        except redis.RedisError as exc:
+            raise RestoreError(f"{self.name}: {self._where()}: {exc}") from None
+        finally:
+            client.close()
+
     def restore(self, artifact: Path, *, data_dir: str | None = None, start_command: list[str] | None = None,
                 **_: object) -> str:
         """Stop Redis without saving, put the RDB in place, start it, wait until loaded."""

@@ -1,0 +1,228 @@
+"""Flow ``coderz-restore``: verify, plan, wait for a typed approval, safety backup, restore.
+
+Sequence (nothing changes before the approval)::
+
+    resolve snapshot (name must be a snapshot name; `latest` allowed) ─ lock the destination
+      └─ verify every artifact to restore (sha256 from the manifest + format checks)
+      └─ plan (markdown artifact `coderz-restore-plan`): what is overwritten, sizes, age, status
+      └─ pause for RestoreApproval (approve + the snapshot name typed back), timeout 1 h
+           rejected / wrong name / timed out → Cancelled, nothing changed (CLI exit 3)
+      └─ safety backup of the services about to be overwritten → <dest>/safety-backups/
+      └─ restore each service (concurrently), health check each
+      └─ restore.log in the snapshot folder, markdown artifact `coderz-restore-report`
+
+The safety backup is taken *after* the approval, not before: a rejected restore then
+leaves no trace at all, and the undo point is as fresh as it can be.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.input import RunInput
+from prefect.runtime import flow_run as rt_flow_run
+from prefect.states import Cancelled, Failed
+from pydantic import Field
+
+from ..config import load
+from ..errors import ConfigError, CoderzBackupError, RestoreError, VerifyError
+from ..report import human_size
+from ..runlog import run_log
+from ..services import REGISTRY, create
+from ..snapshot import SnapshotStore
+from ..verify import verify_snapshot
+from .backup import _api_handlers, _emit, run_backup
+
+__all__ = ["coderz_restore", "RestoreApproval", "SAFETY_DIR"]
+
+log = logging.getLogger("coderz_backup.restore")
+
+SAFETY_DIR = "safety-backups"
+
+
+class RestoreApproval(RunInput):
+    """The approval form (Prefect UI) / the CLI's confirmation."""
+
+    approve: bool = Field(False, description="Yes, overwrite the current data with this snapshot")
+    snapshot: str = Field("", description="Type the snapshot name (YYYY-MM-DD_HH-MM-SS) to confirm")
+
+
+@task(name="verify-snapshot", cache_policy=NO_CACHE)
+def verify_task(snap, cfg, services: list[str]) -> list[dict]:
+    checks = verify_snapshot(snap, cfg, only=services)
+    for c in checks:
+        (log.info if c.ok else log.error)("verify %s: %s", c.path, c.detail)
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        raise VerifyError("verification failed, nothing was changed: " + "; ".join(c.detail for c in bad))
+    return [c.as_dict() for c in checks]
+
+
+@task(name="restore-service", cache_policy=NO_CACHE)
+def restore_service(name: str, service_config: Any, artifact: str) -> dict:
+    svc = create(name, service_config)
+    detail = svc.restore(Path(artifact))
+    log.info("%s: %s", name, detail)
+    health = svc.health()
+    log.info("%s: health: %s", name, health)
+    return {"service": name, "status": "ok", "detail": detail, "health": health}
+
+
+def _plan(snap, entries, cfg, lacking, safety: bool) -> str:
+    age = dt.datetime.now(dt.timezone.utc) - snap.when
+    lines = [f"# Restore plan: snapshot `{snap.name}`", "",
+             f"- Snapshot status: **{snap.status}**, taken {age.days} day(s) "
+             f"{age.seconds // 3600} hour(s) ago, folder `{snap.path}`"]
+    if lacking:
+        lines.append(f"- Not in this snapshot (left as they are): {', '.join(lacking)}")
+    lines.append(f"- Safety backup first: {'yes, into ' + str(cfg.dest / SAFETY_DIR) if safety else '**no**'}")
+    lines += ["", "| service | artifact | size | what is overwritten |", "|---|---|---|---|"]
+    for e in entries:
+        svc = create(e["service"], cfg.services[e["service"]])
+        lines.append(f"| {e['service']} | {e['path']} | {human_size(e['bytes'])} | {svc.restore_target()} |")
+    lines += ["", "Restore overwrites current data. Approve by typing the snapshot name."]
+    return "\n".join(lines)
+
+
+@flow(name="coderz-restore", log_prints=False, validate_parameters=True)
+def coderz_restore(
+    snapshot: str = "latest",
+    only: list[str] | None = None,
+    config: str | None = None,
+    dest: str | None = None,
+    safety_backup: bool = True,
+    approval_timeout_s: int = 3600,
+    auto_approve: bool = False,
+):
+    """Restore services from a snapshot after a typed approval.
+
+    Args:
+        snapshot: snapshot name (YYYY-MM-DD_HH-MM-SS) or `latest`.
+        only: restore just these services (config table names).
+        config: path of the TOML config file.
+        dest: snapshot destination.
+        safety_backup: back up the current state of the affected services first.
+        approval_timeout_s: how long to wait for the approval before giving up (nothing changed).
+        auto_approve: skip the approval (the CLI's --yes).
+    """
+    cfg = load(config, dest=dest)
+    store = SnapshotStore(cfg.dest)
+    snap = store.get(snapshot)  # refuses anything that is not a snapshot name
+    if snap.manifest is None:
+        raise RestoreError(f"{snap.path} has no readable manifest.json; it cannot be restored safely")
+    ok_entries = [a for a in snap.manifest.get("artifacts", []) if a.get("status") == "ok"]
+    if only:
+        unknown = [n for n in only if n not in cfg.services]
+        if unknown:
+            raise ConfigError("--only", [f"unknown service {n!r}; configured: {', '.join(cfg.services)}"
+                                         for n in unknown])
+    wanted = [n for n, c in cfg.services.items() if (n in only if only else c.enabled) and c.kind in REGISTRY]
+    entries = [a for a in ok_entries if a["service"] in wanted]
+    lacking = [n for n in wanted if n not in {a["service"] for a in entries}]
+    if not entries:
+        raise RestoreError(f"snapshot {snap.name} holds nothing to restore for {', '.join(wanted) or 'the selection'}")
+
+    with store.lock():
+        with run_log(snap.path / "restore.log", extra_handlers=_api_handlers()):
+            log.info("restore of snapshot %s requested (flow run %s): %s", snap.name, rt_flow_run.id,
+                     ", ".join(a["service"] for a in entries))
+            verify_task(snap, cfg, [a["service"] for a in entries])
+            plan = _plan(snap, entries, cfg, lacking, safety_backup)
+            _publish("coderz-restore-plan", plan, f"Restore plan for {snap.name}")
+            _emit("restore-plan", plan=plan, snapshot=snap.name, flow_run_id=str(rt_flow_run.id))
+
+            if not auto_approve:
+                refusal = _wait_for_approval(snap.name, plan, approval_timeout_s)
+                if refusal:
+                    log.warning("restore not done: %s; nothing was changed", refusal)
+                    _emit("restore-refused", reason=f"{refusal}; nothing was changed")
+                    # (after a timeout the API has already failed the run: "never resumed")
+                    return Cancelled(message=f"{refusal}; nothing was changed")
+            log.info("restore of %s approved", snap.name)
+
+            safety = None
+            if safety_backup:
+                safety = _safety_backup(cfg, [a["service"] for a in entries])
+
+            results = _restore_all(cfg, snap, entries)
+            report = _report(snap, results, safety, cfg)
+            _publish("coderz-restore-report", report, f"Restore report for {snap.name}")
+    failed = [r for r in results if r["status"] != "ok"]
+    summary = {"snapshot": snap.name, "results": results, "safety_backup": safety, "report": report}
+    _emit("restore-finished", summary=summary)
+    if failed:
+        undo = (f"; undo with: coderz-backup restore {safety} --dest {cfg.dest / SAFETY_DIR}" if safety else "")
+        return Failed(message=f"{len(failed)} of {len(results)} services failed to restore{undo}", data=summary)
+    return summary
+
+
+def _wait_for_approval(name: str, plan: str, timeout_s: int) -> str | None:
+    """Pause for the typed approval; the refusal reason, or None when approved."""
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+
+    form = RestoreApproval.with_initial_data(description=plan, approve=False, snapshot="")
+    try:
+        answer = pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=1)
+    except FlowPauseTimeout:
+        return f"approval timed out after {timeout_s}s"
+    if not answer.approve:
+        return "restore rejected by the operator"
+    if answer.snapshot.strip() != name:
+        return f"typed snapshot name {answer.snapshot.strip()!r} does not match {name}"
+    return None
+
+
+def _safety_backup(cfg, services: list[str]) -> str:
+    safety_cfg = cfg.model_copy(update={"dest": cfg.dest / SAFETY_DIR, "email": None})
+    log.info("safety backup of %s into %s", ", ".join(services), safety_cfg.dest)
+    outcome = run_backup(safety_cfg, only=services)
+    summary = outcome if isinstance(outcome, dict) else (outcome.data if hasattr(outcome, "data") else None)
+    if not isinstance(summary, dict) or summary.get("status") != "ok":
+        raise RestoreError("the safety backup of the current state failed, so nothing was restored "
+                           f"({getattr(outcome, 'message', '')}); fix it or restore with --no-safety-backup")
+    log.info("safety backup %s done", summary["snapshot"])
+    return summary["snapshot"]
+
+
+def _restore_all(cfg, snap, entries) -> list[dict]:
+    futures = {}
+    for e in entries:
+        t = restore_service.with_options(task_run_name=f"restore-{e['service']}")
+        futures[t.submit(e["service"], cfg.services[e["service"]], str(snap.path / e["path"]))] = e["service"]
+    results = {}
+    for fut in as_completed(list(futures)):
+        name = futures[fut]
+        value = fut.result(raise_on_failure=False)
+        if fut.state.is_completed() and isinstance(value, dict):
+            results[name] = value
+        else:
+            msg = str(value) if isinstance(value, CoderzBackupError) else f"{type(value).__name__}: {value}"
+            log.error("%s: restore FAILED: %s", name, msg)
+            results[name] = {"service": name, "status": "failed", "detail": msg, "health": None}
+    return [results[e["service"]] for e in entries]
+
+
+def _report(snap, results, safety, cfg) -> str:
+    lines = [f"# Restore of snapshot `{snap.name}`", "", "| service | result | detail | health |", "|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['service']} | {r['status']} | {r['detail']} | {r['health'] or '—'} |")
+    if safety:
+        lines += ["", f"Safety backup of the state before this restore: `{safety}` in `{cfg.dest / SAFETY_DIR}`. "
+                      f"Undo with `coderz-backup restore {safety} --dest {cfg.dest / SAFETY_DIR}`."]
+    return "\n".join(lines)
+
+
+def _publish(key: str, markdown: str, description: str) -> None:
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(key=key, markdown=markdown, description=description)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not publish %s: %s", key, exc)

@@ -1,0 +1,173 @@
+"""Flow coderz-restore: verify, plan, typed approval (pause/resume), safety backup, restore."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from helpers import run_cli
+
+from coderz_backup.snapshot import SNAPSHOT_NAME
+
+
+@pytest.fixture
+def backed_up(stack, redis_server):
+    """The stack with a restorable redis, one finished snapshot, then changed data."""
+    stack.config.write_text(stack.config.read_text().replace(
+        f'data_dir = "{redis_server.data}"\n',
+        f'data_dir = "{redis_server.data}"\nstart_command = {json.dumps(redis_server.start_command)}\n'))
+    stack.redis = redis_server
+    r = redis_server.client()
+    r.set("session:1", "alice", ex=3600)
+    r.hset("stats", mapping={"runs": "7"})
+    res = run_cli(["backup", "--config", str(stack.config)], stack.env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    stack.snapshot = os.readlink(stack.dest / "latest")
+    stack.original = _state(stack)
+    # the "disaster": rows deleted, keys changed, a config file edited
+    with stack.dbs[0].connect() as c:
+        c.execute("DELETE FROM flow_run WHERE id > 10")
+    r.delete("stats")
+    r.set("junk", "1")
+    (stack.root / "opt/coderz/configs/docker-compose.yml").write_text("broken: [\n")
+    stack.changed = _state(stack)
+    assert stack.changed != stack.original
+    return stack
+
+
+def _state(stack) -> dict:
+    out = {}
+    for i, db in enumerate(stack.dbs):
+        with db.connect() as c:
+            table = "flow_run" if i == 0 else "users"
+            out[f"pg{i}"] = c.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+    r = stack.redis.client() if hasattr(stack, "redis") else None
+    if r is not None:
+        out["redis"] = {k: r.dump(k) for k in sorted(r.keys())}
+    out["compose"] = (stack.root / "opt/coderz/configs/docker-compose.yml").read_bytes()
+    return out
+
+
+def test_restore_with_yes_brings_every_service_back_and_keeps_a_safety_backup(backed_up):
+    s = backed_up
+    res = run_cli(["restore", s.snapshot, "--config", str(s.config), "--yes"], s.env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _state(s) == s.original
+    assert 3500 < s.redis.client().ttl("session:1") <= 3600
+    safety = [p for p in (s.dest / "safety-backups").iterdir() if SNAPSHOT_NAME.match(p.name)]
+    assert len(safety) == 1
+    m = json.loads((safety[0] / "manifest.json").read_text())
+    assert m["status"] == "ok" and m["passed"] == 4
+    assert "undo with" in res.stdout.lower() and safety[0].name in res.stdout
+    log = (s.dest / s.snapshot / "restore.log").read_text()
+    assert "approved" in log and "health" in log
+    # the restore did not make the safety backup the `latest` of the main destination
+    assert os.readlink(s.dest / "latest") == s.snapshot
+
+
+def test_without_a_terminal_and_without_yes_nothing_changes(backed_up):
+    s = backed_up
+    res = run_cli(["restore", "--config", str(s.config)], s.env)
+    assert res.returncode == 3
+    assert "--yes" in res.stderr
+    assert _state(s) == s.changed
+    assert not (s.dest / "safety-backups").exists()
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc", "latest/../..", "2026-03-06", "..", "latest/"])
+def test_snapshot_name_attacks_are_refused(backed_up, name):
+    s = backed_up
+    res = run_cli(["restore", name, "--config", str(s.config), "--yes"], s.env)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "snapshot" in res.stderr
+    assert _state(s) == s.changed
+
+
+def test_corrupted_artifact_is_refused_before_anything_changes(backed_up):
+    s = backed_up
+    rdb = s.dest / s.snapshot / "redis.rdb"
+    data = bytearray(rdb.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    rdb.write_bytes(bytes(data))
+    res = run_cli(["restore", "--config", str(s.config), "--yes"], s.env)
+    assert res.returncode == 2
+    assert "verification failed" in res.stderr and "redis.rdb" in res.stderr
+    assert _state(s) == s.changed
+    v = run_cli(["verify", "--config", str(s.config)], s.env)
+    assert v.returncode == 1 and "✗ redis.rdb" in v.stdout
+
+
+def test_a_service_failing_mid_restore_does_not_stop_the_others(backed_up):
+    s = backed_up
+    s.config.write_text(s.config.read_text().replace(json.dumps(s.redis.start_command), '["false"]'))
+    res = run_cli(["restore", "--config", str(s.config), "--yes"], s.env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "| redis | failed |" in res.stdout
+    assert "coderz-backup restore" in res.stdout and "safety-backups" in res.stdout
+    s.redis.start()  # the failed start left Redis down; the operator would start it
+    now = _state(s)
+    assert now["pg0"] == s.original["pg0"] and now["compose"] == s.original["compose"]
+
+
+# -- approval through the Prefect API (the same path the UI form uses) -------------------------
+
+
+def _run_paused_restore(s, answer: dict | None, timeout_s: int = 120):
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+
+    from coderz_backup.flows.backup import add_listener, remove_listener
+    from coderz_backup.flows.restore import coderz_restore
+
+    os.environ.update({k: v for k, v in s.env.items() if k.startswith("T_")})
+    seen: dict = {}
+    listener = lambda event, data: seen.setdefault(event, data)  # noqa: E731
+    add_listener(listener)
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.setdefault("state", coderz_restore(
+        config=str(s.config), approval_timeout_s=timeout_s, return_state=True)))
+    t.start()
+    try:
+        deadline = time.monotonic() + 120
+        while "restore-plan" not in seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+        run_id = seen["restore-plan"]["flow_run_id"]
+        assert "Restore plan" in seen["restore-plan"]["plan"]
+        if answer is not None:
+            with get_client(sync_client=True) as c:
+                while not c.read_flow_run(run_id).state.is_paused():
+                    time.sleep(0.2)
+            assert _state(s) == s.changed  # paused: nothing touched yet
+            resume_flow_run(run_id, run_input=answer)
+        t.join(timeout=300)
+    finally:
+        remove_listener(listener)
+    return box["state"], seen.get("restore-refused", {}).get("reason")
+
+
+def test_api_approval_with_the_typed_name_restores(backed_up):
+    s = backed_up
+    state, _ = _run_paused_restore(s, {"approve": True, "snapshot": s.snapshot})
+    assert state.is_completed(), state
+    assert _state(s) == s.original
+
+
+@pytest.mark.parametrize("answer", [{"approve": False, "snapshot": "x"}, {"approve": True, "snapshot": "2020-01-01_00-00-00"}])
+def test_rejected_or_mistyped_approval_changes_nothing(backed_up, answer):
+    s = backed_up
+    state, refused = _run_paused_restore(s, answer)
+    assert state.is_cancelled() and "nothing was changed" in state.message and "nothing was changed" in refused
+    assert _state(s) == s.changed
+    assert not (s.dest / "safety-backups").exists()
+
+
+def test_approval_timeout_changes_nothing(backed_up):
+    s = backed_up
+    state, refused = _run_paused_restore(s, None, timeout_s=3)
+    assert not state.is_completed()  # the API fails a run whose pause timed out
+    assert "timed out" in refused
+    assert _state(s) == s.changed
