@@ -235,3 +235,60 @@ def test_deploy_needs_the_pool_then_a_worker_runs_the_daily_backup(stack, smtp):
                             "sort": "ID_DESC"})
     resp.raise_for_status()
     assert {a["key"] for a in resp.json()} >= {"coderz-backup-report", "coderz-backup-artifacts"}
+
+
+def test_restore_deployment_pauses_for_the_typed_approval_and_completes_after_resume(stack, redis_server):
+    """`coderz-restore` through a real server and worker: the run pauses, a resume with the typed
+    input through the REST API (what the UI form sends) completes it."""
+    import time
+
+    import httpx
+
+    stack.config.write_text(stack.config.read_text().replace(
+        f'data_dir = "{redis_server.data}"\n',
+        f'data_dir = "{redis_server.data}"\nstart_command = {json.dumps(redis_server.start_command)}\n'))
+    worker_env = dict(stack.env, CODERZ_BACKUP_CONFIG=str(stack.config))
+    assert subprocess.run([sys.executable, "-m", "coderz_backup", "backup"], env=worker_env,
+                          capture_output=True, timeout=300).returncode == 0
+    snapshot = os.readlink(stack.dest / "latest")
+    redis_server.client().set("after-backup", "x")
+
+    _forget(POOL, DEPLOYMENT)
+    setup()
+    res = _prefect(["--no-prompt", "deploy", "--all"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    with _client() as c:
+        dep = c.read_deployment_by_name("coderz-restore/coderz-restore")
+        assert dep.schedules == []
+        backup_dep = c.read_deployment_by_name(DEPLOYMENT)
+        for sched in backup_dep.schedules:
+            c.update_deployment_schedule(backup_dep.id, sched.id, active=False)
+    res = _prefect(["deployment", "run", "coderz-restore/coderz-restore", "--param", f"snapshot={snapshot}"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", res.stdout).group(1)
+
+    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", POOL, "--run-once"], cwd=ROOT,
+                              env=dict(worker_env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    api = os.environ["PREFECT_API_URL"]
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            state = httpx.get(f"{api}/flow_runs/{run_id}").json()["state"]
+            if state and state["type"] == "PAUSED":
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the restore run never paused for approval")
+        assert redis_server.client().get("after-backup") == b"x"  # paused: nothing changed yet
+        resp = httpx.post(f"{api}/flow_runs/{run_id}/resume",
+                          json={"run_input": {"approve": True, "snapshot": snapshot}})
+        assert resp.status_code == 201 and resp.json()["status"] == "ACCEPT", resp.text
+        out, _ = worker.communicate(timeout=300)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    final = httpx.get(f"{api}/flow_runs/{run_id}").json()["state"]
+    assert final["type"] == "COMPLETED", (final, out[-3000:])
+    assert redis_server.client().get("after-backup") is None  # back to the snapshot
+    assert (stack.dest / "safety-backups").is_dir()

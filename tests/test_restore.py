@@ -171,3 +171,60 @@ def test_approval_timeout_changes_nothing(backed_up):
     assert not state.is_completed()  # the API fails a run whose pause timed out
     assert "timed out" in refused
     assert _state(s) == s.changed
+
+
+def _on_a_terminal(args: list[str], env: dict, typed: str) -> tuple[int, str]:
+    """Run scripts/restore.sh on a pseudo-terminal, type ``typed`` at the prompt."""
+    import pty
+    import select
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "restore.sh"
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        os.execvpe("bash", ["bash", str(script), *args], env)
+    out = b""
+    answered = False
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        if not answered and b"Type the snapshot name" in out:
+            os.write(fd, typed.encode() + b"\n")
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_operator_on_a_terminal_sees_the_plan_and_types_the_name(backed_up):
+    s = backed_up
+    rc, out = _on_a_terminal([s.snapshot, "--config", str(s.config)], s.env, s.snapshot)
+    assert rc == 0, out
+    assert "Restore plan" in out and "is replaced" in out
+    assert _state(s) == s.original
+
+
+def test_operator_typing_something_else_changes_nothing(backed_up):
+    s = backed_up
+    rc, out = _on_a_terminal(["--config", str(s.config)], s.env, "yes")
+    assert rc == 3, out
+    assert "does not match" in out or "rejected" in out
+    assert _state(s) == s.changed
+
+
+def test_restore_sh_list(backed_up):
+    s = backed_up
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "restore.sh"
+    res = subprocess.run(["bash", str(script), "--list", "--config", str(s.config)], env=s.env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and s.snapshot in res.stdout and "latest" in res.stdout
