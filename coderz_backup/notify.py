@@ -14,7 +14,7 @@ import html
 
 from .report import human_size, render_report
 
-__all__ = ["subject", "when_text", "result_bodies", "crash_bodies", "RERUN_HELP"]
+__all__ = ["subject", "when_text", "result_bodies", "crash_bodies", "restore_bodies", "RERUN_HELP"]
 
 RERUN_HELP = [
     "Re-run from Prefect: prefect deployment run coderz-backup/coderz-backup-daily",
@@ -101,3 +101,18 @@ def crash_bodies(when: dt.datetime, reason: str, *, flow_run: str | None = None,
             + (f"<p>Destination: <code>{e(dest)}</code></p>" if dest else "")
             + "<h3>What to do</h3><ul>" + "".join(f"<li><code>{e(h)}</code></li>" for h in RERUN_HELP) + "</ul>")
     return subj, body, "\n".join(lines) + "\n"
+
+
+def restore_bodies(snapshot: str, results: list[dict], report_md: str, when: dt.datetime) -> tuple[str, str, str]:
+    """(subject, html, text) for a finished restore: ✅ all restored, ⚠️ some failed."""
+    failed = sum(r["status"] != "ok" for r in results)
+    at = when_text(when)
+    subj = (f"✅ Coderz Restore — OK from {snapshot} on {at}" if not failed
+            else f"⚠️ Coderz Restore — {failed} failure(s) from {snapshot} on {at}")
+    text = f"{subj}\n\n{report_md}\n"
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(r['service'])}</td><td>{e(r['status'])}</td><td>{e(str(r['detail']))}</td>"
+                   f"<td>{e(str(r['health'] or '—'))}</td></tr>" for r in results)
+    body = (f"<h2>{e(subj)}</h2><table border=\"1\" cellspacing=\"0\"><tr><th>service</th><th>result</th>"
+            f"<th>detail</th><th>health</th></tr>{rows}</table><pre>{e(report_md)}</pre>")
+    return subj, body, text

@@ -142,3 +142,18 @@ def test_not_enough_space_fails_early_with_the_numbers(stack):
     assert res.returncode == 2
     assert "not enough space" in res.stderr and "free" in res.stderr and "needed" in res.stderr
     assert not [p for p in stack.dest.iterdir() if not p.name.startswith(".coderz-backup.lock")]
+
+
+def test_mail_through_a_saved_email_server_credentials_block(stack, smtp):
+    import secrets
+
+    from prefect_email import EmailServerCredentials
+
+    name = f"coderz-smtp-{secrets.token_hex(3)}"
+    EmailServerCredentials(smtp_server="127.0.0.1", smtp_port=smtp.port, smtp_type="INSECURE").save(name)
+    stack.config.write_text(stack.config.read_text()
+                            + f'\n[email]\nblock = "{name}"\nto = ["ops@coderz.local"]\nretry_delay_s = [0.1]\n')
+    res = run_cli(["backup", "--config", str(stack.config), "--only", "redis"], stack.env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    [(rcpts, msg)] = smtp.messages
+    assert rcpts == ["ops@coderz.local"] and _decoded_subject(msg).startswith("✅ Coderz Backup — OK (")

@@ -228,3 +228,16 @@ def test_restore_sh_list(backed_up):
     res = subprocess.run(["bash", str(script), "--list", "--config", str(s.config)], env=s.env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and s.snapshot in res.stdout and "latest" in res.stdout
+
+
+def test_restore_outcome_is_mailed_when_mail_is_configured(backed_up, smtp):
+    from helpers import decoded_subject, mail_parts, with_email
+
+    s = backed_up
+    with_email(s, smtp.port)
+    res = run_cli(["restore", s.snapshot, "--config", str(s.config), "--yes", "--no-safety-backup"], s.env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    [(_, msg)] = smtp.messages
+    subject = decoded_subject(msg)
+    assert subject.startswith(f"✅ Coderz Restore — OK from {s.snapshot} on ")
+    assert "postgres-prefect" in mail_parts(msg)["text/plain"]

@@ -37,7 +37,8 @@ from ..runlog import run_log
 from ..services import REGISTRY, create
 from ..snapshot import SnapshotStore
 from ..verify import verify_snapshot
-from .backup import _api_handlers, _emit, run_backup
+from .. import notify
+from .backup import _api_handlers, _emit, run_backup, send_mail
 
 __all__ = ["coderz_restore", "RestoreApproval", "SAFETY_DIR"]
 
@@ -153,6 +154,8 @@ def coderz_restore(
             results = _restore_all(cfg, snap, entries)
             report = _report(snap, results, safety, cfg)
             _publish("coderz-restore-report", report, f"Restore report for {snap.name}")
+            if cfg.email is not None:
+                _mail(cfg, snap.name, results, report)
     failed = [r for r in results if r["status"] != "ok"]
     summary = {"snapshot": snap.name, "results": results, "safety_backup": safety, "report": report}
     _emit("restore-finished", summary=summary)
@@ -226,3 +229,13 @@ def _publish(key: str, markdown: str, description: str) -> None:
         create_markdown_artifact(key=key, markdown=markdown, description=description)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not publish %s: %s", key, exc)
+
+
+def _mail(cfg, snapshot: str, results: list[dict], report: str) -> None:
+    """The restore's outcome by mail; a mail failure is logged, never changes the outcome."""
+    subject, html, text = notify.restore_bodies(snapshot, results, report, dt.datetime.now(dt.timezone.utc))
+    fut = send_mail.with_options(task_run_name="send-mail", retries=cfg.email.retries,
+                                 retry_delay_seconds=cfg.email.retry_delay_s or 0).submit(cfg.email, subject, html, text)
+    value = fut.result(raise_on_failure=False)
+    if not fut.state.is_completed():
+        log.error("restore mail NOT sent: %s", value)
