@@ -216,11 +216,25 @@ class ElasticsearchConfig(ServiceBase):
 
 
 class EtcdConfig(ServiceBase):
+    """An etcd v3 member: a snapshot over the gRPC gateway (or ``etcdctl snapshot save``)."""
+
     kind: Literal["etcd"]
-    endpoint: str = "http://127.0.0.1:2379"
-    user: str | None = None
-    password: SecretStr | None = None
+    endpoint: str = Field("http://127.0.0.1:2379", description="client URL of one member (http:// or https://)")
+    user: str | None = Field(None, description="etcd user (auth enabled); the gateway has no CN-based auth")
+    password: SecretStr | None = Field(None, description="password reference (env:NAME recommended)")
+    method: Literal["gateway", "etcdctl"] = Field("gateway", description="gateway: HTTP v3 gRPC gateway; "
+                                                   "etcdctl: `etcdctl snapshot save`")
+    cacert: str | None = Field(None, description="CA bundle to verify an https endpoint")
+    cert: str | None = Field(None, description="client certificate (TLS transport)")
+    key: str | None = Field(None, description="client certificate key (TLS transport)")
+    etcdctl: str = Field("etcdctl", description="etcdctl executable (etcdctl method and restore)")
+    data_dir: str | None = Field(None, description="member data dir as seen from this host (in-place restore)")
+    name: str | None = Field(None, description="member name (--name) used when restoring")
+    peer_url: str | None = Field(None, description="member peer URL (--initial-advertise-peer-urls) for restore")
+    stop_command: list[str] | None = Field(None, description="argv that stops etcd before an in-place restore")
+    start_command: list[str] | None = Field(None, description="argv that starts etcd after an in-place restore")
     section: ClassVar[str] = "etcd Snapshots"
+    default_min_bytes: ClassVar[int] = 512 + 32
     order: ClassVar[int] = 80
 
 

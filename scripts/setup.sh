@@ -9,6 +9,8 @@ need=()
 command -v pg_dump >/dev/null && [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15 postgresql-client-15)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-check-rdb >/dev/null || need+=(redis-tools)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

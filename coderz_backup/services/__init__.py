@@ -12,6 +12,7 @@ from ..access import access_for
 from ..errors import ConfigError
 from .base import ArtifactResult, Service
 from .configs import ConfigsService
+from .etcd import EtcdService
 from .postgres import PostgresService
 from .redis import RedisService
 
@@ -21,6 +22,7 @@ REGISTRY: dict[str, type] = {
     PostgresService.kind: PostgresService,
     RedisService.kind: RedisService,
     ConfigsService.kind: ConfigsService,
+    EtcdService.kind: EtcdService,
 }
 
 #: accepted by the config, not yet implemented: kind → artifact names from the product document
@@ -28,7 +30,6 @@ PLANNED: dict[str, list[str]] = {
     "grafana": ["grafana/"],
     "prometheus": ["prometheus-snapshot.tar.gz"],
     "elasticsearch": ["elasticsearch/", "elasticsearch-data.tar.gz"],
-    "etcd": ["{name}.snapshot"],
     "k3s": ["{name}.snapshot"],
     "apisix": ["{name}/"],
 }

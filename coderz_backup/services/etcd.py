@@ -1,0 +1,510 @@
+"""etcd v3 → ``<name>.snapshot``: a member's database as ``etcdctl snapshot save`` writes it.
+
+Backup, two methods (``method`` in the config):
+
+- ``gateway`` (default): ``POST {endpoint}/v3/maintenance/snapshot`` with body ``{}`` on
+  the v3 gRPC gateway (``/v3beta`` when ``/v3`` gives 404, i.e. etcd 3.3). The answer
+  is a stream of JSON objects, one per line, ``{"result":{"blob":"<base64>"}}``; the
+  blobs, decoded and concatenated in order, are the snapshot file. The body is read
+  line by line and never held in memory. When ``user`` is set we first call
+  ``/v3/auth/authenticate`` and send the token as ``Authorization: <token>`` (no
+  ``Bearer``: etcd rejects it). TLS: ``cacert`` verifies the server, ``cert``/``key``
+  give transport client auth (the gateway does not map certificate CNs to users).
+- ``etcdctl``: ``etcdctl --endpoints=<endpoint> snapshot save <tmp>`` through the access
+  layer, the credentials in ``ETCDCTL_USER``/``ETCDCTL_PASSWORD`` (never argv), then the
+  file is streamed into the artifact and removed.
+
+Either way the file must be a bbolt database (meta page magic ``0xED0CDAED`` at offset
+16) followed by the 32-byte **SHA-256 of the database bytes**, which etcd appends to
+every snapshot. bbolt files are a multiple of 512 bytes, so ``size % 512 == 32``; the
+hash is computed while streaming, holding back the last 32 bytes as the candidate
+trailer. Fail closed: a mid-stream ``{"error":…}``, a cut connection, a missing or
+wrong trailer, an HTTP error (400 bad password, 500 no token) all raise, and the
+partial file is removed. ``etcdctl snapshot status`` does not look at the trailer, so
+verify() checks it itself.
+
+Restore needs ``etcdctl snapshot restore`` (in etcd ≥3.6 only ``etcdutl`` has it: set
+``etcdctl`` to an etcdutl path then). It never writes into a non-empty data dir:
+
+- ``restore(artifact, data_dir=NEW)`` restores into a new (absent or empty) dir and
+  says how to start etcd on it;
+- with ``data_dir`` and ``start_command`` in the config it restores in place: restore
+  into ``<data_dir>.coderz-restore-<ts>`` first (nothing changed if that fails), stop
+  etcd (``stop_command``; refused if etcd still answers), move the old dir aside to
+  ``<data_dir>.coderz-old-<ts>``, rename the restored dir into place, start it and wait
+  until it answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import ssl
+import tempfile
+import time
+from pathlib import Path
+from typing import ClassVar, Iterator
+
+import httpx
+
+from ..access import CHUNK, Access
+from ..config import EtcdConfig, resolve_secret
+from ..errors import (
+    AccessError,
+    ArtifactError,
+    IncompleteArtifactError,
+    ProducerError,
+    RestoreError,
+    VerifyError,
+)
+from ..writer import StreamEnds, write_stream
+from .base import ArtifactResult
+
+__all__ = ["EtcdService", "SnapshotChecker"]
+
+log = logging.getLogger(__name__)
+
+HASH_LEN = 32
+BOLT_MAGIC = 0xED0CDAED
+_MAX_LINE = 64 << 20       # one JSON message; etcd sends ≤ 32 KiB of data per message
+_ERROR_KEEP = 4096         # bytes of an error body we read
+
+
+class SnapshotChecker:
+    """SHA-256 over a streamed snapshot, the last 32 bytes held back as the trailer."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._pending = b""
+
+    def observe(self, data: bytes) -> None:
+        buf = self._pending + data
+        if len(buf) <= HASH_LEN:
+            self._pending = buf
+            return
+        self._sha.update(memoryview(buf)[:-HASH_LEN])
+        self._pending = buf[-HASH_LEN:]
+
+    def check(self, ends: StreamEnds) -> None:
+        size = ends.raw_bytes
+        if size < 512 + HASH_LEN or size % 512 != HASH_LEN:
+            raise IncompleteArtifactError(
+                f"snapshot is truncated or has no SHA-256 trailer ({size} bytes; a bbolt database "
+                "is a multiple of 512 bytes and etcd appends 32 bytes of SHA-256)")
+        if int.from_bytes(ends.head[16:20], "little") != BOLT_MAGIC:
+            raise IncompleteArtifactError("not an etcd snapshot (no bbolt meta page magic at offset 16)")
+        if self._sha.digest() != self._pending:
+            raise IncompleteArtifactError("snapshot SHA-256 trailer mismatch: the file is corrupt or truncated")
+
+
+def _message(body: bytes) -> str:
+    """The error text of a gateway error body (both the unary and the stream shape)."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip()[:300] or "(empty body)"
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    if err:
+        return str(err)
+    return str(obj.get("message") or obj)[:300] if isinstance(obj, dict) else str(obj)[:300]
+
+
+class _Gateway:
+    """A connection to the v3 gRPC gateway of one member (raises ArtifactError)."""
+
+    def __init__(self, svc: "EtcdService", *, read_timeout: float):
+        c = svc.config
+        self.svc = svc
+        self.where = f"etcd at {c.endpoint}"
+        self.prefix = "/v3"
+        self._prefix_known = False
+        verify: ssl.SSLContext | bool = True
+        if c.endpoint.startswith("https://") or c.cacert or c.cert:
+            try:
+                ctx = ssl.create_default_context(cafile=c.cacert)
+                if c.cert:
+                    ctx.load_cert_chain(c.cert, c.key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ArtifactError(f"{svc.name}: cannot load TLS files (cacert/cert/key): {exc}") from None
+            verify = ctx
+        self.client = httpx.Client(base_url=c.endpoint.rstrip("/"), verify=verify,
+                                   timeout=httpx.Timeout(30.0, connect=10.0, read=read_timeout))
+        self.headers: dict[str, str] = {}
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "_Gateway":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _transport_error(self, exc: httpx.HTTPError) -> ArtifactError:
+        if "SSL" in str(exc) or "certificate" in str(exc).lower():  # TLS 1.3 reports a refused cert on read
+            return ArtifactError(f"{self.where}: TLS handshake failed ({exc}); check cacert/cert/key")
+        if isinstance(exc, httpx.ConnectError):
+            return ArtifactError(f"{self.where} is unreachable: {exc}")
+        if isinstance(exc, httpx.TimeoutException):
+            return ArtifactError(f"{self.where}: timed out ({type(exc).__name__})")
+        return ArtifactError(f"{self.where}: {type(exc).__name__}: {exc}")
+
+    def _paths(self, path: str) -> list[str]:
+        if self._prefix_known:
+            return [self.prefix + path]
+        return ["/v3" + path, "/v3beta" + path]
+
+    def _no_gateway(self) -> ArtifactError:
+        return ArtifactError(f"{self.where}: no etcd v3 gRPC gateway (404 on /v3 and /v3beta; "
+                             "etcd ≤3.2 serves only /v3alpha and is not supported)")
+
+    def post(self, path: str, body: dict) -> dict:
+        """A unary call; returns the JSON answer or raises ArtifactError with etcd's message."""
+        try:
+            for url in self._paths(path):
+                resp = self.client.post(url, json=body, headers=self.headers)
+                if resp.status_code == 404 and not self._prefix_known:
+                    continue
+                self.prefix, self._prefix_known = url[: -len(path)], True
+                if resp.status_code != 200:
+                    raise ArtifactError(f"{self.where}: {path} failed (HTTP {resp.status_code}): "
+                                        f"{_message(resp.content[:_ERROR_KEEP])}")
+                return resp.json()
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        except ValueError:
+            raise ArtifactError(f"{self.where}: {path} returned no JSON") from None
+        raise self._no_gateway()
+
+    def authenticate(self, user: str | None, password: str | None) -> None:
+        if not user:
+            return
+        if password is None:
+            raise ArtifactError(f"{self.svc.name}: user {user!r} is set but no password; set {self.svc.name}.password")
+        try:
+            token = self.post("/auth/authenticate", {"name": user, "password": password}).get("token")
+        except ArtifactError as exc:
+            text = str(exc)
+            if "authentication is not enabled" in text:
+                log.info("%s: auth is not enabled on %s; continuing without a token", self.svc.name, self.where)
+                return
+            if "authentication failed" in text or "invalid user" in text:
+                raise ArtifactError(f"{self.where}: authentication failed for user {user!r}; "
+                                    f"check {self.svc.name}.password") from None
+            raise
+        if not token:
+            raise ArtifactError(f"{self.where}: authenticate returned no token")
+        self.headers["Authorization"] = token  # etcd wants the bare token, no "Bearer"
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[httpx.Response]:
+        """The open snapshot response (status 200 checked)."""
+        try:
+            for url in self._paths("/maintenance/snapshot"):
+                with self.client.stream("POST", url, json={}, headers=self.headers) as resp:
+                    if resp.status_code == 404 and not self._prefix_known:
+                        continue
+                    self.prefix, self._prefix_known = url[: -len("/maintenance/snapshot")], True
+                    if resp.status_code != 200:
+                        body = b""
+                        for chunk in resp.iter_bytes():
+                            body += chunk
+                            if len(body) >= _ERROR_KEEP:
+                                break
+                        raise self._refused(resp.status_code, _message(body[:_ERROR_KEEP]))
+                    yield resp
+                    return
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        raise self._no_gateway()
+
+    def _refused(self, status: int, message: str) -> ArtifactError:
+        hint = ""
+        if "user name is empty" in message or "invalid auth token" in message:
+            hint = f"; auth is enabled on the server: set {self.svc.name}.user and .password"
+        elif "permission denied" in message:
+            hint = f"; user {self.svc.config.user!r} may not take snapshots (use a user with the root role)"
+        return ArtifactError(f"{self.where}: snapshot refused (HTTP {status}): {message}{hint}")
+
+    def blobs(self, resp: httpx.Response) -> Iterator[bytes]:
+        """Decoded blobs of the snapshot stream, read line by line."""
+        try:
+            for line in _lines(resp.iter_bytes()):
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    raise IncompleteArtifactError(f"{self.where}: malformed line in the snapshot stream") from None
+                if not isinstance(msg, dict):
+                    raise IncompleteArtifactError(f"{self.where}: unexpected message in the snapshot stream")
+                if "error" in msg:
+                    raise ArtifactError(f"{self.where}: snapshot stream failed mid-way: {_message(line)}")
+                blob = (msg.get("result") or {}).get("blob")
+                if blob:
+                    try:
+                        yield base64.b64decode(blob, validate=True)
+                    except (binascii.Error, ValueError):
+                        raise IncompleteArtifactError(f"{self.where}: bad base64 in the snapshot stream") from None
+        except httpx.HTTPError as exc:
+            raise ArtifactError(f"{self.where}: snapshot stream broke off: {type(exc).__name__}: {exc}") from None
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Newline-delimited records of a byte stream, one at a time (bounded memory)."""
+    buf = bytearray()
+    for chunk in chunks:
+        buf += chunk
+        start = 0
+        while True:
+            i = buf.find(b"\n", start)
+            if i < 0:
+                break
+            if i > start:
+                yield bytes(buf[start:i])
+            start = i + 1
+        if start:
+            del buf[:start]
+        if len(buf) > _MAX_LINE:
+            raise IncompleteArtifactError("snapshot stream: a message exceeds 64 MiB (not an etcd stream?)")
+    if bytes(buf).strip():
+        yield bytes(buf)
+
+
+class EtcdService:
+    kind: ClassVar[str] = "etcd"
+
+    def __init__(self, name: str, config: EtcdConfig, access: Access):
+        self.name = name
+        self.config = config
+        self.access = access
+
+    @property
+    def artifact_path(self) -> str:
+        return f"{self.name}.snapshot"
+
+    def artifacts(self) -> list[str]:
+        return [self.artifact_path]
+
+    def _password(self) -> str | None:
+        return resolve_secret(self.config.password, what=f"{self.name}.password")
+
+    def _where(self) -> str:
+        return f"etcd at {self.config.endpoint}"
+
+    # -- backup -------------------------------------------------------------
+    def backup(self, into: Path) -> list[ArtifactResult]:
+        started = time.monotonic()
+        checker = SnapshotChecker()
+        if self.config.method == "etcdctl":
+            rec = self._backup_etcdctl(Path(into), checker)
+            how = "etcdctl snapshot save"
+        else:
+            rec = self._backup_gateway(Path(into), checker)
+            how = "v3 gateway /maintenance/snapshot"
+        log.info("%s: %s, %d bytes in %.1fs", self.name, how, rec.bytes, time.monotonic() - started)
+        return [ArtifactResult.from_files(self.name, self.kind, self.artifact_path, [rec],
+                                          details={"method": how, "endpoint": self.config.endpoint})]
+
+    def _backup_gateway(self, into: Path, checker: SnapshotChecker):
+        with _Gateway(self, read_timeout=min(self.config.timeout_s, 300.0)) as gw:
+            gw.authenticate(self.config.user, self._password())
+            with gw.snapshot() as resp, contextlib.closing(gw.blobs(resp)) as blobs:
+                return write_stream(into, self.artifact_path, blobs, compress=False,
+                                    check=checker.check, observe=checker.observe)
+
+    def _etcdctl_env(self) -> dict[str, str]:
+        env = {"ETCDCTL_API": "3"}
+        user = self.config.user
+        if user:
+            password = self._password()
+            if password is None:
+                raise ArtifactError(f"{self.name}: user {user!r} is set but no password; set {self.name}.password")
+            env["ETCDCTL_USER"] = user          # --user / --password as environment, never argv
+            env["ETCDCTL_PASSWORD"] = password
+        return env
+
+    def _tls_args(self) -> list[str]:
+        c = self.config
+        out = []
+        for flag, value in (("--cacert", c.cacert), ("--cert", c.cert), ("--key", c.key)):
+            if value:
+                out.append(f"{flag}={value}")
+        return out
+
+    def _backup_etcdctl(self, into: Path, checker: SnapshotChecker):
+        c = self.config
+        into.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}.etcdctl-", dir=into))
+        try:
+            target = tmp / "snapshot.db"
+            base = [c.etcdctl, f"--endpoints={c.endpoint}", *self._tls_args(), "--dial-timeout=10s"]
+            env = self._etcdctl_env()
+            try:
+                # etcdctl 3.4 `snapshot save` waits forever for an unreachable member, so
+                # probe it first with a bounded call (which also checks the credentials).
+                self.access.run([*base, "--command-timeout=10s", "endpoint", "status"], env=env, timeout=60,
+                                label=f"etcdctl endpoint status of {c.endpoint}")
+                self.access.run([*base, "snapshot", "save", str(target)], env=env, timeout=c.timeout_s,
+                                label=f"etcdctl snapshot save of {c.endpoint}")
+            except ProducerError as exc:
+                text = str(exc)
+                if "authentication failed" in text or "invalid user" in text:
+                    raise ArtifactError(f"{self._where()}: authentication failed for user {c.user!r}; "
+                                        f"check {self.name}.password") from None
+                if "connection refused" in text or "deadline exceeded" in text:
+                    raise ArtifactError(f"{self._where()} is unreachable: {text}") from None
+                raise
+            with self.access.open_read(str(target)) as fh:
+                return write_stream(into, self.artifact_path, iter(lambda: fh.read(CHUNK), b""),
+                                    compress=False, check=checker.check, observe=checker.observe)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- verify -------------------------------------------------------------
+    def verify(self, artifact: Path) -> str:
+        checker = SnapshotChecker()
+        head = b""
+        n = 0
+        with open(artifact, "rb") as fh:
+            for chunk in iter(lambda: fh.read(CHUNK), b""):
+                if len(head) < 64:
+                    head += chunk[: 64 - len(head)]
+                checker.observe(chunk)
+                n += len(chunk)
+        try:
+            checker.check(StreamEnds(head, b"", n))
+        except IncompleteArtifactError as exc:
+            raise VerifyError(f"{artifact.name}: {exc}") from None
+        return f"bbolt header and SHA-256 trailer ok ({n} bytes)"
+
+    # -- restore ------------------------------------------------------------
+    def restore_target(self) -> str:
+        c = self.config
+        if c.data_dir and c.start_command:
+            return (f"etcd data dir {c.data_dir} of {c.endpoint} is replaced (old dir kept as "
+                    f"{c.data_dir}.coderz-old-<ts>); etcd is stopped with "
+                    f"{' '.join(c.stop_command) if c.stop_command else '(stop_command not set: it must be down)'} "
+                    f"and started with {' '.join(c.start_command)}")
+        return ("nothing is overwritten: the snapshot is restored into a new data dir (pass data_dir); "
+                "set data_dir and start_command to restore in place")
+
+    def health(self) -> str:
+        try:
+            with _Gateway(self, read_timeout=30.0) as gw:
+                try:
+                    version = gw.client.get("/version").json().get("etcdserver", "?")
+                except (httpx.HTTPError, ValueError, AttributeError) as exc:
+                    raise ArtifactError(f"{gw.where}: GET /version failed: {exc}") from None
+                gw.authenticate(self.config.user, self._password())
+                status = gw.post("/maintenance/status", {})
+                count = gw.post("/kv/range", {"key": "AA==", "range_end": "AA==", "count_only": True}).get("count", 0)
+        except ArtifactError as exc:
+            raise RestoreError(f"{self.name}: {exc}") from None
+        return (f"etcd {version} answers, revision {status.get('header', {}).get('revision', '?')}, "
+                f"{int(count)} key(s)")
+
+    def _answers(self) -> bool:
+        try:
+            with _Gateway(self, read_timeout=5.0) as gw:
+                gw.client.get("/version", timeout=3.0)
+            return True
+        except (httpx.HTTPError, ArtifactError):
+            return False
+
+    def _restore_into(self, artifact: Path, data_dir: Path, name: str | None, peer_url: str | None) -> None:
+        c = self.config
+        argv = [c.etcdctl, "snapshot", "restore", str(artifact), "--data-dir", str(data_dir)]
+        if name:
+            argv += ["--name", name]
+        if peer_url:
+            argv += ["--initial-advertise-peer-urls", peer_url,
+                     "--initial-cluster", f"{name or 'default'}={peer_url}"]
+        try:
+            self.access.run(argv, env={"ETCDCTL_API": "3"}, timeout=c.timeout_s, label="etcdctl snapshot restore")
+        except (ProducerError, AccessError) as exc:
+            raise RestoreError(f"{self.name}: {exc}") from None
+
+    def restore(self, artifact: Path, *, data_dir: str | None = None, name: str | None = None,
+                peer_url: str | None = None, start_command: list[str] | None = None, **_: object) -> str:
+        """Restore ``artifact`` into a new data dir, or in place (see the module docstring)."""
+        artifact = Path(artifact)
+        try:
+            self.verify(artifact)
+        except VerifyError as exc:
+            raise RestoreError(f"{self.name}: refusing to restore: {exc}") from None
+        c = self.config
+        name = name or c.name
+        peer_url = peer_url or c.peer_url
+        if data_dir:
+            target = Path(data_dir)
+            if target.exists() and (not target.is_dir() or any(target.iterdir())):
+                raise RestoreError(f"{self.name}: {target} exists and is not empty; restore into a new dir")
+            self._restore_into(artifact, target, name, peer_url)
+            start = f"etcd --data-dir {target}" + (f" --name {name}" if name else "")
+            return f"snapshot {artifact.name} restored into {target}; start it with `{start} ...`"
+        start = start_command or c.start_command
+        if not (c.data_dir and start):
+            raise RestoreError(f"{self.name}: pass data_dir (a new, empty dir) or set data_dir and "
+                               "start_command to restore in place")
+        return self._restore_in_place(artifact, Path(c.data_dir), name, peer_url, start)
+
+    def _restore_in_place(self, artifact: Path, live: Path, name: str | None, peer_url: str | None,
+                          start: list[str]) -> str:
+        c = self.config
+        if self._answers() and not c.stop_command:
+            raise RestoreError(f"{self.name}: {self._where()} is running; stop it first or set stop_command "
+                               "(nothing changed)")
+        ts = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        staging = live.with_name(f"{live.name}.coderz-restore-{ts}")
+        old = live.with_name(f"{live.name}.coderz-old-{ts}")
+        try:
+            self._restore_into(artifact, staging, name, peer_url)
+        except RestoreError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if c.stop_command and self._answers():
+            log.info("%s: stopping etcd", self.name)
+            try:
+                self.access.run(c.stop_command, timeout=120, label="etcd stop_command")
+            except (ProducerError, AccessError) as exc:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise RestoreError(f"{self.name}: stop_command failed, nothing changed: {exc}") from None
+            deadline = time.monotonic() + 60
+            while self._answers():
+                if time.monotonic() > deadline:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raise RestoreError(f"{self.name}: etcd still answers 60s after stop_command; nothing changed")
+                time.sleep(0.2)
+        owner = live.stat() if live.exists() else None
+        if live.exists():
+            os.rename(live, old)
+        os.rename(staging, live)
+        os.chmod(live, 0o700)
+        if owner is not None:
+            for root, dirs, files in os.walk(live):
+                for p in [root, *(os.path.join(root, f) for f in files)]:
+                    os.chown(p, owner.st_uid, owner.st_gid)
+        kept = f" (old data kept at {old})" if owner is not None else ""
+        log.info("%s: restored data dir in place at %s%s; starting etcd", self.name, live, kept)
+        try:
+            self.access.run(start, timeout=120, label="etcd start_command")
+        except (ProducerError, AccessError) as exc:
+            raise RestoreError(f"{self.name}: start_command failed after the swap{kept}: {exc}") from None
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = self.health()
+                break
+            except RestoreError as exc:
+                if time.monotonic() > deadline:
+                    raise RestoreError(f"{self.name}: etcd did not come back within 60s{kept}: {exc}") from None
+                time.sleep(0.3)
+        return f"etcd restarted on {live} from {artifact.name}{kept}: {health}"
