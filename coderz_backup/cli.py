@@ -131,10 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from . import setup as setup_cmd
 
             return setup_cmd.run_cli(args)
-    except ConfigError as exc:
-        print(f"✗ {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
-    except CoderzBackupError as exc:
+    except CoderzBackupError as exc:  # ConfigError included: every problem, with the file name
         print(f"✗ {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     return EXIT_UNUSABLE  # pragma: no cover

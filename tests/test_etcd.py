@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from helpers import watch_argv
 from pydantic import SecretStr
 
 from coderz_backup.access import LocalAccess
@@ -290,28 +292,11 @@ def test_restore_refuses_a_non_empty_data_dir_and_needs_a_target(etcd_plain, tmp
 
 
 def test_password_never_in_process_argv(etcd_auth, tmp_path):
-    seen: list[bytes] = []
-    stop = threading.Event()
-
-    def _watch():
-        while not stop.is_set():
-            for pid in os.listdir("/proc"):
-                if pid.isdigit():
-                    try:
-                        seen.append(Path(f"/proc/{pid}/cmdline").read_bytes())
-                    except OSError:
-                        pass
-
-    t = threading.Thread(target=_watch)
-    t.start()
-    try:
+    with watch_argv() as seen:
         for method in ("etcdctl", "gateway"):
             out = tmp_path / method
             out.mkdir()
             _svc(etcd_auth, method=method).backup(out)
-    finally:
-        stop.set()
-        t.join()
     assert any(b"etcdctl" in c and b"snapshot" in c for c in seen), "the watcher never saw etcdctl running"
     assert not any(ROOT_PW.encode() in c for c in seen)
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import watch_argv
+
 from coderz_backup.access import LocalAccess
 from coderz_backup.errors import ArtifactError, RestoreError, VerifyError
 from coderz_backup.services.postgres import PostgresService
@@ -171,24 +173,7 @@ def test_password_never_in_process_argv(make_db, tmp_path):
     with db.connect() as c:
         c.execute("CREATE TABLE big AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 200000) g")
     svc = PostgresService("pg", db.service_config(), LocalAccess())
-    seen: list[bytes] = []
-    stop = threading.Event()
-
-    def _watch():
-        while not stop.is_set():
-            for pid in os.listdir("/proc"):
-                if pid.isdigit():
-                    try:
-                        seen.append(Path(f"/proc/{pid}/cmdline").read_bytes())
-                    except OSError:
-                        pass
-
-    t = threading.Thread(target=_watch)
-    t.start()
-    try:
+    with watch_argv() as seen:
         svc.backup(tmp_path)
-    finally:
-        stop.set()
-        t.join()
     assert any(b"pg_dump" in c for c in seen), "the watcher never saw pg_dump running"
     assert not any(b"argv-secret-8472" in c for c in seen)
