@@ -4,7 +4,6 @@ own format checks (gzip + pg_dump trailer, RDB CRC-64, safe tar members …)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from .config import KIND_MODELS, Config
 from .errors import CoderzBackupError, VerifyError
