@@ -19,10 +19,13 @@ Secrets go in ``env``, never in ``argv``.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shlex
+import shutil
 import signal
 import subprocess
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -30,7 +33,7 @@ from typing import BinaryIO, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from .errors import AccessError, ProducerError
 
-__all__ = ["Access", "CommandStream", "LocalAccess", "access_for", "CHUNK"]
+__all__ = ["Access", "ChunkReader", "CommandStream", "LocalAccess", "access_for", "check_member", "CHUNK"]
 
 CHUNK = 1 << 20  # 1 MiB reads: large enough for throughput, small enough for flat memory
 _STDERR_KEEP = 16 * 1024
@@ -194,6 +197,30 @@ class Access(Protocol):
     def readable(self, path: str) -> bool:
         """True when the file or folder ``path`` exists and can be read through this access."""
 
+    def tar_dir(self, path: str, out: BinaryIO, *, exclude: Sequence[str] = ()) -> int:
+        """Write an uncompressed tar stream of the *contents* of folder ``path`` into ``out``.
+
+        Member names are relative to ``path`` (``meta.json``, ``01H…/index``); modes,
+        owners and mtimes are kept. ``exclude`` holds top-level names to leave out.
+        Returns the number of entries written. Raises AccessError when ``path`` is missing.
+        """
+
+    def untar_into(self, path: str, chunks: Iterable[bytes]) -> int:
+        """Extract a tar stream (as written by :meth:`tar_dir`) into the existing folder ``path``.
+
+        Every member is checked first: absolute names, ``..`` and links leaving ``path``
+        are refused. Owners are kept (numeric). Returns the number of entries.
+        """
+
+    def remove_tree(self, path: str) -> None:
+        """Delete file or folder ``path`` (missing is fine)."""
+
+    def stop_service(self, command: Sequence[str] | None, *, timeout: float = 120) -> bool:
+        """Stop the service: its container, or run ``command`` here. False when there is no way to."""
+
+    def start_service(self, command: Sequence[str] | None, *, timeout: float = 120) -> bool:
+        """Start the service again: its container, or run ``command``. False when there is no way to."""
+
 
 class LocalAccess:
     """Commands run on this host; files are this host's files."""
@@ -247,6 +274,103 @@ class LocalAccess:
         if os.path.isdir(path):
             return os.access(path, os.R_OK | os.X_OK)
         return os.path.isfile(path) and os.access(path, os.R_OK)
+
+    def tar_dir(self, path: str, out: BinaryIO, *, exclude: Sequence[str] = ()) -> int:
+        if not os.path.isdir(path):
+            raise AccessError(f"{path}: no such folder")
+        count = 0
+        try:
+            with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for name in sorted(os.listdir(path)):
+                    if name in exclude:
+                        continue
+
+                    def _count(info: tarfile.TarInfo) -> tarfile.TarInfo:
+                        nonlocal count
+                        count += 1
+                        return info
+
+                    tar.add(os.path.join(path, name), arcname=name, recursive=True, filter=_count)
+        except OSError as exc:
+            raise AccessError(f"cannot read {exc.filename or path}: {exc.strerror}") from None
+        return count
+
+    def untar_into(self, path: str, chunks: Iterable[bytes]) -> int:
+        if not os.path.isdir(path):
+            raise AccessError(f"{path}: no such folder to restore into")
+        root = os.path.realpath(path)
+        count = 0
+
+        def _safe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+            nonlocal count
+            check_member(member, dest)
+            count += 1
+            return member
+
+        try:
+            with tarfile.open(fileobj=ChunkReader(chunks), mode="r|") as tar:
+                tar.extractall(root, numeric_owner=True, filter=_safe)
+        except tarfile.FilterError as exc:
+            raise AccessError(f"refusing unsafe archive member: {exc}") from None
+        except (tarfile.TarError, OSError) as exc:
+            raise AccessError(f"extracting into {path} failed: {exc}") from None
+        return count
+
+    def remove_tree(self, path: str) -> None:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def stop_service(self, command, *, timeout: float = 120) -> bool:
+        if not command:
+            return False
+        self.run(command, timeout=timeout, label="stop_command")
+        return True
+
+    def start_service(self, command, *, timeout: float = 120) -> bool:
+        if not command:
+            return False
+        self.run(command, timeout=timeout, label="start_command")
+        return True
+
+
+def check_member(member: tarfile.TarInfo, root: str) -> None:
+    """Raise tarfile.FilterError when ``member`` could write outside ``root``.
+
+    Our own archives never hold absolute paths or ``..``; one that does was tampered
+    with, so it is refused rather than silently re-rooted. Links out of ``root`` and
+    device files are refused too (tarfile's data filter).
+    """
+    name = member.name
+    if name.startswith("/"):
+        raise tarfile.AbsolutePathError(member)
+    if ".." in name.split("/"):
+        raise tarfile.OutsideDestinationError(member, os.path.join(root, name))
+    tarfile.data_filter(member, root)
+
+
+class ChunkReader(io.RawIOBase):
+    """A read-only file object over an iterable of byte chunks (for tarfile stream mode)."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._it = iter(chunks)
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._it)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
 
 
 def access_for(service_config) -> Access:

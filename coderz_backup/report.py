@@ -68,7 +68,7 @@ def render_report(manifest: dict) -> str:
             name = a["path"].rstrip("/")
             if a["status"] == "ok":
                 lines += [f"✓ {extra}" for extra in a.get("report_lines") or []]
-                lines.append(f"✓ {name} ({human_size(a['bytes'])})")
+                lines.append(f"✓ {a['summary']}" if a.get("summary") else f"✓ {name} ({human_size(a['bytes'])})")
             elif a["status"] == "skipped":
                 lines.append(f"- {name} — skipped: {a.get('error') or ''}")
             else:

@@ -11,6 +11,8 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-check-rdb >/dev/null || need+=(redis-tools)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v sqlite3 >/dev/null || need+=(sqlite3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -23,7 +23,7 @@ from typing import ClassVar, Protocol
 
 from ..writer import FileRecord
 
-__all__ = ["ArtifactResult", "Service"]
+__all__ = ["ArtifactResult", "BaseService", "Service"]
 
 
 @dataclass
@@ -41,6 +41,7 @@ class ArtifactResult:
     error: str | None = None
     files: list[FileRecord] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)   # extra report lines before the file line
+    summary: str | None = None   # report line instead of "<path> (<size>)", e.g. "Elasticsearch: 4 indices exported"
     details: dict = field(default_factory=dict)
 
     @classmethod
@@ -63,6 +64,7 @@ class ArtifactResult:
             "attempts": self.attempts,
             "error": self.error,
             "files": [f.as_manifest() for f in self.files],
+            "summary": self.summary,
             "details": self.details,
         }
 
@@ -88,3 +90,22 @@ class Service(Protocol):
         """Check the service answers after a restore; raise RestoreError if not."""
 
 
+
+
+class BaseService:
+    """Shared plumbing for service classes: name, typed config, access, artifact list.
+
+    Subclasses set ``kind`` and ``artifact_names`` (``{name}`` is the service name),
+    and implement backup/verify/restore/restore_target/health.
+    """
+
+    kind: ClassVar[str]
+    artifact_names: ClassVar[tuple[str, ...]] = ("{name}",)
+
+    def __init__(self, name: str, config, access):
+        self.name = name
+        self.config = config
+        self.access = access
+
+    def artifacts(self) -> list[str]:
+        return [a.format(name=self.name) for a in self.artifact_names]

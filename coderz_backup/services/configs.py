@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from isal import igzip
 
-from ..access import Access
+from ..access import Access, check_member
 from ..config import ConfigsConfig
 from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, VerifyError
 from ..writer import ArtifactWriter
@@ -30,19 +30,6 @@ from .base import ArtifactResult
 __all__ = ["ConfigsService", "check_member"]
 
 log = logging.getLogger(__name__)
-
-
-def check_member(member: tarfile.TarInfo, root: str) -> None:
-    """Raise tarfile.FilterError when ``member`` could write outside ``root``.
-
-    Our own archives never hold absolute paths or ``..``; one that does was tampered
-    with, so it is refused rather than silently re-rooted.
-    """
-    name = member.name
-    if name.startswith("/") or ".." in name.split("/"):
-        raise tarfile.AbsolutePathError(member) if name.startswith("/") else tarfile.OutsideDestinationError(
-            member, os.path.join(root, name))
-    tarfile.data_filter(member, root)  # refuses links out of root, device files
 
 
 class ConfigsService:
