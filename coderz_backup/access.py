@@ -374,13 +374,22 @@ class ChunkReader(io.RawIOBase):
 
 
 def access_for(service_config) -> Access:
-    """Choose the access for a service's config."""
+    """Choose the access for a service's config: Docker container/volume, command prefix, or local."""
     container = getattr(service_config, "container", None)
-    if container:
-        raise AccessError(
-            f"container = {container!r}: Docker access is not available in this version of "
-            "coderz-backup; remove `container` to reach the service over the network"
-        )
+    volume = getattr(service_config, "volume", None)
+    prefix = getattr(service_config, "exec_prefix", None)
+    if container and prefix:
+        raise AccessError("set either container or exec_prefix, not both")
+    if container or volume:
+        from .access_docker import DockerAccess
+
+        return DockerAccess(container, volume=volume, helper_image=getattr(service_config, "helper_image", None),
+                            volume_path=getattr(service_config, "volume_path", None)
+                            or getattr(service_config, "data_dir", None))
+    if prefix:
+        from .access_docker import PrefixAccess
+
+        return PrefixAccess(prefix)
     return LocalAccess()
 
 

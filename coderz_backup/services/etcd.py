@@ -67,7 +67,7 @@ from ..errors import (
 from ..writer import StreamEnds, write_stream
 from .base import ArtifactResult
 
-__all__ = ["EtcdService", "SnapshotChecker"]
+__all__ = ["EtcdService", "SnapshotChecker", "verify_snapshot_file"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,24 @@ class SnapshotChecker:
             raise IncompleteArtifactError("not an etcd snapshot (no bbolt meta page magic at offset 16)")
         if self._sha.digest() != self._pending:
             raise IncompleteArtifactError("snapshot SHA-256 trailer mismatch: the file is corrupt or truncated")
+
+
+def verify_snapshot_file(artifact: Path) -> str:
+    """Check an etcd snapshot file: bbolt magic, size rule and the SHA-256 trailer."""
+    checker = SnapshotChecker()
+    head = b""
+    n = 0
+    with open(artifact, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            if len(head) < 64:
+                head += chunk[: 64 - len(head)]
+            checker.observe(chunk)
+            n += len(chunk)
+    try:
+        checker.check(StreamEnds(head, b"", n))
+    except IncompleteArtifactError as exc:
+        raise VerifyError(f"{artifact.name}: {exc}") from None
+    return f"bbolt header and SHA-256 trailer ok ({n} bytes)"
 
 
 def _message(body: bytes) -> str:
@@ -370,20 +388,7 @@ class EtcdService:
 
     # -- verify -------------------------------------------------------------
     def verify(self, artifact: Path) -> str:
-        checker = SnapshotChecker()
-        head = b""
-        n = 0
-        with open(artifact, "rb") as fh:
-            for chunk in iter(lambda: fh.read(CHUNK), b""):
-                if len(head) < 64:
-                    head += chunk[: 64 - len(head)]
-                checker.observe(chunk)
-                n += len(chunk)
-        try:
-            checker.check(StreamEnds(head, b"", n))
-        except IncompleteArtifactError as exc:
-            raise VerifyError(f"{artifact.name}: {exc}") from None
-        return f"bbolt header and SHA-256 trailer ok ({n} bytes)"
+        return verify_snapshot_file(artifact)
 
     # -- restore ------------------------------------------------------------
     def restore_target(self) -> str:
