@@ -226,6 +226,8 @@ class LocalAccess:
     """Commands run on this host; files are this host's files."""
 
     description = "local"
+    #: stop_service/start_service work without configured commands (a container)
+    manages_lifecycle = False
 
     def stream(self, argv, *, env=None, timeout=None, label=None) -> CommandStream:
         return CommandStream(argv, env=env, timeout=timeout, label=label)
@@ -322,6 +324,21 @@ class LocalAccess:
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+    def chown_like_parent(self, path: str) -> None:
+        """chown -R ``path`` to the owner of the folder itself (after an extract as root)."""
+        st = os.stat(path)
+        for base, dirs, files in os.walk(path):
+            for n in dirs + files:
+                os.lchown(os.path.join(base, n), st.st_uid, st.st_gid)
+
+    def move_contents(self, src: str, dest: str) -> None:
+        """Move everything inside ``src`` into a new folder ``dest`` (e.g. to keep the old data)."""
+        os.makedirs(dest, exist_ok=True)
+        for n in os.listdir(src):
+            full = os.path.join(src, n)
+            if os.path.abspath(full) != os.path.abspath(dest):
+                os.rename(full, os.path.join(dest, n))
 
     def stop_service(self, command, *, timeout: float = 120) -> bool:
         if not command:

@@ -267,6 +267,7 @@ class DockerAccess:
         self.helper_image = helper_image
         self._client = client
         self.description = f"docker container {container}" if container else f"docker volume {volume}"
+        self.manages_lifecycle = bool(container)
 
     # -- engine objects -----------------------------------------------------
     @property

@@ -66,13 +66,61 @@ def verify_task(snap, cfg, services: list[str]) -> list[dict]:
 
 
 @task(name="restore-service", cache_policy=NO_CACHE)
-def restore_service(name: str, service_config: Any, artifact: str) -> dict:
+def restore_service(name: str, service_config: Any, artifacts: list[str]) -> dict:
+    """Restore one service from its artifacts (in manifest order), then check its health."""
     svc = create(name, service_config)
-    detail = svc.restore(Path(artifact))
-    log.info("%s: %s", name, detail)
+    details = []
+    for artifact in artifacts:
+        detail = svc.restore(Path(artifact))
+        log.info("%s: %s: %s", name, Path(artifact).name, detail)
+        details.append(detail)
     health = svc.health()
     log.info("%s: health: %s", name, health)
-    return {"service": name, "status": "ok", "detail": detail, "health": health}
+    return {"service": name, "status": "ok", "detail": "; ".join(details), "health": health}
+
+
+def _dependents(cfg, services: list[str]) -> list[str]:
+    """Containers to stop while these services are restored (their ``stop_containers``), in order."""
+    out: list[str] = []
+    for name in services:
+        for c in cfg.services[name].stop_containers:
+            if c not in out:
+                out.append(c)
+    return out
+
+
+def _stop_containers(names: list[str]) -> list[str]:
+    """Stop the running ones among ``names``; return those stopped (to start again)."""
+    from ..access_docker import DockerAccess
+
+    stopped = []
+    for name in names:
+        acc = DockerAccess(name)
+        try:
+            running = acc.is_running()
+        except CoderzBackupError as exc:
+            log.warning("container %s: %s (not stopped)", name, exc)
+            continue
+        if running:
+            acc.stop_service(timeout=120)
+            log.info("container %s stopped for the restore", name)
+            stopped.append(name)
+    return stopped
+
+
+def _start_containers(names: list[str]) -> list[str]:
+    """Start ``names`` again; return the problems (empty when all run again)."""
+    from ..access_docker import DockerAccess
+
+    problems = []
+    for name in names:
+        try:
+            DockerAccess(name).start_service(timeout=180)
+            log.info("container %s started again", name)
+        except CoderzBackupError as exc:
+            log.error("container %s did not start again: %s", name, exc)
+            problems.append(f"{name}: {exc}")
+    return problems
 
 
 def _plan(snap, entries, cfg, lacking, safety: bool) -> str:
@@ -87,6 +135,11 @@ def _plan(snap, entries, cfg, lacking, safety: bool) -> str:
     for e in entries:
         svc = create(e["service"], cfg.services[e["service"]])
         lines.append(f"| {e['service']} | {e['path']} | {human_size(e['bytes'])} | {svc.restore_target()} |")
+    dependents = _dependents(cfg, list(dict.fromkeys(e["service"] for e in entries)))
+    own = [c.container for c in (cfg.services[e["service"]] for e in entries) if c.container]
+    if dependents or own:
+        lines += ["", "Containers stopped during the restore and started again afterwards: "
+                      + ", ".join(dict.fromkeys(dependents + [f"{c} (when its data is replaced)" for c in own]))]
     lines += ["", "Restore overwrites current data. Approve by typing the snapshot name."]
     return "\n".join(lines)
 
@@ -151,8 +204,13 @@ def coderz_restore(
             if safety_backup:
                 safety = _safety_backup(cfg, [a["service"] for a in entries])
 
-            results = _restore_all(cfg, snap, entries)
-            report = _report(snap, results, safety, cfg)
+            services = list(dict.fromkeys(a["service"] for a in entries))
+            stopped = _stop_containers(_dependents(cfg, services))
+            try:
+                results = _restore_all(cfg, snap, entries)
+            finally:
+                restart_problems = _start_containers(stopped)
+            report = _report(snap, results, safety, cfg, stopped, restart_problems)
             _publish("coderz-restore-report", report, f"Restore report for {snap.name}")
             if cfg.email is not None:
                 _mail(cfg, snap.name, results, report)
@@ -195,10 +253,13 @@ def _safety_backup(cfg, services: list[str]) -> str:
 
 
 def _restore_all(cfg, snap, entries) -> list[dict]:
-    futures = {}
+    by_service: dict[str, list[str]] = {}
     for e in entries:
-        t = restore_service.with_options(task_run_name=f"restore-{e['service']}")
-        futures[t.submit(e["service"], cfg.services[e["service"]], str(snap.path / e["path"]))] = e["service"]
+        by_service.setdefault(e["service"], []).append(str(snap.path / e["path"]))
+    futures = {}
+    for name, paths in by_service.items():
+        t = restore_service.with_options(task_run_name=f"restore-{name}")
+        futures[t.submit(name, cfg.services[name], paths)] = name
     results = {}
     for fut in as_completed(list(futures)):
         name = futures[fut]
@@ -209,13 +270,22 @@ def _restore_all(cfg, snap, entries) -> list[dict]:
             msg = str(value) if isinstance(value, CoderzBackupError) else f"{type(value).__name__}: {value}"
             log.error("%s: restore FAILED: %s", name, msg)
             results[name] = {"service": name, "status": "failed", "detail": msg, "health": None}
-    return [results[e["service"]] for e in entries]
+    return [results[name] for name in by_service]
 
 
-def _report(snap, results, safety, cfg) -> str:
+RESTART_HINT = "cd /opt/coderz && docker compose restart"
+
+
+def _report(snap, results, safety, cfg, stopped=(), restart_problems=()) -> str:
     lines = [f"# Restore of snapshot `{snap.name}`", "", "| service | result | detail | health |", "|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['service']} | {r['status']} | {r['detail']} | {r['health'] or '—'} |")
+    if stopped:
+        lines += ["", f"Containers stopped during the restore: {', '.join(stopped)}"
+                      + ("; all started again." if not restart_problems else ".")]
+    if restart_problems:
+        lines += ["", "Some containers could not be started again: " + "; ".join(restart_problems),
+                  "", "After restore, restart all services:", "", f"    {RESTART_HINT}"]
     if safety:
         lines += ["", f"Safety backup of the state before this restore: `{safety}` in `{cfg.dest / SAFETY_DIR}`. "
                       f"Undo with `coderz-backup restore {safety} --dest {cfg.dest / SAFETY_DIR}`."]

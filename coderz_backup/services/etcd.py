@@ -54,7 +54,7 @@ from typing import ClassVar, Iterator
 
 import httpx
 
-from ..access import CHUNK, Access
+from ..access import CHUNK, Access, LocalAccess
 from ..config import EtcdConfig, resolve_secret
 from ..errors import (
     AccessError,
@@ -360,8 +360,13 @@ class EtcdService:
     def _backup_etcdctl(self, into: Path, checker: SnapshotChecker):
         c = self.config
         into.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}.etcdctl-", dir=into))
+        local = type(self.access) is LocalAccess
+        # the file is written where etcdctl runs: here, or in the container / behind the prefix
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}.etcdctl-", dir=into)) if local else \
+            Path(f"/tmp/.coderz-backup-{self.name}-{os.getpid()}-{time.time_ns()}")
         try:
+            if not local:
+                self.access.run(["mkdir", "-m", "700", str(tmp)], timeout=60, label="mkdir")
             target = tmp / "snapshot.db"
             base = [c.etcdctl, f"--endpoints={c.endpoint}", *self._tls_args(), "--dial-timeout=10s"]
             env = self._etcdctl_env()
@@ -384,7 +389,11 @@ class EtcdService:
                 return write_stream(into, self.artifact_path, iter(lambda: fh.read(CHUNK), b""),
                                     compress=False, check=checker.check, observe=checker.observe)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if local:
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                with contextlib.suppress(Exception):
+                    self.access.remove_tree(str(tmp))
 
     # -- verify -------------------------------------------------------------
     def verify(self, artifact: Path) -> str:

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import socket
+import tarfile
 import time
 from pathlib import Path
 from typing import ClassVar, Iterator
@@ -34,7 +35,7 @@ from redis.retry import Retry
 
 from ..access import CHUNK, Access
 from ..config import RedisConfig, resolve_secret
-from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, VerifyError
+from ..errors import ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
 from ..writer import StreamEnds, write_stream
 from .base import ArtifactResult
 
@@ -283,7 +284,8 @@ class RedisService:
         self.verify(artifact)
         c = self.config
         start = start_command or c.start_command
-        if not start:
+        in_container = getattr(self.access, "manages_lifecycle", False)
+        if not start and not in_container:
             raise RestoreError(f"{self.name}: set start_command (how to start Redis again) before restoring")
         client = self.client()
         try:
@@ -293,8 +295,11 @@ class RedisService:
         target_dir = data_dir or c.data_dir or conf.get("dir")
         dbfile = conf.get("dbfilename") or "dump.rdb"
         aof = conf.get("appendonly") == "yes"
-        if not target_dir or not os.path.isdir(target_dir):
-            raise RestoreError(f"{self.name}: data dir {target_dir!r} is not reachable from here; set data_dir")
+        reachable = self.access.readable(target_dir) if (target_dir and in_container) else \
+            bool(target_dir) and os.path.isdir(target_dir)
+        if not reachable:
+            raise RestoreError(f"{self.name}: data dir {target_dir!r} is not reachable via "
+                               f"{self.access.description}; set data_dir")
         client = self.client()
         if aof:
             # With appendonly yes Redis would load the AOF and ignore our RDB: turn AOF off
@@ -306,24 +311,36 @@ class RedisService:
                 self._restore_call(client.config_set, "appendonly", "yes")
                 raise RestoreError(f"{self.name}: AOF is on and the config file cannot be rewritten ({exc}); "
                                    "nothing changed") from None
-        log.info("%s: stopping Redis (SHUTDOWN NOSAVE)", self.name)
-        try:
-            client.shutdown(nosave=True)
-        except redis.ConnectionError:
-            pass
-        finally:
+        if in_container:
+            # `docker stop` (a restart policy does not bring back a container stopped on
+            # purpose); Redis may save on SIGTERM, the file is replaced right after anyway.
             client.close()
+            log.info("%s: stopping %s", self.name, self.access.description)
+            self.access.stop_service(None, timeout=60)
+        else:
+            log.info("%s: stopping Redis (SHUTDOWN NOSAVE)", self.name)
+            try:
+                client.shutdown(nosave=True)
+            except redis.ConnectionError:
+                pass
+            finally:
+                client.close()
         self._wait_down()
 
-        dest = Path(target_dir) / dbfile
-        tmp = dest.with_name(f".{dbfile}.coderz-restore")
-        shutil.copyfile(artifact, tmp)
-        st = os.stat(target_dir)
-        os.chown(tmp, st.st_uid, st.st_gid)
-        os.chmod(tmp, 0o660)
-        os.replace(tmp, dest)
-        log.info("%s: RDB placed at %s; starting Redis", self.name, dest)
-        self.access.run(start, timeout=60, label="redis start_command")
+        if in_container:
+            self._place_in_container(artifact, target_dir, dbfile)
+            log.info("%s: RDB placed at %s/%s; starting %s", self.name, target_dir, dbfile, self.access.description)
+            self.access.start_service(None, timeout=60)
+        else:
+            dest = Path(target_dir) / dbfile
+            tmp = dest.with_name(f".{dbfile}.coderz-restore")
+            shutil.copyfile(artifact, tmp)
+            st = os.stat(target_dir)
+            os.chown(tmp, st.st_uid, st.st_gid)
+            os.chmod(tmp, 0o660)
+            os.replace(tmp, dest)
+            log.info("%s: RDB placed at %s; starting Redis", self.name, dest)
+            self.access.run(start, timeout=60, label="redis start_command")
         client = self._wait_up()
         try:
             if aof:
@@ -334,6 +351,26 @@ class RedisService:
         finally:
             client.close()
         return f"Redis restarted from {artifact.name} with {keys} keys" + (" (AOF rebuilt)" if aof else "")
+
+    def _place_in_container(self, artifact: Path, target_dir: str, dbfile: str) -> None:
+        """Put the RDB into the (stopped) container's data dir, owned like the dir."""
+        size = artifact.stat().st_size
+
+        def _tar() -> Iterator[bytes]:
+            info = tarfile.TarInfo(dbfile)
+            info.size, info.mode, info.mtime = size, 0o660, int(time.time())
+            yield info.tobuf(format=tarfile.PAX_FORMAT)
+            with open(artifact, "rb") as fh:
+                yield from iter(lambda: fh.read(CHUNK), b"")
+            pad = (-size) % tarfile.BLOCKSIZE
+            yield b"\0" * pad + b"\0" * (2 * tarfile.BLOCKSIZE)
+
+        try:
+            self.access.untar_into(target_dir, _tar())
+            self.access.chown_like_parent(target_dir)
+        except CoderzBackupError as exc:
+            raise RestoreError(f"{self.name}: placing {dbfile} in {target_dir} failed: {exc}; start the container "
+                               "again by hand") from None
 
     def _restore_call(self, fn, *args):
         try:
