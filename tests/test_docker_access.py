@@ -1,0 +1,198 @@
+"""Docker access on a real Docker Engine: exec streaming, archives, volumes, lifecycle.
+
+The containers come from ``tests/docker_engine.py`` (a private dockerd, a locally built
+Debian image, services run like the Coderz Stack: ``--network host``, ``--init``, a
+non-root user, data in named volumes). Nothing is pulled.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis as redis_lib
+from isal import igzip
+from pydantic import SecretStr
+
+from coderz_backup.access import access_for
+from coderz_backup.access_docker import DockerAccess
+from coderz_backup.config import EtcdConfig, PostgresConfig, RedisConfig
+from coderz_backup.errors import AccessError, ArtifactError, ProducerError
+from coderz_backup.services import create
+from coderz_backup.writer import write_command
+
+
+
+def _acc(c) -> DockerAccess:
+    return DockerAccess(c.name if hasattr(c, "name") else c)
+
+
+@pytest.fixture
+def pgc(docker_services):
+    return docker_services.postgres()
+
+
+def _pg_cfg(pgc, **over) -> PostgresConfig:
+    data = dict(kind="postgres", container=pgc.name, host="127.0.0.1", port=pgc.port, user=pgc.user,
+                password=SecretStr(pgc.password), database=pgc.database)
+    data.update(over)
+    return PostgresConfig(**data)
+
+
+# -- exec --------------------------------------------------------------------------------
+
+
+def test_exec_keeps_stderr_out_of_stdout_and_checks_the_exit_code(pgc):
+    acc = _acc(pgc)
+    with acc.stream(["sh", "-c", "echo out1; echo 'chatter' >&2; echo out2"], label="t") as cmd:
+        out = b"".join(cmd.chunks())
+        cmd.finish()
+    assert out == b"out1\nout2\n" and cmd.stderr_text == "chatter"
+    with pytest.raises(ProducerError, match=r"exited with status 3.*boom"):
+        acc.run(["sh", "-c", "echo boom >&2; exit 3"], label="t")
+
+
+def test_a_dump_that_dies_mid_stream_is_never_committed(pgc, tmp_path):
+    acc = _acc(pgc)
+    # 8 MB of output, then a failure: the partial file is removed, nothing under the final name
+    with pytest.raises(ProducerError, match="status 2"):
+        write_command(acc, ["sh", "-c", "head -c 8000000 /dev/zero; echo 'pg_dump: error: lost' >&2; exit 2"],
+                      tmp_path, "x.sql.gz", compress=True, label="pg_dump")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_postgres_dump_runs_inside_the_container_with_the_password_only_in_its_environment(pgc, tmp_path):
+    with psycopg.connect(host="127.0.0.1", port=pgc.port, user=pgc.user, password=pgc.password,
+                         dbname=pgc.database) as conn:
+        conn.execute("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g")
+    svc = create("postgres-prefect", _pg_cfg(pgc))
+    assert isinstance(svc.access, DockerAccess)
+    seen: list[dict] = []
+    api = svc.access.client.api
+    real_create = api.exec_create
+
+    def spy(container, cmd, **kw):  # records what the engine is asked to run (not a mock: it calls through)
+        seen.append({"cmd": list(cmd), "env": dict(kw.get("environment") or {})})
+        return real_create(container, cmd, **kw)
+
+    api.exec_create = spy
+    [res] = svc.backup(tmp_path)
+    assert res.status == "ok"
+    assert seen and seen[0]["cmd"][0] == "pg_dump"
+    assert all(pgc.password not in " ".join(s["cmd"]) for s in seen)
+    assert seen[0]["env"]["PGPASSWORD"] == pgc.password
+    sql = igzip.decompress((tmp_path / res.path).read_bytes()).decode()
+    assert "CREATE TABLE public.t" in sql and "PostgreSQL database dump complete" in sql
+    assert "chatter" not in sql
+    assert "pg_dump header" in svc.verify(tmp_path / res.path)
+    # round trip inside the same server: the restore path runs psql in the container too
+    with psycopg.connect(host="127.0.0.1", port=pgc.port, user=pgc.user, password=pgc.password,
+                         dbname=pgc.database, autocommit=True) as conn:
+        conn.execute("DROP TABLE t")
+    svc.restore(tmp_path / res.path)
+    with psycopg.connect(host="127.0.0.1", port=pgc.port, user=pgc.user, password=pgc.password,
+                         dbname=pgc.database) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 20000
+
+
+def test_stopped_and_missing_containers_fail_clearly(pgc, tmp_path):
+    pgc.container.stop(timeout=10)
+    with pytest.raises(AccessError, match=f"container '{pgc.name}' is not running.*docker start"):
+        create("p", _pg_cfg(pgc)).backup(tmp_path)
+    with pytest.raises(AccessError, match="container 'coderz-nope' does not exist"):
+        create("p", _pg_cfg(pgc, container="coderz-nope")).backup(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- files, volumes, images -------------------------------------------------------------
+
+
+def test_archive_round_trip_through_a_stopped_container_and_a_never_started_volume_helper(docker_services, tmp_path):
+    rc = docker_services.redis()
+    client = redis_lib.Redis(port=rc.port, password=rc.password)
+    client.set("k", "v")
+    client.save()
+    acc = _acc(rc)
+    with acc.open_read("/data/dump.rdb") as fh:
+        rdb = fh.read()
+    assert rdb.startswith(b"REDIS")
+    rc.container.stop(timeout=10)  # Redis saves again on SIGTERM
+    # archives work on a stopped container
+    with acc.open_read("/data/dump.rdb") as fh:
+        rdb = fh.read()
+    buf = io.BytesIO()
+    assert acc.tar_dir("/data", buf) >= 1
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar:
+        assert "dump.rdb" in tar.getnames()
+    # the volume alone, through a helper that is created but never started
+    vacc = DockerAccess(None, volume=rc.volume, volume_path="/data", helper_image=docker_services.image)
+    before = {c.id for c in vacc.client.containers.list(all=True)}
+    buf2 = io.BytesIO()
+    vacc.tar_dir("/data", buf2)
+    buf2.seek(0)
+    with tarfile.open(fileobj=buf2) as tar:
+        assert tar.extractfile("dump.rdb").read() == rdb
+    assert {c.id for c in vacc.client.containers.list(all=True)} == before  # helper removed
+
+
+def test_helper_image_is_never_pulled(docker_services):
+    rc = docker_services.redis()
+    vacc = DockerAccess(None, volume=rc.volume, volume_path="/data", helper_image="busybox:latest")
+    images = {i.id for i in vacc.client.images.list()}
+    with pytest.raises(AccessError, match="image 'busybox:latest' is not on this Docker host and is never pulled"):
+        vacc.tar_dir("/data", io.BytesIO())
+    assert {i.id for i in vacc.client.images.list()} == images
+
+
+def test_untar_refuses_unsafe_members_and_writes_nothing(docker_services):
+    rc = docker_services.redis()
+    acc = _acc(rc)
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w") as tar:
+        ok = tarfile.TarInfo("fine.txt")
+        ok.size = 2
+        tar.addfile(ok, io.BytesIO(b"ok"))
+        bad = tarfile.TarInfo("../../etc/evil")
+        bad.size = 1
+        tar.addfile(bad, io.BytesIO(b"x"))
+    with pytest.raises(AccessError, match="unsafe|refusing"):
+        acc.untar_into("/data", [evil.getvalue()])
+    assert not acc.readable("/etc/evil")
+
+
+# -- services in containers --------------------------------------------------------------
+
+
+def test_redis_round_trip_stops_and_starts_the_container(docker_services, tmp_path):
+    rc = docker_services.redis()
+    cfg = RedisConfig(kind="redis", container=rc.name, port=rc.port, password=SecretStr(rc.password),
+                      data_dir="/data")
+    client = redis_lib.Redis(port=rc.port, password=rc.password)
+    client.mset({f"key:{i}": f"v{i}" for i in range(500)})
+    svc = create("redis", cfg)
+    [res] = svc.backup(tmp_path)
+    assert res.status == "ok"
+    client.flushall()
+    client.set("only-after", "1")
+    detail = svc.restore(tmp_path / res.path)
+    assert "500 keys" in detail
+    assert rc.running
+    client = redis_lib.Redis(port=rc.port, password=rc.password)
+    assert client.get("key:42") == b"v42" and client.get("only-after") is None
+    assert "PING ok" in svc.health()
+
+
+def test_etcdctl_snapshot_runs_in_the_container(docker_services, tmp_path):
+    ec = docker_services.etcd()
+    cfg = EtcdConfig(kind="etcd", container=ec.name, method="etcdctl",
+                     endpoint=f"http://127.0.0.1:{ec.ports['client']}")
+    [res] = create("etcd-apisix", cfg).backup(tmp_path)
+    assert res.status == "ok" and (tmp_path / "etcd-apisix.snapshot").stat().st_size % 512 == 32
+    # the temporary file inside the container is gone
+    out = DockerAccess(ec.name).run(["sh", "-c", "ls -a /tmp"], label="ls")
+    assert ".coderz-backup" not in out
