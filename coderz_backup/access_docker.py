@@ -297,6 +297,16 @@ class DockerAccess:
     def is_running(self) -> bool:
         return self.status() == "running"
 
+    def precheck(self) -> None:
+        """Before a backup: the engine answers and the container exists and runs (or the volume exists)."""
+        if self.container:
+            self.container_id(running=True)
+            return
+        try:
+            self.client.volumes.get(self.volume)
+        except _errors().NotFound:
+            raise AccessError(f"volume {self.volume!r} does not exist on this Docker host (`docker volume ls`)") from None
+
     def container_id(self, *, running: bool = False) -> str:
         c = self._container()
         if running and c.status != "running":

@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--list", action="store_true", help="list the snapshots to choose from, and exit")
     _common(r)
     r.add_argument("--dest", metavar="D", help="snapshot destination")
-    r.add_argument("--only", metavar="NAME", action="append", help="restore only this service; repeatable")
+    r.add_argument("--only", metavar="NAME", action="append", help="restore only this service; repeatable (or a,b)")
     r.add_argument("--yes", action="store_true", help="approve without asking (for scripts)")
     r.add_argument("--no-safety-backup", action="store_true",
                    help="do not back up the current state first (no undo)")
@@ -116,6 +116,8 @@ def _days(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "only", None):  # repeatable, and "a,b" works too
+        args.only = [n.strip() for o in args.only for n in o.split(",") if n.strip()]
     try:
         if args.command == "backup":
             return cmd_backup(args)

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SETUP_EXTRAS=test bash scripts/setup.sh
+bash scripts/docker-test-engine.sh install   # docker.io + debootstrap for tests/test_docker_engine.py
 exec .venv/bin/python -m pytest "$@"

@@ -110,7 +110,11 @@ def backup_service(name: str, service_config: Any, snapshot_dir: str) -> list[Ar
     if attempt > 1:
         log.warning("%s: attempt %d", name, attempt)
     try:
-        results = create(name, service_config).backup(Path(snapshot_dir))
+        svc = create(name, service_config)
+        precheck = getattr(svc.access, "precheck", None)
+        if precheck:  # e.g. the service's container exists and runs
+            precheck()
+        results = svc.backup(Path(snapshot_dir))
     except CoderzBackupError as exc:
         log.error("%s: attempt %d failed: %s", name, attempt, exc)
         exc.attempts = attempt  # type: ignore[attr-defined]

@@ -1,0 +1,149 @@
+"""The Coderz Stack as containers, end to end through the real flows and the CLI.
+
+``coderz-postgres`` (two databases), ``coderz-redis``, ``coderz-etcd`` and an application
+container ``coderz-app`` run on the private test engine (``tests/docker_engine.py``) with
+``--network host`` on 127.0.0.1, non-root, data in named volumes. The CLI runs the
+``coderz-backup`` flow in Docker mode (pg_dump and etcdctl exec'd in the containers, the
+RDB copied out of the container), then ``coderz-restore`` stops the dependent app
+container, restores, starts everything again and the data is back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import psycopg
+import pytest
+import redis as redis_lib
+
+from helpers import run_cli
+
+
+@pytest.fixture
+def docker_stack(docker_engine, docker_services, tmp_path, cli_env):
+    pg = docker_services.postgres(name="coderz-postgres", database="prefect")
+    with psycopg.connect(host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password,
+                         dbname="prefect", autocommit=True) as conn:
+        conn.execute("CREATE DATABASE coderapi")
+        conn.execute("CREATE TABLE flow_run AS SELECT g AS id, 'run-' || g AS name FROM generate_series(1, 5000) g")
+    with psycopg.connect(host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password,
+                         dbname="coderapi") as conn:
+        conn.execute("CREATE TABLE users AS SELECT g AS id, 'u' || g AS email FROM generate_series(1, 3000) g")
+    rd = docker_services.redis(name="coderz-redis")
+    redis_lib.Redis(port=rd.port, password=rd.password).mset({f"session:{i}": i for i in range(300)})
+    et = docker_services.etcd(name="coderz-etcd")
+    app = docker_services.run_service("coderz-app", ["sleep", "infinity"], user="nobody")
+    conf = tmp_path / "configs"
+    conf.mkdir()
+    (conf / "docker-compose.yml").write_text("services: {}\n")
+    dest = tmp_path / "snapshots"
+    config = tmp_path / "coderz-backup.toml"
+    config.write_text(f'''dest = "{dest}"
+retries = 1
+retry_delay_s = [0.2]
+
+[services.postgres-prefect]
+kind = "postgres"
+title = "PostgreSQL — Prefect DB"
+container = "coderz-postgres"
+port = {pg.port}
+user = "{pg.user}"
+password = "env:T_PG"
+database = "prefect"
+stop_containers = ["coderz-app"]
+
+[services.postgres-coderapi]
+kind = "postgres"
+title = "PostgreSQL — CoderAPI DB"
+container = "coderz-postgres"
+port = {pg.port}
+user = "{pg.user}"
+password = "env:T_PG"
+database = "coderapi"
+
+[services.redis]
+kind = "redis"
+container = "coderz-redis"
+port = {rd.port}
+password = "env:T_REDIS"
+data_dir = "/data"
+stop_containers = ["coderz-app"]
+
+[services.configs]
+kind = "configs"
+paths = ["{conf}"]
+
+[services.etcd-apisix]
+kind = "etcd"
+container = "coderz-etcd"
+method = "etcdctl"
+endpoint = "http://127.0.0.1:{et.ports['client']}"
+''')
+    env = dict(cli_env, T_PG=pg.password, T_REDIS=rd.password, DOCKER_HOST=docker_engine.base_url)
+
+    class S:
+        pass
+
+    s = S()
+    s.pg, s.redis, s.etcd, s.app, s.config, s.dest, s.env = pg, rd, et, app, config, dest, env
+    s.secrets = [pg.password, rd.password]
+    return s
+
+
+def _manifest(s) -> dict:
+    return json.loads((s.dest / "latest" / "manifest.json").read_text())
+
+
+def test_full_backup_of_the_containerised_stack_then_restore_stops_and_restarts_containers(docker_stack):
+    s = docker_stack
+    res = run_cli(["backup", "--config", str(s.config)], s.env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for line in ("✓ postgres-prefect.sql.gz (", "✓ postgres-coderapi.sql.gz (", "✓ redis.rdb (",
+                 "✓ configs.tar.gz (", "✓ etcd-apisix.snapshot (", "║ ✓ Passed : 5"):
+        assert line in res.stdout
+    m = _manifest(s)
+    assert m["status"] == "ok" and {a["status"] for a in m["artifacts"]} == {"ok"}
+    log = (s.dest / "latest" / "backup.log").read_text()
+    for secret in s.secrets:
+        assert secret not in res.stdout + res.stderr + log + json.dumps(m)
+
+    # change the data, then restore through the approval-less CLI path (--yes)
+    with psycopg.connect(host="127.0.0.1", port=s.pg.port, user=s.pg.user, password=s.pg.password,
+                         dbname="prefect", autocommit=True) as conn:
+        conn.execute("DELETE FROM flow_run WHERE id > 10")
+    r = redis_lib.Redis(port=s.redis.port, password=s.redis.password)
+    r.flushall()
+    s.app.reload()
+    app_started = s.app.attrs["State"]["StartedAt"]
+    res = run_cli(["restore", "--yes", "--no-safety-backup", "--only", "postgres-prefect,redis",
+                   "--config", str(s.config)], s.env, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    with psycopg.connect(host="127.0.0.1", port=s.pg.port, user=s.pg.user, password=s.pg.password,
+                         dbname="prefect") as conn:
+        assert conn.execute("SELECT count(*) FROM flow_run").fetchone()[0] == 5000
+    r = redis_lib.Redis(port=s.redis.port, password=s.redis.password)
+    assert r.get("session:299") == b"299"
+    # the app container was stopped for the restore and runs again; redis' own container too
+    app = s.app
+    app.reload()
+    assert app.status == "running" and app.attrs["State"]["StartedAt"] != app_started
+    assert s.redis.running and s.pg.running
+    restore_log = (s.dest / "latest" / "restore.log").read_text()
+    assert "container coderz-app stopped for the restore" in restore_log
+    assert "container coderz-app started again" in restore_log
+    assert "docker compose restart" not in res.stdout  # only printed when it could not restart them
+
+
+def test_a_stopped_container_fails_only_its_artifact(docker_stack):
+    s = docker_stack
+    s.redis.container.stop(timeout=10)
+    res = run_cli(["backup", "--config", str(s.config)], s.env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "✗ redis.rdb — " in res.stdout and "coderz-redis" in res.stdout
+    m = _manifest(s)
+    by = {a["path"]: a for a in m["artifacts"]}
+    assert m["status"] == "partial"
+    assert by["redis.rdb"]["status"] == "failed"
+    assert all(a["status"] == "ok" for p, a in by.items() if p != "redis.rdb")
+    assert not (s.dest / "latest" / "redis.rdb").exists()
