@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+# Real Docker Engine + locally built base image (lazy: only tests that request these start dockerd).
+from docker_engine import base_image, docker_engine, docker_services  # noqa: E402,F401
+
 ROOT = Path(__file__).resolve().parent.parent
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="coderz-tests-"))
 _SESSION_DIR.chmod(0o755)  # the postgres OS user must reach its cluster dir
