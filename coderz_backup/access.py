@@ -33,7 +33,7 @@ from typing import BinaryIO, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from .errors import AccessError, ProducerError
 
-__all__ = ["Access", "ChunkReader", "CommandStream", "LocalAccess", "access_for", "check_member", "CHUNK"]
+__all__ = ["Access", "ChunkReader", "CommandStream", "LocalAccess", "access_for", "check_member", "tar_of_file", "CHUNK"]
 
 CHUNK = 1 << 20  # 1 MiB reads: large enough for throughput, small enough for flat memory
 _STDERR_KEEP = 16 * 1024
@@ -351,6 +351,17 @@ class LocalAccess:
             return False
         self.run(command, timeout=timeout, label="start_command")
         return True
+
+
+def tar_of_file(path: str | Path, arcname: str, *, mode: int = 0o600) -> Iterator[bytes]:
+    """A one-file tar stream of ``path`` named ``arcname`` (for :meth:`Access.untar_into`), streamed."""
+    size = os.path.getsize(path)
+    info = tarfile.TarInfo(arcname)
+    info.size, info.mode, info.mtime = size, mode, int(time.time())
+    yield info.tobuf(format=tarfile.PAX_FORMAT)
+    with open(path, "rb") as fh:
+        yield from iter(lambda: fh.read(CHUNK), b"")
+    yield b"\0" * ((-size) % tarfile.BLOCKSIZE) + b"\0" * (2 * tarfile.BLOCKSIZE)
 
 
 def check_member(member: tarfile.TarInfo, root: str) -> None:

@@ -402,10 +402,14 @@ class DockerAccess:
             cmd.finish()
         return out.decode("utf-8", "replace")
 
-    def _shell(self, script: str, *args: str, timeout: float = 600, label: str = "sh") -> None:
-        """Run ``sh -c script`` on the service's files: in the container, or a helper when it is stopped."""
+    def shell(self, script: str, *args: str, timeout: float = 600, label: str = "sh") -> None:
+        """Run ``sh -c script`` as root on the service's files: in the container, or a helper when it is stopped."""
         if self.container and self.is_running():
-            self.run(["sh", "-c", script, "sh", *args], timeout=timeout, label=label)
+            with ExecStream(self, ["sh", "-c", script, "sh", *args], env=None, timeout=timeout, label=label,
+                            user="0") as cmd:
+                for _ in cmd.chunks():
+                    pass
+                cmd.finish()
             return
         if self.volume and not self.container:
             args = tuple(self._path(a) if a.startswith("/") else a for a in args)
@@ -531,15 +535,15 @@ class DockerAccess:
         return count
 
     def remove_tree(self, path: str) -> None:
-        self._shell('rm -rf -- "$1"', path, label=f"rm -rf {path}")
+        self.shell('rm -rf -- "$1"', path, label=f"rm -rf {path}")
 
     def chown_like_parent(self, path: str) -> None:
         """chown -R ``path`` to the owner of the folder itself (after an extract as root)."""
-        self._shell('chown -R "$(stat -c %u:%g "$1")" "$1"', path, label=f"chown {path}")
+        self.shell('chown -R "$(stat -c %u:%g "$1")" "$1"', path, label=f"chown {path}")
 
     def move_contents(self, src: str, dest: str) -> None:
         """Move everything inside ``src`` into a new folder ``dest`` (e.g. to keep the old data)."""
-        self._shell('mkdir -p "$2" && find "$1" -mindepth 1 -maxdepth 1 ! -path "$2" -exec mv -t "$2" -- {} +',
+        self.shell('mkdir -p "$2" && find "$1" -mindepth 1 -maxdepth 1 ! -path "$2" -exec mv -t "$2" -- {} +',
                     src, dest, label=f"move {src} aside")
 
     # -- lifecycle ----------------------------------------------------------------

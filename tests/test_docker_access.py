@@ -196,3 +196,36 @@ def test_etcdctl_snapshot_runs_in_the_container(docker_services, tmp_path):
     # the temporary file inside the container is gone
     out = DockerAccess(ec.name).run(["sh", "-c", "ls -a /tmp"], label="ls")
     assert ".coderz-backup" not in out
+
+
+def test_etcd_restore_in_place_in_its_container(docker_services, tmp_path):
+    import base64
+
+    import httpx
+
+    ec = docker_services.etcd()
+    url = f"http://127.0.0.1:{ec.ports['client']}"
+
+    def put(k: str, v: str) -> None:
+        httpx.post(f"{url}/v3/kv/put", json={"key": base64.b64encode(k.encode()).decode(),
+                                              "value": base64.b64encode(v.encode()).decode()}).raise_for_status()
+
+    def get(k: str) -> str | None:
+        r = httpx.post(f"{url}/v3/kv/range", json={"key": base64.b64encode(k.encode()).decode()}).json()
+        kvs = r.get("kvs") or []
+        return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+
+    for i in range(20):
+        put(f"/apisix/routes/{i}", f"route-{i}")
+    cfg = EtcdConfig(kind="etcd", container=ec.name, endpoint=url, data_dir="/var/lib/etcd/data",
+                     name="s1", peer_url=f"http://127.0.0.1:{ec.ports['peer']}")
+    svc = create("etcd-apisix", cfg)
+    [res] = svc.backup(tmp_path)
+    put("/apisix/routes/3", "changed")
+    put("/apisix/routes/99", "new")
+    detail = svc.restore(tmp_path / res.path)
+    assert "old data kept at /var/lib/etcd/data.coderz-old-" in detail
+    assert ec.running
+    assert get("/apisix/routes/3") == "route-3" and get("/apisix/routes/99") is None
+    listing = DockerAccess(ec.name).run(["ls", "/var/lib/etcd", "/tmp"], label="ls")
+    assert ".coderz-restore-" not in listing and "coderz-restore-" not in listing.split("/tmp:")[1]

@@ -54,7 +54,7 @@ from typing import ClassVar, Iterator
 
 import httpx
 
-from ..access import CHUNK, Access, LocalAccess
+from ..access import CHUNK, Access, LocalAccess, tar_of_file
 from ..config import EtcdConfig, resolve_secret
 from ..errors import (
     AccessError,
@@ -464,11 +464,63 @@ class EtcdService:
             self._restore_into(artifact, target, name, peer_url)
             start = f"etcd --data-dir {target}" + (f" --name {name}" if name else "")
             return f"snapshot {artifact.name} restored into {target}; start it with `{start} ...`"
+        if c.data_dir and getattr(self.access, "manages_lifecycle", False):
+            return self._restore_in_container(artifact, c.data_dir, name, peer_url)
         start = start_command or c.start_command
         if not (c.data_dir and start):
             raise RestoreError(f"{self.name}: pass data_dir (a new, empty dir) or set data_dir and "
                                "start_command to restore in place")
         return self._restore_in_place(artifact, Path(c.data_dir), name, peer_url, start)
+
+    def _restore_in_container(self, artifact: Path, live: str, name: str | None, peer_url: str | None) -> str:
+        """In-place restore in a container: restore beside the data dir in it, stop, swap, start."""
+        c = self.config
+        ts = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        live = live.rstrip("/")
+        staging, old = f"{live}.coderz-restore-{ts}", f"{live}.coderz-old-{ts}"
+        copy = f"coderz-restore-{ts}.snapshot"
+        try:
+            self.access.untar_into("/tmp", tar_of_file(artifact, copy))
+            # readable by the container's user only (the snapshot holds every key and secret)
+            self.access.shell('chown "$(stat -c %u:%g "$2")" "$1"', f"/tmp/{copy}", os.path.dirname(live),
+                              label="chown snapshot copy")
+            argv = [c.etcdctl, "snapshot", "restore", f"/tmp/{copy}", "--data-dir", staging]
+            if name:
+                argv += ["--name", name]
+            if peer_url:
+                argv += ["--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"{name or 'default'}={peer_url}"]
+            self.access.run(argv, env={"ETCDCTL_API": "3"}, timeout=c.timeout_s, label="etcdctl snapshot restore")
+        except (ProducerError, AccessError) as exc:
+            with contextlib.suppress(Exception):
+                self.access.remove_tree(staging)
+            raise RestoreError(f"{self.name}: restore in {self.access.description} failed, nothing changed: "
+                               f"{exc}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                self.access.remove_tree(f"/tmp/{copy}")
+        log.info("%s: stopping %s to swap in the restored data dir", self.name, self.access.description)
+        self.access.stop_service(None, timeout=120)
+        try:
+            self.access.shell('if [ -e "$1" ]; then mv "$1" "$3"; fi && mv "$2" "$1"', live, staging, old,
+                               label="swap etcd data dir")
+        except (ProducerError, AccessError) as exc:
+            raise RestoreError(f"{self.name}: swapping {staging} into {live} failed: {exc}; start "
+                               f"{self.access.description} again by hand") from None
+        try:
+            self.access.start_service(None, timeout=120)
+        except AccessError as exc:
+            raise RestoreError(f"{self.name}: {exc} (old data kept at {old})") from None
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = self.health()
+                break
+            except RestoreError as exc:
+                if time.monotonic() > deadline:
+                    raise RestoreError(f"{self.name}: etcd did not come back within 60s (old data kept at "
+                                       f"{old}): {exc}") from None
+                time.sleep(0.3)
+        return f"etcd in {self.access.description} restarted on {live} from {artifact.name} (old data kept at {old}): {health}"
 
     def _restore_in_place(self, artifact: Path, live: Path, name: str | None, peer_url: str | None,
                           start: list[str]) -> str:

@@ -33,7 +33,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..access import CHUNK, Access
+from ..access import CHUNK, Access, tar_of_file
 from ..config import RedisConfig, resolve_secret
 from ..errors import ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
 from ..writer import StreamEnds, write_stream
@@ -354,19 +354,8 @@ class RedisService:
 
     def _place_in_container(self, artifact: Path, target_dir: str, dbfile: str) -> None:
         """Put the RDB into the (stopped) container's data dir, owned like the dir."""
-        size = artifact.stat().st_size
-
-        def _tar() -> Iterator[bytes]:
-            info = tarfile.TarInfo(dbfile)
-            info.size, info.mode, info.mtime = size, 0o660, int(time.time())
-            yield info.tobuf(format=tarfile.PAX_FORMAT)
-            with open(artifact, "rb") as fh:
-                yield from iter(lambda: fh.read(CHUNK), b"")
-            pad = (-size) % tarfile.BLOCKSIZE
-            yield b"\0" * pad + b"\0" * (2 * tarfile.BLOCKSIZE)
-
         try:
-            self.access.untar_into(target_dir, _tar())
+            self.access.untar_into(target_dir, tar_of_file(artifact, dbfile, mode=0o660))
             self.access.chown_like_parent(target_dir)
         except CoderzBackupError as exc:
             raise RestoreError(f"{self.name}: placing {dbfile} in {target_dir} failed: {exc}; start the container "
