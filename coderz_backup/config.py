@@ -116,7 +116,18 @@ class ServiceBase(_Model):
 
     kind: str
     enabled: bool = Field(True, description="back this service up")
-    container: str | None = Field(None, description="reach the service through this Docker container")
+    container: str | None = Field(None, description="reach the service through this Docker container: commands "
+                                                     "run in it (exec), files are copied out of it")
+    volume: str | None = Field(None, description="named Docker volume holding the data dir (read through a "
+                                                  "helper container when no container is set)")
+    volume_path: str | None = Field(None, description="where `volume` is mounted in the service container "
+                                                       "(default: the data_dir)")
+    helper_image: str | None = Field(None, description="image for helper containers (default: the service "
+                                                        "container's own image); never pulled")
+    stop_containers: list[str] = Field(default_factory=list, description="Docker containers that use this "
+                                       "service (e.g. the app on a database): stopped during its restore, started after")
+    exec_prefix: list[str] | None = Field(None, description="run commands behind this prefix, e.g. "
+                                                             '["kubectl", "exec", "-i", "-n", "apisix", "apisix-etcd-0", "--"]')
     title: str | None = Field(None, description="section title in the report")
     timeout_s: float = Field(3600.0, gt=0, description="give up on one attempt after this many seconds")
     min_bytes: int | None = Field(None, ge=1, description="an artifact smaller than this fails the size check "
@@ -205,12 +216,35 @@ class PrometheusConfig(ServiceBase):
 
 
 class ElasticsearchConfig(ServiceBase):
+    """Elasticsearch: a per-index export over REST (+ data-dir tarball, + optional snapshot API)."""
+
     kind: Literal["elasticsearch"]
-    url: str = "http://127.0.0.1:9200"
-    user: str | None = None
-    password: SecretStr | None = None
-    api_key: SecretStr | None = None
-    data_dir: str | None = None
+    url: str = Field("http://127.0.0.1:9200", description="REST URL of a node (http:// or https://)")
+    user: str | None = Field(None, description="basic-auth user (e.g. elastic)")
+    password: SecretStr | None = Field(None, description="basic-auth password reference (env:NAME recommended)")
+    api_key: SecretStr | None = Field(None, description="API key reference: the `encoded` value of the "
+                                                        "create-API-key call, sent as `ApiKey <encoded>` "
+                                                        "(wins over user/password)")
+    cacert: str | None = Field(None, description="CA bundle to verify an https URL (8.x: config/certs/http_ca.crt)")
+    verify_tls: bool = Field(True, description="verify the server certificate of an https URL")
+    data_dir: str | None = Field(None, description="node data dir (path.data) as seen through the access; "
+                                                   "unset = no data-dir tarball")
+    page_size: int = Field(1000, ge=1, le=10000, description="documents per search page of the export")
+    keep_alive: str = Field("2m", pattern=r"^[0-9]+(ms|s|m|h|d)$",
+                            description="point-in-time / scroll keep-alive between two pages")
+    bulk_docs: int = Field(1000, ge=1, description="restore: at most this many documents per _bulk request")
+    bulk_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="restore: at most this many bytes per _bulk request")
+    replicas: int | None = Field(0, ge=0, description="restore: number_of_replicas of re-created indices "
+                                                      "(0 suits a single node; unset = as exported)")
+    snapshot_repository: str | None = Field(None, description="also take an ES snapshot of the exported indices "
+                                                              "into this registered repository")
+    restore_from: Literal["export", "volume"] = Field("export", description="export: re-create indices and "
+                                                      "bulk-load the documents; volume: replace the data dir "
+                                                      "with the tarball (node stopped)")
+    stop_command: list[str] | None = Field(None, description="argv that stops Elasticsearch before a volume restore "
+                                                             "(not needed with container)")
+    start_command: list[str] | None = Field(None, description="argv that starts Elasticsearch after a volume restore")
+    health_timeout_s: float = Field(180.0, gt=0, description="wait this long for green/yellow after a volume restore")
     section: ClassVar[str] = "Elasticsearch"
     order: ClassVar[int] = 60
 
@@ -239,19 +273,60 @@ class EtcdConfig(ServiceBase):
 
 
 class K3sConfig(ServiceBase):
+    """k3s: `k3s etcd-snapshot save` (embedded etcd) or a consistent copy of the SQLite datastore."""
+
     kind: Literal["k3s"]
-    mode: Literal["auto", "etcd-snapshot", "sqlite"] = "auto"
-    data_dir: str = "/var/lib/rancher/k3s"
+    mode: Literal["auto", "etcd-snapshot", "sqlite"] = Field("auto", description="auto: etcd-snapshot when "
+                                                             "server/db/etcd exists, else sqlite")
+    data_dir: str = Field("/var/lib/rancher/k3s", description="k3s data dir (--data-dir)")
+    k3s: str = Field("k3s", description="k3s executable (run through the access: host, container or exec_prefix)")
+    snapshot_tmp_dir: str = Field("/tmp", description="where `etcd-snapshot save --dir` writes before the copy "
+                                                      "(a fresh sub-folder, deleted afterwards)")
+    stop_command: list[str] | None = Field(None, description='argv that stops k3s before a restore, e.g. '
+                                                              '["systemctl", "stop", "k3s"]')
+    start_command: list[str] | None = Field(None, description="argv that starts k3s after a restore")
+    health_command: list[str] | None = Field(None, description="argv that checks k3s after a restore, e.g. "
+                                                               '["k3s", "kubectl", "get", "--raw", "/readyz"]')
+    default_min_bytes: ClassVar[int] = 512
     section: ClassVar[str] = "etcd Snapshots"
     order: ClassVar[int] = 80
+
+
+#: APISIX Admin-API resource types, in export order (the product document's five first)
+APISIX_RESOURCES: tuple[str, ...] = (
+    "routes", "upstreams", "services", "consumers", "global_rules",
+    "ssls", "plugin_configs", "consumer_groups", "stream_routes", "protos", "secrets", "plugin_metadata",
+)
 
 
 class ApisixConfig(ServiceBase):
+    """APISIX: every object of the Admin API exported as JSON (one file per resource type)."""
+
     kind: Literal["apisix"]
-    admin_url: str = "http://127.0.0.1:9180"
-    admin_key: SecretStr | None = None
+    admin_url: str = Field("http://127.0.0.1:9180", description="Admin API base URL (3.x: port 9180, "
+                                                                  "deployment.admin.admin_listen)")
+    admin_key: SecretStr | None = Field(None, description="Admin API key reference (admin role; a viewer key "
+                                                          "can export but not restore); sent as X-API-KEY")
+    api_version: Literal["auto", "v3", "v2"] = Field("auto", description="Admin API response format; auto "
+                                                     "follows the X-API-VERSION header / response shape")
+    page_size: int = Field(500, ge=10, le=500, description="objects per list page (APISIX accepts 10–500)")
+    resources: list[str] = Field(default_factory=lambda: list(APISIX_RESOURCES), min_length=1,
+                                 description="resource types to export")
+    cacert: str | None = Field(None, description="CA bundle to verify an https admin_url")
+    verify_tls: bool = Field(True, description="verify the Admin API's TLS certificate")
     section: ClassVar[str] = "etcd Snapshots"
     order: ClassVar[int] = 80
+
+    @field_validator("resources")
+    @classmethod
+    def _known_resources(cls, v: list[str]) -> list[str]:
+        bad = [r for r in v if r not in APISIX_RESOURCES]
+        if bad:
+            raise ValueError(f"unknown APISIX resource type(s) {', '.join(bad)}; "
+                             f"known: {', '.join(APISIX_RESOURCES)}")
+        if len(set(v)) != len(v):
+            raise ValueError("resource types are listed more than once")
+        return v
 
 
 ServiceConfig = Annotated[
@@ -297,6 +372,19 @@ def default_services() -> dict[str, dict[str, Any]]:
     }
 
 
+#: ``docker = true`` with the built-in services: where each one runs in the Coderz Stack
+DOCKER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "postgres-prefect": {"container": "coderz-postgres"},
+    "postgres-coderapi": {"container": "coderz-postgres"},
+    "redis": {"container": "coderz-redis", "data_dir": "/data"},
+    "grafana": {"container": "coderz-grafana"},
+    "prometheus": {"container": "coderz-prometheus"},
+    "elasticsearch": {"container": "coderz-elasticsearch"},
+    "etcd-apisix": {"method": "etcdctl",
+                    "exec_prefix": ["kubectl", "exec", "-i", "-n", "apisix", "apisix-etcd-0", "--"]},
+}
+
+
 class SizeCheckConfig(_Model):
     """Checks on sizes: room before the run, plausibility after it."""
 
@@ -318,6 +406,9 @@ class Config(_Model):
     email: EmailConfig | None = Field(None, description="alert mail settings; absent = no mail")
     size_check: SizeCheckConfig = Field(default_factory=SizeCheckConfig, description="size checks")
     services: dict[str, ServiceConfig] = Field(default_factory=dict, description="services, by artifact base name")
+    docker: bool = Field(False, description="the built-in default services run as the Coderz Stack's Docker "
+                                           "containers (coderz-postgres, coderz-redis, …); no effect on "
+                                           "[services.*] tables you write yourself")
     source: str = Field("<defaults>", description="where this config came from (for messages)")
 
     @field_validator("services")
@@ -428,6 +519,9 @@ def load(
     merged.pop("source", None)
     if not merged.get("services"):
         merged["services"] = default_services()
+        if merged.get("docker") is True:
+            for name, extra in DOCKER_DEFAULTS.items():
+                merged["services"][name] = {**merged["services"][name], **extra}
 
     if env.get("CODERZ_BACKUP_DEST"):
         merged["dest"] = env["CODERZ_BACKUP_DEST"]

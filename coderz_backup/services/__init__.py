@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from ..access import access_for
 from ..errors import ConfigError
+from .apisix import ApisixService
 from .base import ArtifactResult, Service
 from .configs import ConfigsService
+from .elasticsearch import ElasticsearchService
 from .etcd import EtcdService
+from .k3s import K3sService
 from .postgres import PostgresService
 from .redis import RedisService
 
@@ -23,15 +26,15 @@ REGISTRY: dict[str, type] = {
     RedisService.kind: RedisService,
     ConfigsService.kind: ConfigsService,
     EtcdService.kind: EtcdService,
+    K3sService.kind: K3sService,
+    ApisixService.kind: ApisixService,
+    ElasticsearchService.kind: ElasticsearchService,
 }
 
 #: accepted by the config, not yet implemented: kind → artifact names from the product document
 PLANNED: dict[str, list[str]] = {
     "grafana": ["grafana/"],
     "prometheus": ["prometheus-snapshot.tar.gz"],
-    "elasticsearch": ["elasticsearch/", "elasticsearch-data.tar.gz"],
-    "k3s": ["{name}.snapshot"],
-    "apisix": ["{name}/"],
 }
 
 

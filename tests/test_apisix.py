@@ -1,0 +1,538 @@
+"""APISIX Admin-API export/verify/restore against an Admin API that stores its objects in a real etcd 3.4.
+
+By default the Admin API is the stand-in of ``tests/standins/apisix.py`` (no APISIX is
+installable here); with ``CODERZ_TEST_REGISTRY`` set (e.g. ``docker.io``) the same tests
+run against the official ``apache/apisix`` image through testcontainers, on the same
+real etcd. Tests that need the stand-in's fault hooks are skipped then.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from etcd_server import EtcdServer
+from pydantic import SecretStr
+from standins.apisix import ApisixStandin
+
+from coderz_backup.access import LocalAccess
+from coderz_backup.config import ApisixConfig, EtcdConfig, load
+from coderz_backup.errors import (
+    ArtifactError,
+    IncompleteArtifactError,
+    RestoreError,
+    VerifyError,
+)
+from coderz_backup.sandbox import free_port
+from coderz_backup.services import REGISTRY, create, expected_artifacts
+from coderz_backup.services.apisix import SSL_KEY_NOTE, ApisixService
+from coderz_backup.services.etcd import EtcdService
+
+pytestmark = pytest.mark.skipif(not shutil.which("etcd"), reason="etcd-server not installed (scripts/setup.sh)")
+
+REGISTRY_HOST = os.environ.get("CODERZ_TEST_REGISTRY")
+APISIX_IMAGE = "apache/apisix:3.9.1-debian"
+ADMIN_KEY = "adm-key-7f3c9e1d5b"
+VIEWER_KEY = "view-key-2a8e4c6f0d"
+NAME = "apisix-config"
+CORE = "routes, upstreams, services, consumers, global_rules"
+
+needs_standin = pytest.mark.skipif(bool(REGISTRY_HOST), reason="uses the stand-in's fault hooks")
+
+
+# -- the Admin API under test: stand-in, or the official image -----------------------------
+
+
+class RealApisix:
+    """The official image on the host network, bound to free 127.0.0.1 ports, using our etcd."""
+
+    def __init__(self, etcd_url: str, base: Path, *, stream_mode: bool = False, api_version: str = "v3"):
+        os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # read when testcontainers is imported
+        os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+        from testcontainers.core.container import DockerContainer
+
+        self.admin_key, self.viewer_key = ADMIN_KEY, VIEWER_KEY
+        self.port = free_port()
+        stream = (f"  stream_proxy:\n    tcp:\n      - addr: \"127.0.0.1:{free_port()}\"\n" if stream_mode else "")
+        conf = Path(base) / "config.yaml"
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(
+            "apisix:\n"
+            f"  node_listen: {free_port()}\n"
+            "  enable_admin: true\n"
+            "  enable_control: false\n"
+            f"  proxy_mode: {'http&stream' if stream_mode else 'http'}\n"
+            f"{stream}"
+            "  status:\n"
+            f"    ip: 127.0.0.1\n    port: {free_port()}\n"
+            "deployment:\n"
+            "  role: traditional\n"
+            "  role_traditional:\n    config_provider: etcd\n"
+            "  admin:\n"
+            "    admin_key_required: true\n"
+            "    admin_key:\n"
+            f"      - name: admin\n        key: {ADMIN_KEY}\n        role: admin\n"
+            f"      - name: viewer\n        key: {VIEWER_KEY}\n        role: viewer\n"
+            "    allow_admin:\n      - 127.0.0.0/24\n"
+            f"    admin_listen:\n      ip: 127.0.0.1\n      port: {self.port}\n"
+            f"    admin_api_version: {api_version}\n"
+            "  etcd:\n"
+            f"    host:\n      - \"{etcd_url}\"\n"
+            "    prefix: /apisix\n")
+        conf.chmod(0o644)
+        self.container = (DockerContainer(f"{REGISTRY_HOST}/{APISIX_IMAGE}", network_mode="host")
+                          .with_volume_mapping(str(conf), "/usr/local/apisix/conf/config.yaml", "ro"))
+        self.container.start()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{self.url}/apisix/admin/routes", headers={"X-API-KEY": ADMIN_KEY},
+                             timeout=2).status_code in (200, 404):
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("APISIX did not answer within 120s:\n" + self.container.get_logs()[1].decode()[-3000:])
+            time.sleep(0.5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.container.stop()
+
+
+@pytest.fixture
+def make_apisix(tmp_path_factory):
+    """Factory: an Admin API on the etcd at ``etcd_url`` (stand-in, or the official image)."""
+    started = []
+
+    def _make(etcd_url: str, **opts):
+        if REGISTRY_HOST:
+            api = RealApisix(etcd_url, tmp_path_factory.mktemp("apisix"),
+                             **{k: v for k, v in opts.items() if k in ("stream_mode", "api_version")})
+        else:
+            api = ApisixStandin(etcd_url, admin_key=ADMIN_KEY, viewer_key=VIEWER_KEY, **opts).start()
+        started.append(api)
+        return api
+
+    yield _make
+    for api in started:
+        api.stop()
+
+
+@pytest.fixture
+def etcd(tmp_path_factory):
+    srv = EtcdServer(tmp_path_factory.mktemp("etcd")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def apisix(etcd, make_apisix):
+    return make_apisix(etcd.url)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def admin(api, method: str, path: str, body=None, key: str = ADMIN_KEY) -> httpx.Response:
+    return httpx.request(method, f"{api.url}/apisix/admin/{path}", json=body, headers={"X-API-KEY": key}, timeout=30)
+
+
+def put(api, path: str, body: dict) -> dict:
+    r = admin(api, "PUT", path, body)
+    assert r.status_code in (200, 201), r.text
+    return r.json()
+
+
+def _cert() -> tuple[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "api.coderz.local")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("api.coderz.local")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()).decode())
+
+
+PROTO = ('syntax = "proto3"; package helloworld; service Greeter { rpc SayHello (HelloRequest) returns '
+         '(HelloReply) {} } message HelloRequest { string name = 1; } message HelloReply { string message = 1; }')
+
+
+def fill(api, *, routes: int = 25, stream: bool = False) -> dict[str, int]:
+    """A small but complete gateway config through the Admin API; returns the expected counts."""
+    nodes = {"10.0.0.1:8080": 1}
+    put(api, "upstreams/1", {"type": "roundrobin", "nodes": nodes, "name": "backend"})
+    put(api, "upstreams/2", {"type": "chash", "key": "remote_addr", "nodes": {"10.0.0.2:8080": 1}})
+    put(api, "services/s1", {"upstream_id": "1", "plugins": {"limit-count": {"count": 100, "time_window": 60}}})
+    put(api, "plugin_configs/pc1", {"plugins": {"cors": {}}})
+    put(api, "consumer_groups/g1", {"plugins": {"limit-count": {"count": 10, "time_window": 60}}})
+    put(api, "consumers", {"username": "jack", "group_id": "g1", "plugins": {"key-auth": {"key": "jack-key"}}})
+    put(api, "consumers", {"username": "jill", "plugins": {"key-auth": {"key": "jill-key"}}})
+    cert, key = _cert()
+    put(api, "ssls/1", {"cert": cert, "key": key, "snis": ["api.coderz.local"]})
+    put(api, "global_rules/1", {"plugins": {"prometheus": {}}})
+    put(api, "protos/1", {"content": PROTO})
+    put(api, "secrets/vault/1", {"uri": "http://127.0.0.1:8200", "prefix": "kv/apisix", "token": "vault-tok"})
+    put(api, "plugin_metadata/http-logger", {"log_format": {"host": "$host", "client_ip": "$remote_addr"}})
+    for i in range(1, routes + 1):
+        route: dict = {"uri": f"/api/v{i}/*", "methods": ["GET"], "name": f"r{i}"}
+        if i % 3 == 0:
+            route["service_id"] = "s1"
+        else:
+            route["upstream_id"] = "1" if i % 2 else "2"
+        if i == 5:
+            route["plugin_config_id"] = "pc1"
+        put(api, f"routes/{i}", route)
+    counts = {"routes": routes, "upstreams": 2, "services": 1, "consumers": 2, "global_rules": 1, "ssls": 1,
+              "plugin_configs": 1, "consumer_groups": 1, "protos": 1, "secrets": 1, "plugin_metadata": 1}
+    if stream:
+        put(api, "stream_routes/1", {"upstream_id": "1", "server_port": 9100})
+        counts["stream_routes"] = 1
+    return counts
+
+
+def svc(api, **over) -> ApisixService:
+    data: dict = {"kind": "apisix", "admin_url": api.url, "admin_key": SecretStr(ADMIN_KEY), "page_size": 10}
+    data.update(over)
+    return ApisixService(NAME, ApisixConfig(**data), LocalAccess())
+
+
+def files(out: Path) -> dict[str, list[dict]]:
+    folder = out / NAME
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json") if p.name != "index.json"}
+
+
+def comparable(exported: dict[str, list[dict]]) -> dict[str, dict[str, dict]]:
+    """Objects by type and id, without update_time (a restore resets it)."""
+    return {t: {o["id"]: {k: v for k, v in o["value"].items() if k != "update_time"} for o in objs}
+            for t, objs in exported.items()}
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+
+def test_registered_with_the_product_artifact_name_and_defaults():
+    assert REGISTRY["apisix"] is ApisixService
+    assert expected_artifacts(NAME, ApisixConfig(kind="apisix")) == ["apisix-config/"]
+    cfg = load(env={}).services[NAME]  # the built-in Coderz Stack
+    assert cfg.admin_url == "http://127.0.0.1:9180" and cfg.page_size == 500 and cfg.api_version == "auto"
+    assert cfg.resources[:5] == CORE.split(", ") and "plugin_metadata" in cfg.resources
+    with pytest.raises(ValueError):
+        ApisixConfig(kind="apisix", page_size=5)
+    with pytest.raises(ValueError, match="unknown APISIX resource"):
+        ApisixConfig(kind="apisix", resources=["routes", "route"])
+
+
+def test_export_pages_every_type_into_its_own_file(etcd, apisix, tmp_path):
+    counts = fill(apisix)
+    out = tmp_path / "snap"
+    service = svc(apisix)
+
+    [res] = service.backup(out)
+
+    assert res.status == "ok" and res.path == "apisix-config/"
+    assert res.summary == ("APISIX config exported (routes, upstreams, services, consumers, global_rules, "
+                           "ssls, plugin_configs, consumer_groups, protos, secrets, plugin_metadata)")
+    assert res.details["ssl_private_keys"] == SSL_KEY_NOTE
+    assert res.details["counts"] == counts
+    assert "stream mode is off" in res.details["skipped"]["stream_routes"]
+    on_disk = sorted(p.name for p in (out / NAME).iterdir())
+    assert on_disk == sorted([f"{t}.json" for t in counts] + ["index.json"])  # no .partial, no stream_routes
+    assert sorted(f.path for f in res.files) == [f"apisix-config/{n}" for n in on_disk]
+    assert res.bytes == sum((out / NAME / n).stat().st_size for n in on_disk)
+
+    index = json.loads((out / NAME / "index.json").read_text())
+    assert index["api_version"] == "v3"
+    assert {t: e["count"] for t, e in index["types"].items()} == counts
+    assert "stream mode is disabled" in index["skipped"]["stream_routes"]
+
+    data = files(out)
+    assert [o["id"] for o in data["routes"]] == [str(i) for i in range(1, 26)]  # all pages, in order
+    assert {o["id"] for o in data["consumers"]} == {"jack", "jill"}
+    assert [o["id"] for o in data["secrets"]] == ["vault/1"]
+    assert [o["id"] for o in data["plugin_metadata"]] == ["http-logger"]
+    assert "key" not in data["ssls"][0]["value"] and data["ssls"][0]["value"]["snis"] == ["api.coderz.local"]
+    # the export describes the state in etcd: same values, revisions as createdIndex/modifiedIndex
+    for obj in data["routes"]:
+        [kv] = etcd.call("/kv/range", {"key": base64.b64encode(obj["key"].encode()).decode()})["kvs"]
+        assert obj["value"] == json.loads(base64.b64decode(kv["value"]))
+        assert (obj["createdIndex"], obj["modifiedIndex"]) == (int(kv["create_revision"]), int(kv["mod_revision"]))
+
+    assert service.verify(out / NAME).startswith(f"{sum(counts.values())} objects in {len(counts)} types")
+    blob = json.dumps(res.as_manifest())
+    assert ADMIN_KEY not in blob
+    if isinstance(apisix, ApisixStandin):  # paging with both params, key only in the header
+        pages = [p for m, p in apisix.requests if p.startswith("/apisix/admin/routes?")]
+        assert pages == [f"/apisix/admin/routes?page={n}&page_size=10" for n in (1, 2, 3)]
+        assert not any("api_key" in p for _, p in apisix.requests)
+
+
+def test_an_exact_multiple_of_the_page_size_and_empty_types(etcd, apisix, tmp_path):
+    for i in range(1, 21):
+        put(apisix, f"routes/{i}", {"uri": f"/x{i}", "upstream": {"type": "roundrobin", "nodes": {"10.0.0.9:80": 1}}})
+    [res] = svc(apisix).backup(tmp_path)
+    assert res.details["counts"]["routes"] == 20
+    assert res.details["counts"]["upstreams"] == 0 and res.details["counts"]["secrets"] == 0  # Key not found → empty
+    assert res.summary == f"APISIX config exported ({CORE})"
+    assert files(tmp_path)["upstreams"] == []
+
+
+def test_wrong_or_missing_key_fails_clearly_and_leaves_nothing(apisix, tmp_path):
+    put(apisix, "routes/1", {"uri": "/a", "upstream": {"type": "roundrobin", "nodes": {"10.0.0.9:80": 1}}})
+    with pytest.raises(ArtifactError, match=r"admin_key rejected: failed to check token \(wrong apikey\)") as err:
+        svc(apisix, admin_key=SecretStr("not-the-key-4411")).backup(tmp_path)
+    assert "not-the-key-4411" not in str(err.value) and "services.apisix-config.admin_key" in str(err.value)
+    with pytest.raises(ArtifactError, match=r"admin_key rejected: failed to check token \(missing apikey\)"):
+        svc(apisix, admin_key=None).backup(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_admin_api_says_so(tmp_path):
+    with pytest.raises(ArtifactError, match="unreachable.*Admin API enabled"):
+        svc(type("X", (), {"url": f"http://127.0.0.1:{free_port()}"})).backup(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_viewer_key_exports_but_restore_stops_at_the_first_refusal(apisix, tmp_path):
+    fill(apisix, routes=3)
+    [res] = svc(apisix, admin_key=SecretStr(VIEWER_KEY)).backup(tmp_path)
+    assert res.status == "ok" and res.details["counts"]["routes"] == 3
+    with pytest.raises(RestoreError, match=r"stopped at upstreams/1: .*admin_key rejected.*invalid method for "
+                                           r"role viewer.*0 created, 0 replaced before it") as err:
+        svc(apisix, admin_key=SecretStr(VIEWER_KEY)).restore(tmp_path / NAME)
+    assert VIEWER_KEY not in str(err.value)
+
+
+def test_round_trip_through_the_admin_api(etcd, apisix, tmp_path):
+    counts = fill(apisix)
+    service = svc(apisix)
+    service.backup(tmp_path / "a")
+    before = comparable(files(tmp_path / "a"))
+
+    # wipe everything through the API (dependants first), then restore
+    for rtype in ("routes", "consumers", "services", "plugin_configs", "consumer_groups", "upstreams", "ssls",
+                  "global_rules", "protos", "secrets", "plugin_metadata"):
+        for oid in before[rtype]:
+            r = admin(apisix, "DELETE", f"{rtype}/{oid}")
+            assert r.status_code == 200, r.text
+    [empty] = service.backup(tmp_path / "empty")
+    assert sum(empty.details["counts"].values()) == 0
+
+    msg = service.restore(tmp_path / "a" / NAME)
+
+    restorable = sum(counts.values()) - counts["ssls"]
+    assert msg.startswith(f"{restorable} created, 0 replaced; 1 ssl(s) skipped")
+    assert "etcd-apisix snapshot" in msg
+    service.backup(tmp_path / "b")
+    after = comparable(files(tmp_path / "b"))
+    assert after.pop("ssls") == {}  # certificates need their keys: only the etcd snapshot has them
+    before.pop("ssls")
+    assert after == before  # same ids and values (create_time kept), update_time aside
+    assert "25 route(s)" in service.health()
+
+    # running it again replaces, creates nothing
+    assert service.restore(tmp_path / "a" / NAME).startswith(f"0 created, {restorable} replaced")
+
+
+def test_restore_stops_at_the_first_refused_put_and_says_what_was_done(etcd, tmp_path, make_apisix, tmp_path_factory):
+    src = make_apisix(etcd.url, stream_mode=True)
+    counts = fill(src, routes=4, stream=True)
+    [res] = svc(src).backup(tmp_path)
+    assert "consumer_groups, stream_routes, protos" in res.summary
+    other = EtcdServer(tmp_path_factory.mktemp("etcd-target")).start()
+    try:
+        target = make_apisix(other.url, stream_mode=False)
+        done = sum(counts.values()) - counts["ssls"] - counts["stream_routes"]
+        with pytest.raises(RestoreError, match=rf"stopped at stream_routes/1: .*HTTP 400.*stream mode is disabled.*"
+                                               rf"{done} created, 0 replaced before it"):
+            svc(target).restore(tmp_path / NAME)
+        # everything before the refusal is in place, dependencies included
+        assert admin(target, "GET", "routes/4").json()["value"]["uri"] == "/api/v4/*"
+    finally:
+        other.stop()
+
+
+def test_v2_admin_api_shape(etcd, make_apisix, tmp_path):
+    api = make_apisix(etcd.url, api_version="v2")
+    fill(api, routes=12)
+    [res] = svc(api).backup(tmp_path / "a")
+    assert res.details["api_version"] == "v2" and res.details["counts"]["routes"] == 12
+    assert [o["id"] for o in files(tmp_path / "a")["routes"]] == sorted((str(i) for i in range(1, 13)), key=str)
+    svc(api).verify(tmp_path / "a" / NAME)
+    with pytest.raises(ArtifactError, match=r"answers with Admin API v2 but api_version = 'v3'"):
+        svc(api, api_version="v3").backup(tmp_path / "b")
+    assert not (tmp_path / "b" / NAME).exists()
+    [res2] = svc(api, api_version="v2").backup(tmp_path / "c")
+    assert res2.details["counts"] == res.details["counts"]
+
+
+def test_round_trip_through_an_etcd_snapshot(etcd, apisix, make_apisix, tmp_path):
+    fill(apisix)
+    svc(apisix).backup(tmp_path / "api")
+    snap_dir = tmp_path / "snap"
+    etcd_svc = EtcdService("etcd-apisix", EtcdConfig(kind="etcd", endpoint=etcd.url), LocalAccess())
+    etcd_svc.backup(snap_dir)
+
+    new = EtcdServer(tmp_path / "new-etcd", name="restored")
+    data = tmp_path / "new-etcd" / "restored-data"
+    etcd_svc.restore(snap_dir / "etcd-apisix.snapshot", data_dir=str(data), name=new.name, peer_url=new.peer_url)
+    new.data = data
+    new.start()
+    try:
+        api2 = make_apisix(new.url)
+        svc(api2).backup(tmp_path / "api2")
+        # the same objects with the same revisions: both paths describe one state
+        assert files(tmp_path / "api2") == files(tmp_path / "api")
+        # …and the snapshot holds what the Admin API never shows: the certificate's private key
+        [kv] = new.call("/kv/range", {"key": base64.b64encode(b"/apisix/ssls/1").decode()})["kvs"]
+        stored_key = json.loads(base64.b64decode(kv["value"])).get("key", "")
+        assert stored_key and (REGISTRY_HOST or "PRIVATE KEY" in stored_key)  # APISIX stores it encrypted
+    finally:
+        new.stop()
+
+
+@needs_standin
+@pytest.mark.parametrize("fault", ["500", "cut", "edited-while-paging"])
+def test_server_faults_fail_and_leave_no_files(apisix, etcd, tmp_path, fault):
+    fill(apisix)
+    if fault == "edited-while-paging":
+        def _delete_first(rtype, page):
+            if rtype == "routes" and page == 1:
+                apisix.etcd.delete("/apisix/routes/1")
+        apisix.after_list = _delete_first
+        match, kind = "total changed from 25 to 24 while paging", IncompleteArtifactError
+    elif fault == "500":
+        apisix.faults["consumers"] = "500"
+        match, kind = r"GET /apisix/admin/consumers page 1 failed \(HTTP 500\): failed to fetch data from etcd", ArtifactError
+    else:
+        apisix.faults["services"] = "cut"
+        match, kind = "cut off", IncompleteArtifactError
+    with pytest.raises(kind, match=match):
+        svc(apisix).backup(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # routes.json etc. of this attempt removed again
+
+
+@needs_standin
+def test_older_apisix_types_are_skipped_with_reasons(etcd, make_apisix, tmp_path):
+    old = make_apisix(etcd.url, supported=("routes", "services", "upstreams", "consumers", "ssls", "global_rules",
+                                           "plugin_configs", "stream_routes", "protos", "plugin_metadata"),
+                      plugin_metadata_list=False, init_dirs=("routes", "upstreams"))
+    put(old, "upstreams/1", {"type": "roundrobin", "nodes": {"10.0.0.1:80": 1}})
+    put(old, "routes/1", {"uri": "/a", "upstream_id": "1"})
+    [res] = svc(old).backup(tmp_path)
+    skipped = res.details["skipped"]
+    assert set(skipped) == {"consumer_groups", "secrets", "plugin_metadata", "stream_routes"}
+    assert "Unsupported resource type: secrets" in skipped["secrets"]
+    assert "missing plugin name" in skipped["plugin_metadata"]
+    assert res.details["counts"]["protos"] == 0 and res.details["counts"]["services"] == 0  # dir absent: empty
+    assert res.summary == f"APISIX config exported ({CORE})"
+    assert svc(old).verify(tmp_path / NAME).endswith("4 skipped")
+
+
+def test_verify_and_restore_reject_damaged_exports(apisix, tmp_path):
+    fill(apisix, routes=3)
+    service = svc(apisix)
+    service.backup(tmp_path / "good")
+    good = tmp_path / "good" / NAME
+
+    def damaged(label: str, change) -> Path:
+        d = tmp_path / label / NAME
+        shutil.copytree(good, d)
+        change(d)
+        return d
+
+    def drop_route(d):
+        routes = json.loads((d / "routes.json").read_text())
+        (d / "routes.json").write_text(json.dumps(routes[:-1]))
+
+    def no_id(d):
+        routes = json.loads((d / "routes.json").read_text())
+        del routes[0]["id"]
+        (d / "routes.json").write_text(json.dumps(routes))
+
+    cases = {
+        "count": (drop_route, "2 objects but index.json says 3"),
+        "no-id": (no_id, "object #1 has no id"),
+        "cut": (lambda d: (d / "upstreams.json").write_bytes((d / "upstreams.json").read_bytes()[:40]),
+                "upstreams.json: not valid JSON"),
+        "no-index": (lambda d: (d / "index.json").unlink(), "index.json is missing"),
+        "missing-file": (lambda d: (d / "secrets.json").unlink(), "secrets.json: listed in index.json but missing"),
+        "extra-file": (lambda d: (d / "stray.json").write_text("[]"), "not listed in index.json: stray.json"),
+    }
+    for label, (change, match) in cases.items():
+        with pytest.raises(VerifyError, match=match):
+            service.verify(damaged(label, change))
+    with pytest.raises(RestoreError, match="refusing to restore, nothing changed.*has no id"):
+        service.restore(tmp_path / "no-id" / NAME)
+    assert service.verify(good).startswith("15 objects in 11 types")
+
+
+def test_restore_target_and_health_wording(apisix):
+    service = svc(apisix)
+    assert "PUT by id" in service.restore_target() and "etcd-apisix snapshot" in service.restore_target()
+    assert "Admin API answers" in service.health()
+    with pytest.raises(RestoreError, match="admin_key rejected"):
+        svc(apisix, admin_key=SecretStr("nope-1234")).health()
+
+
+def test_created_through_the_registry_and_flow_factory(apisix, tmp_path):
+    put(apisix, "routes/1", {"uri": "/a", "upstream": {"type": "roundrobin", "nodes": {"10.0.0.9:80": 1}}})
+    os.environ["T_APISIX_KEY"] = ADMIN_KEY
+    try:
+        cfg = ApisixConfig(kind="apisix", admin_url=apisix.url, admin_key=SecretStr("env:T_APISIX_KEY"))
+        service = create(NAME, cfg)
+        assert service.artifacts() == ["apisix-config/"]
+        [res] = service.backup(tmp_path)
+        assert res.details["counts"]["routes"] == 1
+    finally:
+        del os.environ["T_APISIX_KEY"]
+
+
+def test_cli_backup_verify_and_restore_through_the_flows(apisix, tmp_path, cli_env):
+    from helpers import run_cli
+
+    counts = fill(apisix, routes=12)
+    dest = tmp_path / "snapshots"
+    config = tmp_path / "coderz-backup.toml"
+    config.write_text(f'dest = "{dest}"\nretries = 0\n\n[services.{NAME}]\nkind = "apisix"\n'
+                      f'admin_url = "{apisix.url}"\nadmin_key = "env:T_APISIX_KEY"\npage_size = 10\n')
+    env = dict(cli_env, T_APISIX_KEY=ADMIN_KEY)
+
+    res = run_cli(["backup", "--config", str(config)], env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert ("APISIX config exported (routes, upstreams, services, consumers, global_rules, ssls, plugin_configs, "
+            "consumer_groups, protos, secrets, plugin_metadata)") in res.stdout
+    manifest = json.loads((dest / "latest" / "manifest.json").read_text())
+    [art] = [a for a in manifest["artifacts"] if a["service"] == NAME]
+    assert art["status"] == "ok" and art["details"]["counts"] == counts
+    assert art["details"]["ssl_private_keys"] == SSL_KEY_NOTE
+    assert ADMIN_KEY not in (dest / "latest" / "manifest.json").read_text() + res.stdout + res.stderr
+
+    res = run_cli(["verify", "--config", str(config)], env)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    for oid in range(1, 13):
+        assert admin(apisix, "DELETE", f"routes/{oid}").status_code == 200
+    res = run_cli(["restore", "--config", str(config), "--yes", "--no-safety-backup"], env, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "12 created, 11 replaced; 1 ssl(s) skipped" in res.stdout  # the deleted routes came back
+    assert admin(apisix, "GET", "routes/12").json()["value"]["uri"] == "/api/v12/*"
