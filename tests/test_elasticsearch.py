@@ -1,0 +1,598 @@
+"""Elasticsearch service: per-index export, data tarball, ES snapshot, verify, restore.
+
+No Elasticsearch is installable here, so the tests talk to the stand-in of
+``tests/standins/elasticsearch.py`` (contracts §2). With ``CODERZ_TEST_REGISTRY`` set
+(e.g. ``docker.io``) the same tests run against the official ``elasticsearch:8`` image
+through testcontainers (single node, basic auth, host network on a free 127.0.0.1
+port); tests that need a stand-in fault are skipped there.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from standins.elasticsearch import EsStandin
+
+from coderz_backup.access import LocalAccess
+from coderz_backup.config import ElasticsearchConfig
+from coderz_backup.errors import (
+    ArtifactError,
+    IncompleteArtifactError,
+    RestoreError,
+    VerifyError,
+)
+from coderz_backup.sandbox import free_port
+from coderz_backup.services import PLANNED, REGISTRY, expected_artifacts
+from coderz_backup.services.elasticsearch import ElasticsearchService
+
+REGISTRY_HOST = os.environ.get("CODERZ_TEST_REGISTRY")
+ES_IMAGE = "elasticsearch:8.15.3"
+PW = "es-test-pw-7741"
+NAME = "elasticsearch"
+STANDIN_ONLY = pytest.mark.skipif(bool(REGISTRY_HOST), reason="needs a stand-in fault or hook")
+
+
+class Es:
+    """One Elasticsearch (stand-in or container) and REST helpers for the tests."""
+
+    def __init__(self, url: str, *, standin: EsStandin | None = None, api_key: str | None = None):
+        self.url, self.standin, self.api_key = url, standin, api_key
+        self.http = httpx.Client(base_url=url, auth=("elastic", PW), timeout=60)
+
+    def call(self, method: str, path: str, ok=(200,), **kw):
+        r = self.http.request(method, path, **kw)
+        assert r.status_code in ok, f"{method} {path}: {r.status_code} {r.text[:500]}"
+        return r.json() if r.content else None
+
+    def bulk(self, index: str, docs: list[tuple[str, dict, str | None]]) -> None:
+        lines = []
+        for doc_id, src, routing in docs:
+            meta = {"_index": index, "_id": doc_id, **({"routing": routing} if routing else {})}
+            lines += [json.dumps({"index": meta}), json.dumps(src)]
+        res = self.call("POST", "/_bulk", content=("\n".join(lines) + "\n").encode(),
+                        headers={"Content-Type": "application/x-ndjson"})
+        assert res["errors"] is False
+
+    def wipe(self) -> None:
+        for index in [*SEED, ".kibana_1", "orders", "junk"]:
+            self.call("DELETE", f"/{index}", ok=(200, 404))
+
+    def docs(self, index: str) -> dict[str, dict]:
+        """Every document of ``index`` (through a PIT, as a client would read it)."""
+        pit = self.call("POST", f"/{index}/_pit", params={"keep_alive": "1m"})["id"]
+        out, after = {}, None
+        while True:
+            body = {"size": 1000, "pit": {"id": pit, "keep_alive": "1m"}, "sort": [{"_shard_doc": "asc"}]}
+            if after:
+                body["search_after"] = after
+            res = self.call("POST", "/_search", json=body)
+            pit = res["pit_id"]
+            hits = res["hits"]["hits"]
+            if not hits:
+                break
+            for h in hits:
+                out[h["_id"]] = {"src": h["_source"], "routing": h.get("_routing")}
+            after = hits[-1]["sort"]
+        self.call("DELETE", "/_pit", json={"id": pit}, ok=(200, 404))
+        return out
+
+    def meta(self, index: str) -> dict:
+        return {"mappings": self.call("GET", f"/{index}/_mapping")[index]["mappings"],
+                "aliases": self.call("GET", f"/{index}/_alias")[index]["aliases"],
+                "shards": self.call("GET", f"/{index}/_settings")[index]["settings"]["index"]["number_of_shards"]}
+
+
+SEED = {
+    "logs-app": ({"properties": {"message": {"type": "text"}, "level": {"type": "keyword"},
+                                 "n": {"type": "long"}, "ts": {"type": "date"}}},
+                 {"logs": {}, "errors": {"filter": {"term": {"level": "error"}}}}, 1500),
+    "users": ({"properties": {"email": {"type": "keyword"}, "age": {"type": "integer"},
+                              "tags": {"type": "keyword"}}}, {"people": {"is_write_index": True}}, 1200),
+    "metrics": ({"properties": {"host": {"type": "keyword"}, "v": {"type": "double"},
+                                "labels": {"type": "object"}}}, {}, 700),
+    "empty-index": ({"properties": {"x": {"type": "keyword"}}}, {}, 0),
+}
+
+
+def _doc(index: str, i: int) -> tuple[str, dict, str | None]:
+    if index == "logs-app":
+        return (f"log-{i}", {"message": f"request {i} → ok ✓", "level": "error" if i % 10 == 0 else "info",
+                             "n": i, "ts": f"2026-11-{1 + i % 28:02d}T00:00:00Z"}, None)
+    if index == "users":
+        return (f"u{i}", {"email": f"user{i}@coderz.dev", "age": 20 + i % 50, "tags": ["a", f"t{i % 7}"]},
+                "tenant-a" if i % 3 == 0 else None)
+    return (f"m-{i:05d}", {"host": f"node-{i % 5}", "v": i / 7, "labels": {"dc": "fra", "rack": i % 4}}, None)
+
+
+def seed(es: Es) -> dict[str, dict[str, dict]]:
+    es.wipe()
+    for index, (mappings, aliases, n) in SEED.items():
+        es.call("PUT", f"/{index}", json={"settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}},
+                                           "mappings": mappings, "aliases": aliases})
+        docs = [_doc(index, i) for i in range(n)]
+        for k in range(0, n, 500):
+            es.bulk(index, docs[k:k + 500])
+        es.call("POST", f"/{index}/_refresh")
+    es.call("PUT", "/.kibana_1", json={"settings": {"index": {"hidden": True, "number_of_replicas": 0}}})
+    es.bulk(".kibana_1", [(f"k{i}", {"type": "config"}, None) for i in range(3)])
+    es.call("POST", "/.kibana_1/_refresh")
+    return {index: es.docs(index) for index in SEED}
+
+
+# -- fixtures -------------------------------------------------------------------------
+
+
+def _real_es(registry: str):
+    from testcontainers.core.container import DockerContainer
+
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+    port, tport = free_port(), free_port()
+    container = (DockerContainer(f"{registry}/{ES_IMAGE}", network_mode="host")
+                 .with_env("discovery.type", "single-node")
+                 .with_env("http.host", "127.0.0.1").with_env("http.port", str(port))
+                 .with_env("transport.host", "127.0.0.1").with_env("transport.port", str(tport))
+                 .with_env("xpack.security.enabled", "true")
+                 .with_env("xpack.security.http.ssl.enabled", "false")
+                 .with_env("ELASTIC_PASSWORD", PW)
+                 .with_env("path.repo", "/tmp/es-repo")
+                 .with_env("ES_JAVA_OPTS", "-Xms512m -Xmx512m"))
+    container.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                r = httpx.get(f"{url}/_cluster/health", auth=("elastic", PW), timeout=5)
+                if r.status_code == 200 and r.json().get("status") in ("green", "yellow"):
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Elasticsearch container not ready on {url}")
+            time.sleep(1)
+        key = httpx.post(f"{url}/_security/api_key", auth=("elastic", PW), json={"name": "coderz-tests"},
+                         timeout=30).json()["encoded"]
+        yield Es(url, api_key=key)
+    finally:
+        container.stop()
+
+
+@pytest.fixture(scope="module")
+def es_server():
+    if REGISTRY_HOST:
+        yield from _real_es(REGISTRY_HOST)
+        return
+    srv = EsStandin(users={"elastic": PW}, api_keys=["Y29kZXJ6LWtleS1pZDpzZWNyZXQta2V5LTE="]).start()
+    try:
+        yield Es(srv.url, standin=srv, api_key="Y29kZXJ6LWtleS1pZDpzZWNyZXQta2V5LTE=")
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def es(es_server):
+    """The server with the seed data (4 indices + hidden .kibana_1); ``es.seeded`` holds the documents."""
+    if es_server.standin:
+        s = es_server.standin
+        s.faults.clear()
+        s.no_pit = s.no_shard_doc = False
+        s.requests.clear()
+        s.bulk_sizes.clear()
+    es_server.seeded = seed(es_server)
+    if es_server.standin:
+        es_server.standin.requests.clear()
+        es_server.standin.bulk_sizes.clear()
+    return es_server
+
+
+def _svc(es: Es, **over) -> ElasticsearchService:
+    data: dict = {"kind": "elasticsearch", "url": es.url, "user": "elastic", "password": SecretStr(PW)}
+    data.update(over)
+    return ElasticsearchService(NAME, ElasticsearchConfig(**data), LocalAccess())
+
+
+def _exported(folder: Path, index: str) -> dict[str, dict]:
+    path = folder / index / "documents.ndjson.gz"
+    out = {}
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            d = json.loads(line)
+            out[d["_id"]] = {"src": d["_source"], "routing": d.get("_routing")}
+    return out
+
+
+# -- tests ------------------------------------------------------------------------------
+
+
+def test_registered_with_the_product_artifact_names():
+    assert REGISTRY["elasticsearch"] is ElasticsearchService and "elasticsearch" not in PLANNED
+    cfg = ElasticsearchConfig(kind="elasticsearch")
+    assert expected_artifacts("elasticsearch", cfg) == ["elasticsearch/", "elasticsearch-data.tar.gz"]
+
+
+def test_backup_exports_every_visible_index_with_all_documents(es, tmp_path):
+    data = tmp_path / "esdata"
+    (data / "indices" / "abc" / "0").mkdir(parents=True)
+    (data / "node.lock").write_bytes(b"")
+    (data / "indices" / "abc" / "0" / "segments_1").write_bytes(os.urandom(4096))
+    out = tmp_path / "snap"
+
+    export, tarball = _svc(es, data_dir=str(data)).backup(out)
+
+    assert export.status == "ok" and export.path == "elasticsearch/"
+    assert export.summary == "Elasticsearch: 4 indices exported"
+    assert ".kibana_1" in export.details["skipped_hidden"]
+    assert export.details["indices"] == {"logs-app": 1500, "users": 1200, "metrics": 700, "empty-index": 0}
+    root = out / "elasticsearch"
+    assert sorted(p.name for p in root.iterdir()) == ["empty-index", "index.json", "logs-app", "metrics", "users"]
+    on_disk = sorted(str(p.relative_to(out)) for p in root.rglob("*") if p.is_file())
+    assert sorted(f.path for f in export.files) == on_disk
+    assert not list(out.rglob(".*partial"))
+    for index in ("logs-app", "users", "metrics"):
+        assert _exported(root, index) == es.seeded[index]          # every document, routing included
+    assert any(d["routing"] == "tenant-a" for d in _exported(root, "users").values())
+    assert not (root / "empty-index" / "documents.ndjson.gz").exists()
+    assert json.loads((root / "index.json").read_text())["indices"]["empty-index"] == 0
+    settings = json.loads((root / "users" / "settings.json").read_text())
+    assert settings["index.number_of_shards"] == "1"
+    for private in ("index.uuid", "index.creation_date", "index.provided_name", "index.version.created"):
+        assert private not in settings
+    assert json.loads((root / "logs-app" / "aliases.json").read_text())["errors"]["filter"]
+    assert "properties" in json.loads((root / "logs-app" / "mapping.json").read_text())
+    assert PW not in json.dumps(export.details) + json.dumps(tarball.details)
+
+    assert tarball.status == "ok" and tarball.path == "elasticsearch-data.tar.gz"
+    assert "not crash-consistent" in tarball.details["note"]
+    svc = _svc(es)
+    assert "4 indices, 3400 documents" in svc.verify(root)
+    assert svc.verify(out / "elasticsearch-data.tar.gz") == "gzip and tar intact, 5 entries"
+
+
+@STANDIN_ONLY
+def test_export_pages_through_one_pit_and_closes_it(es, tmp_path):
+    _svc(es, page_size=100).backup(tmp_path)
+    searches = [p for m, p in es.standin.requests if p == "/_search"]
+    # 1500 + 1200 + 700 documents in pages of 100, plus the empty page that ends each index
+    assert len(searches) == 15 + 1 + 12 + 1 + 7 + 1 + 1
+    assert es.standin.pits == {}     # every PIT deleted (old ids are refused: the newest was always sent)
+    assert _exported(tmp_path / "elasticsearch", "logs-app") == es.seeded["logs-app"]
+
+
+@STANDIN_ONLY
+@pytest.mark.parametrize("missing", ["no_pit", "no_shard_doc"])
+def test_scroll_fallback_when_the_server_has_no_pit(es, tmp_path, missing):
+    setattr(es.standin, missing, True)
+    [export, _] = _svc(es, page_size=250).backup(tmp_path)
+    assert export.status == "ok"
+    assert _exported(tmp_path / "elasticsearch", "users") == es.seeded["users"]
+    assert es.standin.scrolls == {} and es.standin.pits == {}
+
+
+def test_data_dir_unset_means_skipped_tarball(es, tmp_path):
+    _, tarball = _svc(es).backup(tmp_path)
+    assert tarball.status == "skipped" and "data_dir is not set" in tarball.error
+    assert not (tmp_path / "elasticsearch-data.tar.gz").exists()
+
+
+def test_api_key_auth(es, tmp_path):
+    [export, _] = _svc(es, user=None, password=None, api_key=SecretStr(es.api_key)).backup(tmp_path)
+    assert export.summary == "Elasticsearch: 4 indices exported"
+
+
+@pytest.mark.parametrize("creds", [dict(password=SecretStr("wrong-pw-3321")), dict(user=None, password=None),
+                                   dict(user=None, password=None, api_key=SecretStr("bm90OmFrZXk="))])
+def test_auth_failure_is_clear_and_leaves_nothing(es, tmp_path, creds):
+    with pytest.raises(ArtifactError, match=r"authentication failed .*HTTP 401.*security_exception") as err:
+        _svc(es, **creds).backup(tmp_path)
+    assert "wrong-pw-3321" not in str(err.value) and PW not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@STANDIN_ONLY
+def test_missing_read_privilege_is_a_clear_403(es, tmp_path):
+    es.standin.users["reader"] = "reader-pw-1"
+    es.standin.limited.add("reader")
+    with pytest.raises(ArtifactError, match=r"user 'reader' may not open a point in time on index 'empty-index' "
+                                            r"\(HTTP 403: security_exception: .*unauthorized.*\); grant"):
+        _svc(es, user="reader", password=SecretStr("reader-pw-1")).backup(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@STANDIN_ONLY
+def test_closed_indices_and_data_streams_are_named_not_silently_dropped(es, tmp_path):
+    es.call("PUT", "/archive-2025", json={"settings": {"index": {"number_of_replicas": 0}}})
+    es.call("POST", "/archive-2025/_close")
+    es.call("PUT", "/.ds-logs-nginx-2026.11.23-000001", json={"settings": {"index": {"hidden": True}}})
+    es.standin.data_streams[:] = [{"name": "logs-nginx", "hidden": False},
+                                  {"name": "ilm-history-7", "hidden": True, "system": False}]
+    try:
+        [export, _] = _svc(es).backup(tmp_path)
+    finally:
+        es.standin.data_streams.clear()
+        es.call("DELETE", "/archive-2025")
+        es.call("DELETE", "/.ds-logs-nginx-2026.11.23-000001")
+    assert export.summary == ("Elasticsearch: 4 indices exported (not exported: closed indices archive-2025; "
+                              "data streams logs-nginx)")
+    assert export.details["skipped_closed"] == ["archive-2025"]
+    assert export.details["data_streams_not_exported"] == ["logs-nginx"]
+    assert export.details["skipped_hidden"] == [".ds-logs-nginx-2026.11.23-000001", ".kibana_1"]
+    assert not (tmp_path / "elasticsearch" / "archive-2025").exists()
+
+
+def test_unreachable_server(tmp_path):
+    svc = ElasticsearchService(NAME, ElasticsearchConfig(kind="elasticsearch", url=f"http://127.0.0.1:{free_port()}"),
+                               LocalAccess())
+    with pytest.raises(ArtifactError, match="is unreachable"):
+        svc.backup(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@STANDIN_ONLY
+@pytest.mark.parametrize("fault,match", [
+    ({"search_500_at_page": 3}, r"HTTP 500.*search_phase_execution_exception.*stopped after 200 of 1500"),
+    ({"expire_pit_at_page": 2}, r"expired between two pages .*raise keep_alive"),
+    ({"shard_failure_at_page": 2}, r"1 of 2 shards failed on page 2 .*partial export"),
+])
+def test_partial_export_fails_and_keeps_nothing(es, tmp_path, fault, match):
+    es.standin.faults.update(fault)
+    # the first index (empty-index) has no second page; logs-app is next in name order
+    with pytest.raises(ArtifactError, match=match):
+        _svc(es, page_size=100, data_dir=str(tmp_path)).backup(tmp_path / "snap")
+    assert not (tmp_path / "snap" / "elasticsearch").exists()
+    assert not (tmp_path / "snap" / "elasticsearch-data.tar.gz").exists()
+    assert es.standin.pits == {}
+
+
+@STANDIN_ONLY
+def test_count_mismatch_is_a_partial_export(es, tmp_path, monkeypatch):
+    # a server whose PIT reports one more document than it returns
+    orig = es.standin._search
+
+    def lying(body, index):
+        status, res = orig(body, index)
+        if "total" in res.get("hits", {}):
+            res["hits"]["total"]["value"] += 1
+        return status, res
+
+    monkeypatch.setattr(es.standin, "_search", lying)
+    with pytest.raises(IncompleteArtifactError, match=r"exported 0 documents but the point in time holds 1"):
+        _svc(es).backup(tmp_path)
+    assert not (tmp_path / "elasticsearch").exists()
+
+
+def test_round_trip_backup_wipe_restore(es, tmp_path):
+    svc = _svc(es, bulk_docs=200, bulk_bytes=64 * 1024)
+    svc.backup(tmp_path)
+    before = {index: es.meta(index) for index in SEED}
+    # wipe: indices gone, one re-created with other data (restore overwrites current data)
+    for index in SEED:
+        es.call("DELETE", f"/{index}")
+    es.call("PUT", "/users", json={"mappings": {"properties": {"other": {"type": "keyword"}}}})
+    es.bulk("users", [("stranger", {"other": "x"}, None)])
+    assert "deleted if it exists" in svc.restore_target()
+
+    msg = svc.restore(tmp_path / "elasticsearch")
+
+    assert "4 indices restored" in msg and "users (1200)" in msg
+    for index in SEED:
+        assert es.docs(index) == es.seeded[index], index
+        assert es.meta(index) == before[index], index
+        settings = es.call("GET", f"/{index}/_settings", params={"flat_settings": "true"})[index]["settings"]
+        assert settings["index.number_of_replicas"] == "0"
+        assert "index.refresh_interval" not in settings     # back to the default after the load
+    assert es.call("GET", "/users/_count")["count"] == 1200
+    assert "green" in svc.health() or "yellow" in svc.health()
+    if es.standin:
+        assert len(es.standin.bulk_sizes) >= 1500 // 200 + 1200 // 200 + 700 // 200
+        assert max(es.standin.bulk_sizes) <= 64 * 1024
+    # the tarball artifact is not used in export mode
+    assert svc.restore(tmp_path / "elasticsearch-data.tar.gz").startswith("not used")
+
+
+def test_restore_with_replace_false_refuses_an_existing_index(es, tmp_path):
+    svc = _svc(es)
+    svc.backup(tmp_path)
+    es.call("DELETE", "/metrics")
+    with pytest.raises(RestoreError, match=r"index 'empty-index' exists .*replace=True") as err:
+        svc.restore(tmp_path / "elasticsearch", replace=False)
+    assert "logs-app" not in str(err.value)
+    # only the missing one, explicitly
+    assert "metrics (700)" in svc.restore(tmp_path / "elasticsearch", replace=False, indices=["metrics"])
+    assert es.docs("metrics") == es.seeded["metrics"]
+
+
+def test_bulk_item_errors_name_the_index_and_the_first_errors(es, tmp_path):
+    svc = _svc(es)
+    svc.backup(tmp_path)
+    mapping = tmp_path / "elasticsearch" / "logs-app" / "mapping.json"
+    m = json.loads(mapping.read_text())
+    m["properties"]["level"] = {"type": "long"}   # "info"/"error" do not parse as long
+    mapping.write_text(json.dumps(m))
+    with pytest.raises(RestoreError, match=r"index 'logs-app' failed: 1000 of 1000 documents .*"
+                                           r"first errors: id 'log-0': document_parsing_exception: .*"
+                                           r"failed to parse field \[level\] of type \[long\]"):
+        svc.restore(tmp_path / "elasticsearch", indices=["logs-app"])
+
+
+@STANDIN_ONLY
+def test_bulk_rejections_with_429_are_resent(es, tmp_path):
+    svc = _svc(es)
+    svc.backup(tmp_path)
+    es.standin.faults["bulk_429"] = 30
+    assert "metrics (700)" in svc.restore(tmp_path / "elasticsearch", indices=["metrics"])
+    assert es.docs("metrics") == es.seeded["metrics"]
+
+
+@STANDIN_ONLY
+def test_bulk_body_has_the_final_newline_rule(es):
+    r = es.http.post("/_bulk", content=b'{"index":{"_index":"x","_id":"1"}}\n{"a":1}',
+                     headers={"Content-Type": "application/x-ndjson"})
+    assert r.status_code == 400 and "terminated by a newline" in r.json()["error"]["reason"]
+
+
+def test_snapshot_repository_records_the_snapshot(es, tmp_path):
+    es.call("PUT", "/_snapshot/coderz-repo", json={"type": "fs", "settings": {"location": "coderz"}})
+    [export, _] = _svc(es, snapshot_repository="coderz-repo").backup(tmp_path)
+    snap = export.details["snapshot"]
+    assert snap["repository"] == "coderz-repo" and snap["state"] == "SUCCESS" and snap["uuid"]
+    assert snap["snapshot"].startswith("coderz-") and snap["shards"]["failed"] == 0
+    assert snap["indices"] == sorted(SEED)
+    got = es.call("GET", f"/_snapshot/coderz-repo/{snap['snapshot']}")["snapshots"][0]
+    assert sorted(got["indices"]) == sorted(SEED) and got["include_global_state"] is False
+    with pytest.raises(ArtifactError, match="repository 'nope' is not registered"):
+        _svc(es, snapshot_repository="nope").backup(tmp_path / "b")
+    assert not (tmp_path / "b" / "elasticsearch").exists()
+
+
+@STANDIN_ONLY
+def test_partial_es_snapshot_fails_the_export(es, tmp_path):
+    es.call("PUT", "/_snapshot/r", json={"type": "fs", "settings": {"location": "r"}})
+    es.standin.faults["snapshot_partial"] = True
+    with pytest.raises(ArtifactError, match=r"state 'PARTIAL' with 1 of 4 shards failed: .*disk full"):
+        _svc(es, snapshot_repository="r").backup(tmp_path)
+    assert not (tmp_path / "elasticsearch").exists()
+
+
+def test_verify_catches_damage(es, tmp_path):
+    data = tmp_path / "esdata"
+    data.mkdir()
+    (data / "state").write_text("x" * 5000)
+    svc = _svc(es, data_dir=str(data))
+    svc.backup(tmp_path / "good")
+    good = tmp_path / "good" / "elasticsearch"
+    docs = good / "users" / "documents.ndjson.gz"
+    raw = docs.read_bytes()
+    plain = gzip.decompress(raw)
+
+    def damaged(label, fn):
+        copy = tmp_path / label / "elasticsearch"
+        shutil.copytree(good, copy)
+        fn(copy)
+        return copy
+
+    cases = {
+        "truncated": lambda c: (c / "users" / "documents.ndjson.gz").write_bytes(raw[: len(raw) // 2]),
+        "flipped": lambda c: (c / "users" / "documents.ndjson.gz").write_bytes(
+            raw[:200] + bytes([raw[200] ^ 0xFF]) + raw[201:]),
+        "line-lost": lambda c: (c / "users" / "documents.ndjson.gz").write_bytes(
+            gzip.compress(plain[: plain.rindex(b"\n", 0, len(plain) - 1) + 1])),
+        "not-json-line": lambda c: (c / "users" / "documents.ndjson.gz").write_bytes(
+            gzip.compress(b'{"_id":"x","_source":{}}\nnot json\n')),
+        "bad-mapping": lambda c: (c / "logs-app" / "mapping.json").write_text("{\"properties\": "),
+        "no-settings": lambda c: (c / "metrics" / "settings.json").unlink(),
+        "no-docs": lambda c: (c / "metrics" / "documents.ndjson.gz").unlink(),
+        "extra-folder": lambda c: (c / "stray").mkdir(),
+        "evil-name": lambda c: (c / "index.json").write_text(
+            json.dumps({"indices": {**json.loads((good / "index.json").read_text())["indices"], "_all": 0}})),
+        "no-index-json": lambda c: (c / "index.json").unlink(),
+    }
+    for label, fn in cases.items():
+        with pytest.raises(VerifyError):
+            svc.verify(damaged(label, fn))
+    # a damaged export is refused before anything changes
+    with pytest.raises(RestoreError, match="refusing to restore, nothing changed"):
+        svc.restore(tmp_path / "line-lost" / "elasticsearch")
+    assert es.docs("users") == es.seeded["users"]
+    tar = (tmp_path / "good" / "elasticsearch-data.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(tar[: len(tar) // 2])
+    with pytest.raises(VerifyError, match="damaged"):
+        svc.verify(tmp_path / "cut.tar.gz")
+
+
+# -- volume restore against a stand-in process that keeps its state in its data dir ------
+
+
+@STANDIN_ONLY
+def test_volume_restore_replaces_the_data_dir_and_restarts(tmp_path):
+    data = tmp_path / "es-data"
+    port = free_port()
+    pidfile = tmp_path / "es.pid"
+    script = Path(__file__).parent / "standins" / "elasticsearch.py"
+    start = ["sh", "-c", f"{sys.executable} {script} --port {port} --data-dir {data} >>{tmp_path}/es.log 2>&1 & "
+                         f"echo $! > {pidfile}"]
+    stop = ["sh", "-c", f"kill $(cat {pidfile})"]
+    subprocess.run(start, check=True)
+    try:
+        es = Es(f"http://127.0.0.1:{port}")
+        es.http = httpx.Client(base_url=es.url, timeout=30)   # no auth on this one
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                es.call("GET", "/")
+                break
+            except (httpx.HTTPError, AssertionError):
+                assert time.monotonic() < deadline, (tmp_path / "es.log").read_text()
+                time.sleep(0.1)
+        es.call("PUT", "/orders", json={"settings": {"index": {"number_of_replicas": 0}}})
+        es.bulk("orders", [(f"o{i}", {"n": i}, None) for i in range(50)])
+        es.call("POST", "/orders/_refresh")
+        svc = ElasticsearchService(NAME, ElasticsearchConfig(
+            kind="elasticsearch", url=es.url, data_dir=str(data), restore_from="volume",
+            stop_command=stop, start_command=start, health_timeout_s=30), LocalAccess())
+        svc.backup(tmp_path / "snap")
+        es.call("DELETE", "/orders")
+        es.call("PUT", "/junk")
+        assert "replaced by the tarball" in svc.restore_target()
+        assert svc.restore(tmp_path / "snap" / "elasticsearch").startswith("not used")
+
+        msg = svc.restore(tmp_path / "snap" / "elasticsearch-data.tar.gz")
+
+        assert "old kept at" in msg and "green" in msg
+        assert sorted(es.docs("orders")) == sorted(f"o{i}" for i in range(50))
+        assert es.call("HEAD", "/junk", ok=(404,)) is None
+        olds = list(tmp_path.glob("es-data.coderz-old-*"))
+        assert len(olds) == 1 and "junk" in (olds[0] / "state.json").read_text()
+    finally:
+        if pidfile.exists():
+            subprocess.run(["sh", "-c", f"kill $(cat {pidfile}) 2>/dev/null"], check=False)
+
+
+@STANDIN_ONLY
+def test_volume_restore_refuses_while_the_node_runs_without_stop_command(es, tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "f").write_text("x")
+    svc = _svc(es, data_dir=str(data), restore_from="volume")
+    svc.backup(tmp_path / "snap")
+    with pytest.raises(RestoreError, match="is running; set stop_command"):
+        svc.restore(tmp_path / "snap" / "elasticsearch-data.tar.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "snap"]
+
+
+def test_cli_backup_verify_and_restore_through_the_flows(es, tmp_path, cli_env):
+    from helpers import run_cli
+
+    dest = tmp_path / "snapshots"
+    config = tmp_path / "coderz-backup.toml"
+    config.write_text(f'dest = "{dest}"\nretries = 0\n\n[services.{NAME}]\nkind = "elasticsearch"\n'
+                      f'url = "{es.url}"\nuser = "elastic"\npassword = "env:T_ES_PW"\n')
+    env = dict(cli_env, T_ES_PW=PW)
+
+    res = run_cli(["backup", "--config", str(config)], env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Elasticsearch: 4 indices exported" in res.stdout
+    manifest = json.loads((dest / "latest" / "manifest.json").read_text())
+    export, tarball = [a for a in manifest["artifacts"] if a["service"] == NAME]
+    assert export["status"] == "ok" and len(export["files"]) == 3 * 4 + 3 + 1
+    assert tarball["status"] == "skipped"
+    assert PW not in (dest / "latest" / "manifest.json").read_text() + res.stdout + res.stderr
+
+    res = run_cli(["verify", "--config", str(config)], env)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    es.call("DELETE", "/users")
+    es.call("DELETE", "/logs-app")
+    res = run_cli(["restore", "--config", str(config), "--yes", "--no-safety-backup"], env, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert es.docs("users") == es.seeded["users"] and es.docs("logs-app") == es.seeded["logs-app"]
