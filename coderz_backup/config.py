@@ -197,20 +197,46 @@ class ConfigsConfig(ServiceBase):
 
 
 class GrafanaConfig(ServiceBase):
+    """Grafana: dashboards, folders, datasources and alert rules over the HTTP API + a data-dir tarball."""
+
     kind: Literal["grafana"]
-    url: str = "http://127.0.0.1:3000"
-    token: SecretStr | None = None
-    user: str | None = None
-    password: SecretStr | None = None
-    data_dir: str | None = None
+    url: str = Field("http://127.0.0.1:3000", description="Grafana base URL (http:// or https://)")
+    token: SecretStr | None = Field(None, description="service-account token reference, sent as Bearer "
+                                                      "(Admin role: datasources and alert rules need it)")
+    user: str | None = Field(None, description="basic-auth user (used when no token is set)")
+    password: SecretStr | None = Field(None, description="basic-auth password reference (env:NAME recommended)")
+    org_id: int | None = Field(None, ge=1, description="organisation to back up (X-Grafana-Org-Id); "
+                                                        "unset = the user's/token's current org")
+    data_dir: str | None = Field(None, description="Grafana data dir holding grafana.db (e.g. /var/lib/grafana) "
+                                                   "as seen from this host; unset = no data-dir tarball")
+    page_size: int = Field(1000, ge=1, le=5000, description="search hits / folders per page")
+    alert_rules: bool = Field(True, description="export and restore alert rules (provisioning API); set false "
+                                                "when unified alerting is disabled")
+    restore_from: Literal["api", "volume"] = Field("api", description="api: re-create folders, dashboards, "
+                                                   "alert rules (and missing datasources) over the HTTP API; "
+                                                   "volume: replace the data dir with the tarball (Grafana stopped)")
+    stop_command: list[str] | None = Field(None, description="argv that stops Grafana before a volume restore "
+                                                             "(not needed with container)")
+    start_command: list[str] | None = Field(None, description="argv that starts Grafana after a volume restore")
+    health_timeout_s: float = Field(120.0, gt=0, description="wait this long for /api/health after a volume restore")
+    cacert: str | None = Field(None, description="CA bundle to verify an https url")
+    verify_tls: bool = Field(True, description="verify the server certificate of an https url")
     section: ClassVar[str] = "Grafana"
     order: ClassVar[int] = 40
 
 
 class PrometheusConfig(ServiceBase):
+    """Prometheus: a TSDB snapshot through the admin API, streamed out of the data dir."""
+
     kind: Literal["prometheus"]
-    url: str = "http://127.0.0.1:9090"
-    data_dir: str | None = None
+    url: str = Field("http://127.0.0.1:9090", description="Prometheus base URL (started with --web.enable-admin-api)")
+    data_dir: str | None = Field(None, description="--storage.tsdb.path as seen from here (or inside `container`)")
+    skip_head: bool = Field(False, description="leave out samples still in the in-memory head block")
+    stop_command: list[str] | None = Field(None, description="argv that stops Prometheus before a restore "
+                                                             "(not needed with container)")
+    start_command: list[str] | None = Field(None, description="argv that starts Prometheus after a restore")
+    health_timeout_s: float = Field(120.0, gt=0, description="wait this long for /-/ready after a restore")
+    default_min_bytes: ClassVar[int] = 256
     section: ClassVar[str] = "Prometheus"
     order: ClassVar[int] = 50
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["free_port", "PostgresServer", "RedisServer", "pg_bin", "main"]
+__all__ = ["free_port", "PostgresServer", "PrometheusServer", "RedisServer", "pg_bin", "main"]
 
 PG_VERSION = "15"
 
@@ -191,6 +191,73 @@ class RedisServer:
             except ProcessLookupError:
                 return
             time.sleep(0.05)
+
+
+class PrometheusServer:
+    """A throwaway Prometheus (2.42 from Debian) scraping itself, with the TSDB admin API on.
+
+    It runs detached with a pid file, so the same ``start_command``/``stop_command``
+    argv a real host would configure can stop and start it during a restore.
+    """
+
+    def __init__(self, base: Path, port: int | None = None, admin_api: bool = True, scrape_interval: str = "1s"):
+        self.base = Path(base)
+        self.data = self.base / "data"
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_api = admin_api
+        self.scrape_interval = scrape_interval
+        self.pidfile = self.base / "prometheus.pid"
+        self.log = self.base / "prometheus.log"
+
+    def argv(self) -> list[str]:
+        argv = [shutil.which("prometheus") or "prometheus", f"--config.file={self.base / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.data}", f"--web.listen-address=127.0.0.1:{self.port}"]
+        return argv + (["--web.enable-admin-api"] if self.admin_api else [])
+
+    @property
+    def start_command(self) -> list[str]:
+        return ["sh", "-c", f'setsid "$@" >>{self.log} 2>&1 </dev/null & echo $! > {self.pidfile}', "sh", *self.argv()]
+
+    @property
+    def stop_command(self) -> list[str]:
+        return ["sh", "-c", f'kill "$(cat {self.pidfile})"']
+
+    def start(self, timeout: float = 60) -> "PrometheusServer":
+        import httpx
+
+        self.data.mkdir(parents=True, exist_ok=True)
+        (self.base / "prometheus.yml").write_text(
+            f"global:\n  scrape_interval: {self.scrape_interval}\n  evaluation_interval: 10s\n"
+            f"scrape_configs:\n  - job_name: prometheus\n    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{self.port}']\n")
+        subprocess.run(self.start_command, check=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"prometheus on {self.url} not ready within {timeout}s; see {self.log}")
+
+    def stop(self) -> None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            for _ in range(100):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.1)
 
 
 # -- the demo ---------------------------------------------------------------------------

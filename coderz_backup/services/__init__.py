@@ -15,8 +15,10 @@ from .base import ArtifactResult, Service
 from .configs import ConfigsService
 from .elasticsearch import ElasticsearchService
 from .etcd import EtcdService
+from .grafana import GrafanaService
 from .k3s import K3sService
 from .postgres import PostgresService
+from .prometheus import PrometheusService
 from .redis import RedisService
 
 __all__ = ["REGISTRY", "PLANNED", "ArtifactResult", "Service", "create", "expected_artifacts"]
@@ -27,14 +29,14 @@ REGISTRY: dict[str, type] = {
     ConfigsService.kind: ConfigsService,
     EtcdService.kind: EtcdService,
     K3sService.kind: K3sService,
+    PrometheusService.kind: PrometheusService,
     ApisixService.kind: ApisixService,
     ElasticsearchService.kind: ElasticsearchService,
+    GrafanaService.kind: GrafanaService,
 }
 
 #: accepted by the config, not yet implemented: kind → artifact names from the product document
 PLANNED: dict[str, list[str]] = {
-    "grafana": ["grafana/"],
-    "prometheus": ["prometheus-snapshot.tar.gz"],
 }
 
 
