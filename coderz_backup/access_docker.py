@@ -546,6 +546,27 @@ class DockerAccess:
         self.shell('mkdir -p "$2" && find "$1" -mindepth 1 -maxdepth 1 ! -path "$2" -exec mv -t "$2" -- {} +',
                     src, dest, label=f"move {src} aside")
 
+    @contextlib.contextmanager
+    def frozen(self):
+        """Pause the container (when it runs) so its files can be copied at one instant; always unpause."""
+        c = self._container() if self.container else None
+        if c is None or c.status != "running":
+            yield
+            return
+        try:
+            c.pause()
+        except _errors().APIError as exc:
+            raise AccessError(f"cannot pause container {self.container!r}: {_api_msg(exc)}") from None
+        try:
+            yield
+        finally:
+            try:
+                c.unpause()
+            except _errors().APIError as exc:
+                log.error("container %s could not be unpaused: %s", self.container, _api_msg(exc))
+                raise AccessError(f"container {self.container!r} is still paused ({_api_msg(exc)}); run "
+                                  f"`docker unpause {self.container}`") from None
+
     # -- lifecycle ----------------------------------------------------------------
     def stop_service(self, command=None, *, timeout: float = 120) -> bool:
         if not self.container:

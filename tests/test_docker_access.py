@@ -229,3 +229,43 @@ def test_etcd_restore_in_place_in_its_container(docker_services, tmp_path):
     assert get("/apisix/routes/3") == "route-3" and get("/apisix/routes/99") is None
     listing = DockerAccess(ec.name).run(["ls", "/var/lib/etcd", "/tmp"], label="ls")
     assert ".coderz-restore-" not in listing and "coderz-restore-" not in listing.split("/tmp:")[1]
+
+
+def test_grafana_db_is_copied_consistently_out_of_a_busy_container(docker_services, tmp_path):
+    """A container keeps writing grafana.db (two tables, one transaction each time) during the backup."""
+    import sqlite3
+
+    from standins.grafana import GrafanaStandin
+
+    from coderz_backup.config import GrafanaConfig
+
+    writer = ('mkdir -p /tmp/grafana/plugins && echo plugin > /tmp/grafana/plugins/p.txt && '
+              'sqlite3 /tmp/grafana/grafana.db "CREATE TABLE a (n INTEGER); CREATE TABLE b (n INTEGER);" && '
+              'i=0; while true; do i=$((i+1)); sqlite3 /tmp/grafana/grafana.db '
+              '"BEGIN; INSERT INTO a VALUES ($i); INSERT INTO b VALUES ($i); COMMIT;"; done')
+    c = docker_services.run_service("coderz-grafana-t", ["sh", "-c", writer], user="nobody")
+    api = GrafanaStandin(users={"admin": "pw"}).start()
+    try:
+        acc = DockerAccess(c.name)
+        deadline = time.time() + 20
+        while not acc.readable("/tmp/grafana/grafana.db") and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        cfg = GrafanaConfig(kind="grafana", url=api.url, user="admin", password=SecretStr("pw"),
+                            container=c.name, data_dir="/tmp/grafana")
+        results = create("grafana", cfg).backup(tmp_path)
+    finally:
+        api.stop()
+    tarball = next(r for r in results if r.path.endswith("grafana-data.tar.gz"))
+    assert tarball.status == "ok", tarball.error
+    c.reload()
+    assert c.status == "running"          # unpaused again
+    out = tmp_path / "x"
+    with tarfile.open(tmp_path / tarball.path) as tar:
+        names = tar.getnames()
+        tar.extractall(out, filter="data")
+    assert "plugins/p.txt" in names and not [n for n in names if n.endswith(("-journal", "-wal"))]
+    db = sqlite3.connect(out / "grafana.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    a, b = db.execute("SELECT count(*) FROM a").fetchone()[0], db.execute("SELECT count(*) FROM b").fetchone()[0]
+    assert a == b > 0                     # whole transactions only

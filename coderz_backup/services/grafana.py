@@ -20,7 +20,8 @@ If the search listed N dashboards and fewer could be fetched (404/5xx mid-way), 
 list call fails, the backup raises and nothing of the export stays on disk: a partial
 export is never reported ok. 401/403 name the credential and the permission to grant.
 
-**Data dir tarball** (``data_dir`` set, local access): a gzip tar of the data dir with a
+**Data dir tarball** (``data_dir`` set; local, or Docker — the container is paused while
+``grafana.db`` and its journal are copied out): a gzip tar of the data dir with a
 *consistent* copy of ``grafana.db`` made with SQLite's online backup API (the live
 ``grafana.db`` and its ``-journal``/``-wal``/``-shm`` are left out), checked with
 ``PRAGMA integrity_check`` before it goes in. ``data_dir`` unset → skipped.
@@ -447,9 +448,11 @@ class GrafanaService:
             return ArtifactResult(self.name, self.kind, self.tarball_path, status="skipped",
                                   error="data_dir not set")
         if type(self.access) is not LocalAccess:
-            return ArtifactResult(self.name, self.kind, self.tarball_path, status="skipped",
-                                  error=f"the data-dir tarball needs local access in this version "
-                                        f"({self.access.description} access: the API export is the backup)")
+            if getattr(self.access, "frozen", None) is None:
+                return ArtifactResult(self.name, self.kind, self.tarball_path, status="skipped",
+                                      error=f"the data-dir tarball needs local or Docker access "
+                                            f"({self.access.description}: the API export is the backup)")
+            return self._data_tarball_container(into)
         data_dir = Path(c.data_dir)
         db = data_dir / DB_NAME
         if not self.access.readable(str(data_dir)):
@@ -493,6 +496,75 @@ class GrafanaService:
         return ArtifactResult.from_files(self.name, self.kind, self.tarball_path, [rec], details={
             "data_dir": str(data_dir), "entries": entries, "grafana_db_bytes": db_bytes, "grafana_db_tables": tables,
             "grafana_db": "SQLite online backup, PRAGMA integrity_check ok"})
+
+    def _data_tarball_container(self, into: Path) -> ArtifactResult:
+        """Docker: copy grafana.db (+ journal/WAL) while the container is paused, make the
+        consistent copy here, then stream the rest of the data dir out of the container."""
+        c = self.config
+        data_dir = c.data_dir.rstrip("/")
+        into.mkdir(parents=True, exist_ok=True)
+        entries = 0
+        with tempfile.TemporaryDirectory(prefix=f".{self.name}-db-", dir=into) as tmp:
+            live = Path(tmp) / "live"
+            live.mkdir()
+            try:
+                with self.access.frozen():   # a paused Grafana writes nothing: db + journal at one instant
+                    for fname in sorted(LIVE_DB_FILES):
+                        path = f"{data_dir}/{fname}"
+                        if fname != DB_NAME and not self.access.readable(path):
+                            continue
+                        with self.access.open_read(path) as src, open(live / fname, "wb") as dst:
+                            shutil.copyfileobj(src, dst, CHUNK)
+            except AccessError as exc:
+                raise ArtifactError(f"{self.name}: cannot copy {data_dir}/{DB_NAME} out of "
+                                    f"{self.access.description}: {exc}") from None
+            try:  # opening it read-write applies a hot journal / the WAL, as Grafana would after a crash
+                conn = sqlite3.connect(live / DB_NAME)
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                conn.close()
+            except sqlite3.Error as exc:
+                raise ArtifactError(f"{self.name}: {DB_NAME} copied from the container is not readable: {exc}") from None
+            copy = Path(tmp) / DB_NAME
+            tables = sqlite_copy(live / DB_NAME, copy)
+            db_bytes = copy.stat().st_size
+            r, w_fd = os.pipe()
+            problem: list[BaseException] = []
+
+            def _produce() -> None:
+                try:
+                    with os.fdopen(w_fd, "wb", buffering=CHUNK) as wf:
+                        self.access.tar_dir(data_dir, wf, exclude=tuple(LIVE_DB_FILES))
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    problem.append(exc)
+
+            import threading
+
+            producer = threading.Thread(target=_produce, daemon=True)
+            producer.start()
+            try:
+                with ArtifactWriter.open(into, self.tarball_path, compress=True) as w:
+                    with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                        info = tarfile.TarInfo(DB_NAME)
+                        info.size, info.mode, info.mtime = db_bytes, 0o640, int(time.time())
+                        with open(copy, "rb") as fh:
+                            tar.addfile(info, fh)
+                        entries += 1
+                        with os.fdopen(r, "rb", buffering=CHUNK) as rf, tarfile.open(fileobj=rf, mode="r|") as src:
+                            for member in src:
+                                tar.addfile(member, src.extractfile(member) if member.isfile() else None)
+                                entries += 1
+                    producer.join()
+                    if problem:
+                        raise ArtifactError(f"{self.name}: reading {data_dir} from {self.access.description} "
+                                            f"failed: {problem[0]}")
+                    rec = w.commit()
+            finally:
+                producer.join(timeout=30)
+        log.info("%s: data dir %s archived from %s (%d entries, %s %d bytes, integrity ok)", self.name, data_dir,
+                 self.access.description, entries, DB_NAME, db_bytes)
+        return ArtifactResult.from_files(self.name, self.kind, self.tarball_path, [rec], details={
+            "data_dir": data_dir, "entries": entries, "grafana_db_bytes": db_bytes, "grafana_db_tables": tables,
+            "grafana_db": "copied while the container was paused, SQLite online backup, PRAGMA integrity_check ok"})
 
     # -- verify -------------------------------------------------------------
     def verify(self, artifact: Path) -> str:
