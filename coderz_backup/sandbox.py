@@ -9,6 +9,7 @@ for it and runs a full backup through the real flow ``coderz-backup``.
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import pwd
 import shutil
@@ -20,7 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["free_port", "PostgresServer", "PrometheusServer", "RedisServer", "pg_bin", "main"]
+import httpx
+
+__all__ = ["free_port", "EtcdServer", "PostgresServer", "PrometheusServer", "RedisServer", "pg_bin", "main"]
 
 PG_VERSION = "15"
 
@@ -224,8 +227,6 @@ class PrometheusServer:
         return ["sh", "-c", f'kill "$(cat {self.pidfile})"']
 
     def start(self, timeout: float = 60) -> "PrometheusServer":
-        import httpx
-
         self.data.mkdir(parents=True, exist_ok=True)
         (self.base / "prometheus.yml").write_text(
             f"global:\n  scrape_interval: {self.scrape_interval}\n  evaluation_interval: 10s\n"
@@ -260,6 +261,93 @@ class PrometheusServer:
                 time.sleep(0.1)
 
 
+# -- etcd -------------------------------------------------------------------------------
+ROOT_PW = "etcd-root-pw-5517"  # tests only
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+class EtcdServer:
+    """A throwaway single-member etcd on free 127.0.0.1 ports."""
+
+    def __init__(self, base: Path, *, name: str = "m1", data: Path | None = None):
+        self.base = Path(base)
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.data = data or self.base / "data"
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.peer_url = f"http://127.0.0.1:{self.peer_port}"
+        self.proc: subprocess.Popen | None = None
+        self.token: str | None = None
+
+    def argv(self) -> list[str]:
+        return ["etcd", "--name", self.name, "--data-dir", str(self.data),
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
+                "--initial-cluster", f"{self.name}={self.peer_url}", "--initial-cluster-state", "new"]
+
+    def start(self) -> EtcdServer:
+        self.proc = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL,
+                                     stderr=open(self.base / "etcd.log", "ab"), start_new_session=True)
+        self.wait_ready(lambda: self.proc.poll() is not None)
+        return self
+
+    def wait_ready(self, died=lambda: False, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if died():
+                raise RuntimeError(f"etcd exited early; see {self.base / 'etcd.log'}")
+            try:
+                r = httpx.post(f"{self.url}/v3/maintenance/status", json={}, timeout=1)
+                if r.status_code == 200 and r.json().get("leader"):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"etcd on {self.url} not ready within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    # -- gateway helpers ------------------------------------------------------
+    def call(self, path: str, body: dict) -> dict:
+        headers = {"Authorization": self.token} if self.token else {}
+        r = httpx.post(f"{self.url}/v3{path}", json=body, headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def login(self, password: str = ROOT_PW) -> None:
+        self.token = httpx.post(f"{self.url}/v3/auth/authenticate", json={"name": "root", "password": password},
+                                timeout=10).json()["token"]
+
+    def enable_auth(self, password: str = ROOT_PW) -> None:
+        self.call("/auth/user/add", {"name": "root", "password": password})
+        self.call("/auth/role/add", {"name": "root"})
+        self.call("/auth/user/grant", {"user": "root", "role": "root"})
+        self.call("/auth/enable", {})
+        self.login(password)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.call("/kv/put", {"key": _b64(key), "value": _b64(value)})
+
+    def delete(self, key: bytes) -> None:
+        self.call("/kv/deleterange", {"key": _b64(key)})
+
+    def everything(self) -> dict[bytes, bytes]:
+        res = self.call("/kv/range", {"key": _b64(b"\0"), "range_end": _b64(b"\0")})
+        return {base64.b64decode(kv["key"]): base64.b64decode(kv.get("value", "")) for kv in res.get("kvs", [])}
+
+
 # -- the demo ---------------------------------------------------------------------------
 DEMO_PASSWORDS = {"PG_PREFECT_PASSWORD": "prefect-demo-pw", "PG_CODERAPI_PASSWORD": "coderapi-demo-pw",
                   "REDIS_PASSWORD": "redis-demo-pw"}
@@ -288,10 +376,40 @@ def _demo_data(pg: PostgresServer, redis_srv: RedisServer, configs: Path) -> Non
     (configs / "cache" / "tmp.bin").write_bytes(os.urandom(1024))
 
 
+def _demo_cluster(etcd: "EtcdServer", k3s: Path) -> None:
+    """APISIX-like routes in etcd, and a k3s SQLite datastore (kine's table) with its token."""
+    import json
+    import sqlite3
+
+    for i in range(1, 21):
+        etcd.put(f"/apisix/routes/{i}".encode(), json.dumps({"id": str(i), "uri": f"/api/v1/{i}"}).encode())
+    db_dir = k3s / "server" / "db"
+    db_dir.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(db_dir / "state.db")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE IF NOT EXISTS kine (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, value BLOB)")
+    db.executemany("INSERT INTO kine (name, value) VALUES (?, ?)",
+                   [(f"/registry/configmaps/default/cm-{i}", os.urandom(256)) for i in range(2000)])
+    db.commit()
+    db.close()
+    token = k3s / "server" / "token"
+    token.write_text("K10demo::server:" + os.urandom(16).hex() + "\n")
+    token.chmod(0o600)
+
+
+def _wait_scraped(prom: "PrometheusServer", timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{prom.url}/api/v1/query", params={"query": "up"}, timeout=5).json()
+        if r.get("data", {}).get("result"):
+            return
+        time.sleep(0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m coderz_backup.sandbox",
                                 description="Start a sandbox of real servers (PostgreSQL ×2 databases, Redis, "
-                                            "a configs tree), back it up through flow coderz-backup, stop it.")
+                                            "Prometheus, etcd, a k3s SQLite datastore, a configs tree), back it up through flow coderz-backup, stop it.")
     p.add_argument("--dest", default=None, help="snapshot destination (default: a folder under --workdir)")
     p.add_argument("--workdir", default=None, help="where the sandbox lives (default: a new temp dir)")
     p.add_argument("--keep-running", action="store_true", help="leave the servers running afterwards")
@@ -305,11 +423,19 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(DEMO_PASSWORDS)
     pg = PostgresServer(work / "postgres")
     rd = RedisServer(work / "redis", password=DEMO_PASSWORDS["REDIS_PASSWORD"])
-    print(f"sandbox in {work}: starting PostgreSQL 15 on 127.0.0.1:{pg.port}, Redis on 127.0.0.1:{rd.port}")
+    prom = PrometheusServer(work / "prometheus")
+    etcd = EtcdServer(work / "etcd-apisix")
+    k3s = work / "rancher" / "k3s"
+    print(f"sandbox in {work}: starting PostgreSQL 15 on 127.0.0.1:{pg.port}, Redis on 127.0.0.1:{rd.port}, "
+          f"Prometheus on {prom.url}, etcd on {etcd.url}, a k3s SQLite datastore in {k3s}")
     try:
         pg.start()
         rd.start()
+        prom.start()
+        etcd.start()
         _demo_data(pg, rd, configs)
+        _demo_cluster(etcd, k3s)
+        _wait_scraped(prom)
         cfg = work / "coderz-backup.toml"
         cfg.write_text(f"""\
 dest = "{dest}"
@@ -339,10 +465,23 @@ port = {rd.port}
 password = "env:REDIS_PASSWORD"
 data_dir = "{rd.data}"
 
+[services.prometheus]
+kind = "prometheus"
+url = "{prom.url}"
+data_dir = "{prom.data}"
+
 [services.configs]
 kind = "configs"
 paths = ["{configs}"]
 exclude = ["cache"]
+
+[services.etcd-k3s]
+kind = "k3s"
+data_dir = "{k3s}"
+
+[services.etcd-apisix]
+kind = "etcd"
+endpoint = "{etcd.url}"
 """)
         print(f"config: {cfg}\n")
         from .cli import main as cli_main
@@ -352,6 +491,8 @@ exclude = ["cache"]
         return rc
     finally:
         if not args.keep_running:
+            etcd.stop()
+            prom.stop()
             rd.stop()
             pg.stop()
 
