@@ -269,3 +269,34 @@ def test_grafana_db_is_copied_consistently_out_of_a_busy_container(docker_servic
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     a, b = db.execute("SELECT count(*) FROM a").fetchone()[0], db.execute("SELECT count(*) FROM b").fetchone()[0]
     assert a == b > 0                     # whole transactions only
+
+
+def test_pg_dump_killed_mid_stream_in_the_container_is_never_ok(pgc, tmp_path):
+    """The server ends pg_dump's session while it streams a big table: exit 1, nothing committed."""
+    import threading
+
+    with psycopg.connect(host="127.0.0.1", port=pgc.port, user=pgc.user, password=pgc.password,
+                         dbname=pgc.database) as conn:
+        conn.execute("CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 4) AS v "
+                     "FROM generate_series(1, 1500000) g")
+    killed = threading.Event()
+
+    def killer() -> None:
+        with psycopg.connect(host="127.0.0.1", port=pgc.port, user=pgc.user, password=pgc.password,
+                             dbname=pgc.database, autocommit=True) as conn:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not killed.is_set():
+                rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'coderz-backup' "
+                                    "AND query ILIKE 'COPY public.big%'").fetchall()
+                for (pid,) in rows:
+                    conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                    killed.set()
+                time.sleep(0.01)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    with pytest.raises(ArtifactError, match="pg_dump.*exited with status 1"):
+        create("postgres-prefect", _pg_cfg(pgc)).backup(tmp_path)
+    t.join()
+    assert killed.is_set()
+    assert list(tmp_path.iterdir()) == []

@@ -135,6 +135,22 @@ def test_full_backup_of_the_containerised_stack_then_restore_stops_and_restarts_
     assert "docker compose restart" not in res.stdout  # only printed when it could not restart them
 
 
+def test_a_refused_restore_changes_nothing_and_leaves_the_containers_running(docker_stack):
+    s = docker_stack
+    res = run_cli(["backup", "--config", str(s.config)], s.env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    r = redis_lib.Redis(port=s.redis.port, password=s.redis.password)
+    r.set("after-backup", "1")
+    s.app.reload()
+    started = s.app.attrs["State"]["StartedAt"]
+    res = run_cli(["restore", "--only", "redis", "--config", str(s.config)], s.env)   # no terminal, no --yes
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert r.get("after-backup") == b"1"
+    s.app.reload()
+    assert s.app.status == "running" and s.app.attrs["State"]["StartedAt"] == started
+    assert s.redis.running
+
+
 def test_a_stopped_container_fails_only_its_artifact(docker_stack):
     s = docker_stack
     s.redis.container.stop(timeout=10)
