@@ -37,7 +37,6 @@ Grafana, keeps the old data dir as ``<data_dir>.coderz-old-<ts>``, extracts the 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
@@ -68,6 +67,7 @@ from ..errors import (
 )
 from ..writer import ArtifactWriter, FileRecord, write_stream
 from .base import ArtifactResult
+from .datadir import replace_data_dir
 
 __all__ = ["GrafanaHTTPError", "GrafanaService", "safe_name", "sqlite_copy"]
 
@@ -902,68 +902,10 @@ class GrafanaService:
             raise RestoreError(f"{self.name}: refusing to restore, nothing changed: {exc}") from None
         if not c.data_dir:
             raise RestoreError(f"{self.name}: set data_dir to restore the data-dir tarball; nothing changed")
-        try:
-            stopped = self.access.stop_service(c.stop_command, timeout=300)
-        except CoderzBackupError as exc:
-            raise RestoreError(f"{self.name}: stopping Grafana failed, nothing changed: {exc}") from None
-        deadline = time.monotonic() + 60
-        while self._answers():
-            if not stopped and not already_stopped:
-                raise RestoreError(f"{self.name}: Grafana at {c.url} is running; set stop_command (or container) "
-                                   "so it is down before its data dir is replaced; nothing changed")
-            if time.monotonic() > deadline:
-                raise RestoreError(f"{self.name}: Grafana still answers 60s after stopping; nothing changed")
-            time.sleep(0.3)
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
-        try:
-            kept = self._move_aside(c.data_dir, stamp)
-            with igzip.open(artifact, "rb") as gz:
-                n = self.access.untar_into(c.data_dir, iter(lambda: gz.read(CHUNK), b""))
-            chown = getattr(self.access, "chown_like_parent", None)
-            if chown:
-                chown(c.data_dir)
-        except (CoderzBackupError, OSError) as exc:
-            raise RestoreError(f"{self.name}: replacing the data dir failed (Grafana left stopped; old contents "
-                               f"in {c.data_dir}.coderz-old-{stamp} or .coderz-old-{stamp} inside): {exc}") from None
-        try:
-            started = self.access.start_service(c.start_command, timeout=300)
-        except CoderzBackupError as exc:
-            raise RestoreError(f"{self.name}: data dir restored ({n} entries, old kept at {kept}) but starting "
-                               f"Grafana failed: {exc}") from None
-        if not started:
-            return f"{n} entries restored into {c.data_dir} (old kept at {kept}); start Grafana now (start_command not set)"
-        deadline = time.monotonic() + c.health_timeout_s
-        while True:
-            try:
-                health = self.health()
-                break
-            except RestoreError as exc:
-                if time.monotonic() > deadline:
-                    raise RestoreError(f"{self.name}: data dir restored (old kept at {kept}) but Grafana is not "
-                                       f"healthy {c.health_timeout_s:.0f}s after the start: {exc}") from None
-                time.sleep(0.5)
-        return f"{n} entries restored into {c.data_dir} (old kept at {kept}); {health}"
-
-    def _move_aside(self, data_dir: str, stamp: str) -> str:
-        """Move the current contents of ``data_dir`` aside (the dir itself, its mode and owner stay)."""
-        if type(self.access) is LocalAccess:
-            old = f"{data_dir.rstrip('/')}.coderz-old-{stamp}"
-            if os.path.isdir(data_dir):
-                st = os.stat(data_dir)
-                os.rename(data_dir, old)
-                os.mkdir(data_dir, st.st_mode & 0o7777)
-                os.chmod(data_dir, st.st_mode & 0o7777)
-                with contextlib.suppress(PermissionError):
-                    os.chown(data_dir, st.st_uid, st.st_gid)
-            else:
-                os.makedirs(data_dir, mode=0o750)
-            return old
-        mover = getattr(self.access, "move_contents", None)
-        if mover is None:
-            raise AccessError(f"{self.access.description} access cannot keep the old data dir aside")
-        old = f"{data_dir.rstrip('/')}/.coderz-old-{stamp}"   # inside: a volume has no sibling of its own
-        mover(data_dir, old)
-        return old
+        return replace_data_dir(self.access, artifact, name=self.name, product=f"Grafana at {c.url}",
+                                data_dir=c.data_dir, stop_command=c.stop_command, start_command=c.start_command,
+                                answers=self._answers, health=self.health, health_timeout_s=c.health_timeout_s,
+                                already_stopped=already_stopped)
 
 
 def _verify_arg(c: GrafanaConfig) -> ssl.SSLContext | bool:

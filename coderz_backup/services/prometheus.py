@@ -18,12 +18,13 @@ Backup:
    range they cover.
 
 Restore (no API exists for it): the archive is checked first (nothing changed if it
-is damaged); Prometheus is stopped (its container, or ``stop_command``; refused while it
-still answers), the current TSDB contents are moved aside into
-``<data_dir>/.coderz-old-<ts>/`` (inside the data dir, so it works on a volume too;
-Prometheus ignores folders that are not block ULIDs), the snapshot's blocks are
-extracted into the data dir (``wal/`` and ``chunks_head/`` never come from a snapshot),
-ownership is set to the data dir's owner, Prometheus is started and ``/-/ready`` awaited.
+is damaged), then :func:`~coderz_backup.services.datadir.replace_data_dir`: Prometheus is
+stopped (its container, or ``stop_command``; refused while it still answers), the
+current TSDB contents are kept aside (``<data_dir>.coderz-old-<ts>`` here, inside the
+data dir in a container — Prometheus ignores folders that are not block ULIDs), the
+snapshot's blocks are extracted (``wal/`` and ``chunks_head/`` never come from a
+snapshot), ownership is set to the data dir's owner, Prometheus is started and
+``/-/ready`` awaited.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ..access import CHUNK
 from ..errors import AccessError, ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
 from ..writer import ArtifactWriter
 from .base import ArtifactResult, BaseService
+from .datadir import replace_data_dir
 
 __all__ = ["PrometheusService", "read_blocks"]
 
@@ -205,37 +207,9 @@ class PrometheusService(BaseService):
             raise RestoreError(f"{self.name}: refusing to restore, nothing changed: {exc}") from None
         if not c.data_dir:
             raise RestoreError(f"{self.name}: set data_dir (the TSDB path) to restore; nothing changed")
-        data = c.data_dir.rstrip("/")
-        if not self.access.stop_service(c.stop_command, timeout=120) and self._answers() and not already_stopped:
-            raise RestoreError(f"{self.name}: {self._where()} is running; set stop_command (or container) so it is "
-                               "stopped before its TSDB is replaced; nothing changed")
-        deadline = time.monotonic() + 60
-        while self._answers():
-            if time.monotonic() > deadline:
-                raise RestoreError(f"{self.name}: {self._where()} still answers 60s after the stop; nothing changed")
-            time.sleep(0.2)
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-        old = f"{data}/.coderz-old-{stamp}"
-        try:
-            self.access.move_contents(data, old)
-            with igzip.open(artifact, "rb") as gz:
-                n = self.access.untar_into(data, iter(lambda: gz.read(CHUNK), b""))
-            self.access.chown_like_parent(data)
-        except (AccessError, OSError, CoderzBackupError) as exc:
-            raise RestoreError(f"{self.name}: replacing the TSDB in {data} failed (previous contents kept in {old}; "
-                               f"Prometheus is stopped): {exc}") from None
-        if not self.access.start_service(c.start_command, timeout=c.health_timeout_s):
-            return (f"{len(blocks)} block(s) restored into {data} ({n} entries; previous contents in {old}); "
-                    "start Prometheus now (start_command not set)")
-        deadline = time.monotonic() + c.health_timeout_s
-        while True:
-            try:
-                self.health()
-                break
-            except RestoreError as exc:
-                if time.monotonic() > deadline:
-                    raise RestoreError(f"{exc} {c.health_timeout_s:.0f}s after the start (previous contents in "
-                                       f"{old})") from None
-                time.sleep(0.3)
-        log.info("%s: restored %d block(s) into %s; previous contents in %s", self.name, len(blocks), data, old)
-        return f"{len(blocks)} block(s) restored into {data}, Prometheus ready (previous contents in {old})"
+        detail = replace_data_dir(self.access, Path(artifact), name=self.name, product=self._where(),
+                                  data_dir=c.data_dir, stop_command=c.stop_command, start_command=c.start_command,
+                                  answers=self._answers, health=self.health, health_timeout_s=c.health_timeout_s,
+                                  already_stopped=already_stopped)
+        log.info("%s: %d block(s) restored: %s", self.name, len(blocks), detail)
+        return f"{len(blocks)} block(s) restored: {detail}"

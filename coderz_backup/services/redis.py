@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import socket
-import tarfile
 import time
 from pathlib import Path
 from typing import ClassVar, Iterator

@@ -1,0 +1,102 @@
+"""Replacing a service's data dir with a tarball — the one "volume restore" sequence.
+
+Used by Prometheus (its TSDB), Grafana and Elasticsearch (``restore_from = "volume"``):
+
+1. the caller has checked the archive (nothing changed if it is damaged);
+2. the service is stopped — its container, or ``stop_command`` — and must stop
+   answering within a minute; without a way to stop it while it answers, refused;
+3. the current contents are kept: beside the dir as ``<data_dir>.coderz-old-<ts>`` on
+   this host, or inside it as ``<data_dir>/.coderz-old-<ts>`` in a container or volume
+   (a volume has no sibling of its own);
+4. the archive is extracted through the access (every member checked), ownership set to
+   the data dir's owner;
+5. the service is started and its health awaited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from isal import igzip
+
+from ..access import CHUNK, Access, LocalAccess
+from ..errors import CoderzBackupError, RestoreError
+
+__all__ = ["move_aside", "replace_data_dir"]
+
+
+def move_aside(access: Access, data_dir: str, stamp: str) -> str:
+    """Move the current contents of ``data_dir`` aside (the dir itself, its mode and owner stay)."""
+    data_dir = data_dir.rstrip("/")
+    if type(access) is LocalAccess:   # PrefixAccess (a subclass) runs elsewhere
+        old = f"{data_dir}.coderz-old-{stamp}"
+        if os.path.isdir(data_dir):
+            st = os.stat(data_dir)
+            os.rename(data_dir, old)
+            os.mkdir(data_dir, st.st_mode & 0o7777)
+            os.chmod(data_dir, st.st_mode & 0o7777)
+            with contextlib.suppress(PermissionError):
+                os.chown(data_dir, st.st_uid, st.st_gid)
+        else:
+            os.makedirs(data_dir, mode=0o750)
+        return old
+    mover = getattr(access, "move_contents", None)
+    if mover is None:
+        raise RestoreError(f"{access.description} access cannot keep the old data dir aside; nothing changed")
+    old = f"{data_dir}/.coderz-old-{stamp}"
+    mover(data_dir, old)
+    return old
+
+
+def replace_data_dir(access: Access, artifact: Path, *, name: str, product: str, data_dir: str,
+                     stop_command: Sequence[str] | None, start_command: Sequence[str] | None,
+                     answers: Callable[[], bool], health: Callable[[], str], health_timeout_s: float,
+                     already_stopped: bool = False) -> str:
+    """Stop, keep the old contents, extract ``artifact`` (gzip tar) into ``data_dir``, start, wait."""
+    try:
+        stopped = access.stop_service(stop_command, timeout=300)
+    except CoderzBackupError as exc:
+        raise RestoreError(f"{name}: stopping {product} failed, nothing changed: {exc}") from None
+    deadline = time.monotonic() + 60
+    while answers():
+        if not stopped and not already_stopped:
+            raise RestoreError(f"{name}: {product} is running; set stop_command (or container) so it is down "
+                               "before its data dir is replaced; nothing changed")
+        if time.monotonic() > deadline:
+            raise RestoreError(f"{name}: {product} still answers 60s after stopping; nothing changed")
+        time.sleep(0.3)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+    kept = "(not moved yet)"
+    try:
+        kept = move_aside(access, data_dir, stamp)
+        with igzip.open(artifact, "rb") as gz:
+            n = access.untar_into(data_dir, iter(lambda: gz.read(CHUNK), b""))
+        chown = getattr(access, "chown_like_parent", None)
+        if chown:
+            chown(data_dir)
+    except (CoderzBackupError, OSError) as exc:
+        raise RestoreError(f"{name}: replacing {data_dir} failed ({product} left stopped; the old contents are in "
+                           f"{kept}): {exc}") from None
+    try:
+        started = access.start_service(start_command, timeout=300)
+    except CoderzBackupError as exc:
+        raise RestoreError(f"{name}: data dir restored ({n} entries, old kept at {kept}) but starting {product} "
+                           f"failed: {exc}") from None
+    if not started:
+        return f"{n} entries restored into {data_dir} (old kept at {kept}); start {product} now (start_command not set)"
+    deadline = time.monotonic() + health_timeout_s
+    while True:
+        try:
+            status = health()
+            break
+        except RestoreError as exc:
+            if time.monotonic() > deadline:
+                raise RestoreError(f"{name}: data dir restored (old kept at {kept}) but {product} is not healthy "
+                                   f"{health_timeout_s:.0f}s after the start: {exc}") from None
+            time.sleep(0.5)
+    return f"{n} entries restored into {data_dir} (old kept at {kept}); {status}"
