@@ -50,7 +50,6 @@ import json
 import logging
 import shlex
 import shutil
-import ssl
 import tarfile
 import time
 import urllib.parse
@@ -74,6 +73,7 @@ from ..errors import (
 from ..writer import ArtifactWriter, FileRecord, write_stream
 from .base import ArtifactResult
 from .datadir import replace_data_dir
+from .httpapi import HttpApi
 
 __all__ = ["ElasticsearchService", "EsHTTPError", "strip_private_settings"]
 
@@ -151,56 +151,31 @@ class EsHTTPError(ArtifactError):
         self.type = type_
 
 
-class _Client:
+class _Client(HttpApi):
     """HTTP to one node; every failure becomes an ArtifactError with ES's reason."""
+
+    product = "Elasticsearch"
 
     def __init__(self, svc: ElasticsearchService, *, read_timeout: float = 120.0):
         c = svc.config
-        self.svc = svc
-        self.where = f"Elasticsearch at {c.url}"
         headers = {"Accept": "application/json"}
         auth = None
         api_key = resolve_secret(c.api_key, what=f"services.{svc.name}.api_key")
         if api_key:
             headers["Authorization"] = f"ApiKey {api_key}"
-            self.who = "the API key"
+            who = "the API key"
         elif c.user:
             password = resolve_secret(c.password, what=f"services.{svc.name}.password")
             if password is None:
                 raise ArtifactError(f"{svc.name}: user {c.user!r} is set but no password; "
                                     f"set services.{svc.name}.password")
             auth = httpx.BasicAuth(c.user, password)
-            self.who = f"user {c.user!r}"
+            who = f"user {c.user!r}"
         else:
-            self.who = "anonymous access (no user/api_key configured)"
-        verify: ssl.SSLContext | bool = c.verify_tls
-        if c.verify_tls and (c.cacert or c.url.startswith("https://")):
-            try:
-                verify = ssl.create_default_context(cafile=c.cacert)
-            except (OSError, ssl.SSLError) as exc:
-                raise ArtifactError(f"{svc.name}: cannot load cacert {c.cacert}: {exc}") from None
-        self.client = httpx.Client(base_url=c.url.rstrip("/"), auth=auth, headers=headers, verify=verify,
-                                   timeout=httpx.Timeout(30.0, connect=10.0, read=read_timeout))
+            who = "anonymous access (no user/api_key configured)"
+        super().__init__(svc, headers=headers, auth=auth, who=who, read_timeout=read_timeout)
 
-    def close(self) -> None:
-        self.client.close()
-
-    def __enter__(self) -> _Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _transport(self, exc: httpx.HTTPError, what: str) -> ArtifactError:
-        if "SSL" in str(exc) or "certificate" in str(exc).lower():
-            return ArtifactError(f"{self.where}: TLS failed during {what} ({exc}); set cacert, or verify_tls = false")
-        if isinstance(exc, httpx.ConnectError):
-            return ArtifactError(f"{self.where} is unreachable ({what}): {exc}; is it running and is url right?")
-        if isinstance(exc, httpx.TimeoutException):
-            return ArtifactError(f"{self.where}: {what} timed out ({type(exc).__name__})")
-        return ArtifactError(f"{self.where}: {what} failed: {type(exc).__name__}: {exc}")
-
-    def _refused(self, resp: httpx.Response, what: str) -> EsHTTPError:
+    def refused(self, resp: httpx.Response, what: str) -> EsHTTPError:
         typ, text = _reason(resp.content[:8192])
         s = resp.status_code
         name = self.svc.name
@@ -214,32 +189,6 @@ class _Client:
         else:
             msg = f"{self.where}: {what} failed (HTTP {s}): {text}"
         return EsHTTPError(msg, s, typ)
-
-    def call(self, method: str, path: str, *, what: str, ok: tuple[int, ...] = (200,), params=None,
-             json_body: Any = None, content: bytes | None = None, headers: dict | None = None,
-             timeout: float | None = None) -> httpx.Response:
-        kw: dict[str, Any] = {"params": params, "headers": headers}
-        if json_body is not None:
-            kw["json"] = json_body
-        if content is not None:
-            kw["content"] = content
-        if timeout is not None:
-            kw["timeout"] = httpx.Timeout(30.0, connect=10.0, read=timeout)
-        try:
-            resp = self.client.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise self._transport(exc, what) from None
-        if resp.status_code not in ok:
-            raise self._refused(resp, what)
-        return resp
-
-    def json(self, method: str, path: str, *, what: str, **kw) -> Any:
-        resp = self.call(method, path, what=what, **kw)
-        try:
-            return resp.json()
-        except ValueError:
-            raise ArtifactError(f"{self.where}: {what}: the answer is not JSON (is {self.svc.config.url} "
-                                "Elasticsearch?)") from None
 
 
 def _total(hits: dict) -> int | None:
@@ -467,7 +416,7 @@ class ElasticsearchService:
                 if after is not None:
                     body["search_after"] = after
                 try:
-                    res = es.json("POST", "/_search", what=f"search page {page} of index {idx!r}", json_body=body)
+                    res = es.json("POST", "/_search", what=f"search page {page} of index {idx!r}", json=body)
                 except EsHTTPError as exc:
                     if page == 1 and exc.status == 400 and "_shard_doc" in str(exc):
                         log.info("%s: server cannot sort on _shard_doc; using scroll for %s", self.name, idx)
@@ -485,13 +434,13 @@ class ElasticsearchService:
                     raise ArtifactError(f"{es.where}: search hits of index {idx!r} carry no sort values")
         finally:
             with contextlib.suppress(CoderzBackupError):
-                es.call("DELETE", "/_pit", what="close the point in time", ok=(200, 404), json_body={"id": pit})
+                es.call("DELETE", "/_pit", what="close the point in time", ok=(200, 404), json={"id": pit})
 
     def _scroll_pages(self, es: _Client, idx: str, sink, state: dict) -> None:
         c = self.config
         res = es.json("POST", f"/{_q(idx)}/_search", what=f"start a scroll on index {idx!r}",
                       params={"scroll": c.keep_alive},
-                      json_body={"size": c.page_size, "sort": ["_doc"], "track_total_hits": True,
+                      json={"size": c.page_size, "sort": ["_doc"], "track_total_hits": True,
                                  "query": {"match_all": {}}})
         sid = res.get("_scroll_id")
         try:
@@ -504,13 +453,13 @@ class ElasticsearchService:
                 sink(hits)
                 page += 1
                 res = es.json("POST", "/_search/scroll", what=f"scroll page {page} of index {idx!r}",
-                              json_body={"scroll": c.keep_alive, "scroll_id": sid})
+                              json={"scroll": c.keep_alive, "scroll_id": sid})
                 sid = res.get("_scroll_id") or sid
         finally:
             if sid:
                 with contextlib.suppress(CoderzBackupError):
                     es.call("DELETE", "/_search/scroll", what="clear the scroll", ok=(200, 404),
-                            json_body={"scroll_id": sid})
+                            json={"scroll_id": sid})
 
     def _snapshot(self, es: _Client, indices: list[str]) -> dict:
         repo = self.config.snapshot_repository
@@ -520,7 +469,7 @@ class ElasticsearchService:
         try:
             res = es.json("PUT", f"/_snapshot/{_q(repo)}/{snap}", what=f"create snapshot {snap} in repository {repo!r}",
                           params={"wait_for_completion": "true"}, timeout=self.config.timeout_s,
-                          json_body={"indices": ",".join(indices), "include_global_state": False,
+                          json={"indices": ",".join(indices), "include_global_state": False,
                                      "ignore_unavailable": False, "metadata": {"taken_by": "coderz-backup"}})
         except EsHTTPError as exc:
             if exc.type == "repository_missing_exception":
@@ -728,7 +677,7 @@ class ElasticsearchService:
             log.warning("%s: deleted the existing index %s to restore it", self.name, idx)
         try:
             es.json("PUT", f"/{q}", what=f"create index {idx!r}",
-                    json_body={"settings": create, "mappings": mapping, "aliases": aliases})
+                    json={"settings": create, "mappings": mapping, "aliases": aliases})
         except EsHTTPError as exc:
             if exc.type == "resource_already_exists_exception":
                 raise ArtifactError(f"index {idx!r} was created by someone else during the restore: {exc}") from None
@@ -739,7 +688,7 @@ class ElasticsearchService:
         if count != expected or loaded != expected:
             raise ArtifactError(f"index {idx!r} holds {count} documents after loading {loaded}; the export has "
                                 f"{expected}: the restored index is incomplete")
-        es.json("PUT", f"/{q}/_settings", what=f"put back refresh_interval/blocks of index {idx!r}", json_body=after)
+        es.json("PUT", f"/{q}/_settings", what=f"put back refresh_interval/blocks of index {idx!r}", json=after)
         log.info("%s: index %s restored, %d documents", self.name, idx, count)
         return count
 

@@ -44,7 +44,6 @@ import re
 import shlex
 import shutil
 import sqlite3
-import ssl
 import tarfile
 import tempfile
 import time
@@ -68,6 +67,7 @@ from ..errors import (
 from ..writer import ArtifactWriter, FileRecord, write_stream
 from .base import ArtifactResult
 from .datadir import replace_data_dir
+from .httpapi import HttpApi, tls_verify
 
 __all__ = ["GrafanaHTTPError", "GrafanaService", "safe_name", "sqlite_copy"]
 
@@ -156,13 +156,13 @@ class GrafanaHTTPError(ArtifactError):
         self.text = text
 
 
-class _Api:
+class _Api(HttpApi):
     """HTTP to Grafana; every failure becomes an ArtifactError that says what to do."""
+
+    product = "Grafana"
 
     def __init__(self, svc: GrafanaService, *, read_timeout: float = 60.0, auth_required: bool = True):
         c = svc.config
-        self.svc = svc
-        self.where = f"Grafana at {c.url}"
         headers = {"Accept": "application/json"}
         if c.org_id:
             headers["X-Grafana-Org-Id"] = str(c.org_id)
@@ -170,45 +170,20 @@ class _Api:
         token = resolve_secret(c.token, what=f"services.{svc.name}.token")
         if token:
             headers["Authorization"] = f"Bearer {token}"
-            self.who = "the service-account token"
+            who = "the service-account token"
         elif c.user:
             password = resolve_secret(c.password, what=f"services.{svc.name}.password")
             if password is None:
                 raise ArtifactError(f"{svc.name}: user {c.user!r} is set but no password; "
                                     f"set services.{svc.name}.password")
             auth = httpx.BasicAuth(c.user, password)
-            self.who = f"user {c.user!r}"
+            who = f"user {c.user!r}"
         elif auth_required:
             raise ArtifactError(f"{svc.name}: no credentials: set services.{svc.name}.token (a service-account "
                                 "token with the Admin role) or user + password")
         else:
-            self.who = "anonymous access"
-        verify: ssl.SSLContext | bool = c.verify_tls
-        if c.verify_tls and (c.cacert or c.url.startswith("https://")):
-            try:
-                verify = ssl.create_default_context(cafile=c.cacert)
-            except (OSError, ssl.SSLError) as exc:
-                raise ArtifactError(f"{svc.name}: cannot load cacert {c.cacert}: {exc}") from None
-        self.client = httpx.Client(base_url=c.url.rstrip("/"), auth=auth, headers=headers, verify=verify,
-                                   timeout=httpx.Timeout(30.0, connect=10.0, read=read_timeout))
-
-    def close(self) -> None:
-        self.client.close()
-
-    def __enter__(self) -> _Api:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _transport(self, exc: httpx.HTTPError, what: str) -> ArtifactError:
-        if "SSL" in str(exc) or "certificate" in str(exc).lower():
-            return ArtifactError(f"{self.where}: TLS failed during {what} ({exc}); set cacert, or verify_tls = false")
-        if isinstance(exc, httpx.ConnectError):
-            return ArtifactError(f"{self.where} is unreachable ({what}): {exc}; is it running and is url right?")
-        if isinstance(exc, httpx.TimeoutException):
-            return ArtifactError(f"{self.where}: {what} timed out ({type(exc).__name__})")
-        return ArtifactError(f"{self.where}: {what} failed: {type(exc).__name__}: {exc}")
+            who = "anonymous access"
+        super().__init__(svc, headers=headers, auth=auth, who=who, read_timeout=read_timeout)
 
     def refused(self, resp: httpx.Response, what: str) -> GrafanaHTTPError:
         body = resp.content[:_ERROR_KEEP]
@@ -228,24 +203,6 @@ class _Api:
         else:
             msg = f"{self.where}: {what} failed (HTTP {s}): {text}"
         return GrafanaHTTPError(msg, s, reason, text)
-
-    def call(self, method: str, path: str, *, what: str, ok: tuple[int, ...] = (200,), **kw) -> httpx.Response:
-        """One request; statuses outside ``ok`` raise GrafanaHTTPError."""
-        try:
-            resp = self.client.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise self._transport(exc, what) from None
-        if resp.status_code not in ok:
-            raise self.refused(resp, what)
-        return resp
-
-    def json(self, method: str, path: str, *, what: str, **kw) -> Any:
-        resp = self.call(method, path, what=what, **kw)
-        try:
-            return resp.json()
-        except ValueError:
-            raise ArtifactError(f"{self.where}: {what}: the answer is not JSON (is {self.svc.config.url} "
-                                "Grafana?)") from None
 
     def paged(self, path: str, *, what: str, params: dict | None = None) -> list[dict]:
         """Every item of a ``limit``/``page`` list (stops at a short page)."""
@@ -678,7 +635,7 @@ class GrafanaService:
     def health(self) -> str:
         c = self.config
         try:
-            with httpx.Client(verify=_verify_arg(c), timeout=10.0) as client:
+            with httpx.Client(verify=tls_verify(self.name, c), timeout=10.0) as client:
                 resp = client.get(f"{c.url.rstrip('/')}/api/health")
         except httpx.HTTPError as exc:
             raise RestoreError(f"{self.name}: Grafana at {c.url} does not answer: {exc}") from None
@@ -888,7 +845,7 @@ class GrafanaService:
     def _answers(self) -> bool:
         c = self.config
         try:
-            with httpx.Client(verify=_verify_arg(c), timeout=3.0) as client:
+            with httpx.Client(verify=tls_verify(self.name, c), timeout=3.0) as client:
                 client.get(f"{c.url.rstrip('/')}/api/health")
             return True
         except httpx.HTTPError:
@@ -906,12 +863,3 @@ class GrafanaService:
                                 data_dir=c.data_dir, stop_command=c.stop_command, start_command=c.start_command,
                                 answers=self._answers, health=self.health, health_timeout_s=c.health_timeout_s,
                                 already_stopped=already_stopped)
-
-
-def _verify_arg(c: GrafanaConfig) -> ssl.SSLContext | bool:
-    if c.verify_tls and c.cacert:
-        try:
-            return ssl.create_default_context(cafile=c.cacert)
-        except (OSError, ssl.SSLError):
-            return True
-    return c.verify_tls
