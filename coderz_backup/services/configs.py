@@ -21,24 +21,20 @@ from typing import ClassVar
 
 from isal import igzip
 
-from ..access import Access, check_member
+from ..access import check_member
 from ..config import ConfigsConfig
 from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, VerifyError
 from ..writer import ArtifactWriter
-from .base import ArtifactResult
+from .base import ArtifactResult, BaseService
 
 __all__ = ["ConfigsService", "check_member"]
 
 log = logging.getLogger(__name__)
 
 
-class ConfigsService:
+class ConfigsService(BaseService):
     kind: ClassVar[str] = "configs"
-
-    def __init__(self, name: str, config: ConfigsConfig, access: Access):
-        self.name = name
-        self.config = config
-        self.access = access
+    config: ConfigsConfig
 
     @property
     def artifact_path(self) -> str:

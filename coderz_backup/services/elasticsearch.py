@@ -60,7 +60,7 @@ from typing import Any, ClassVar
 import httpx
 from isal import igzip, isal_zlib
 
-from ..access import CHUNK, Access, check_member
+from ..access import CHUNK, check_member
 from ..config import ElasticsearchConfig, resolve_secret
 from ..errors import (
     AccessError,
@@ -71,7 +71,7 @@ from ..errors import (
     VerifyError,
 )
 from ..writer import ArtifactWriter, FileRecord, write_stream
-from .base import ArtifactResult
+from .base import ArtifactResult, BaseService
 from .datadir import replace_data_dir
 from .httpapi import HttpApi
 
@@ -200,13 +200,9 @@ def _total(hits: dict) -> int | None:
     return None
 
 
-class ElasticsearchService:
+class ElasticsearchService(BaseService):
     kind: ClassVar[str] = "elasticsearch"
-
-    def __init__(self, name: str, config: ElasticsearchConfig, access: Access):
-        self.name = name
-        self.config = config
-        self.access = access
+    config: ElasticsearchConfig
 
     @property
     def export_path(self) -> str:

@@ -54,7 +54,7 @@ from typing import ClassVar, Iterator
 
 import httpx
 
-from ..access import CHUNK, Access, LocalAccess, tar_of_file
+from ..access import CHUNK, LocalAccess, tar_of_file
 from ..config import EtcdConfig, resolve_secret
 from ..errors import (
     AccessError,
@@ -65,7 +65,7 @@ from ..errors import (
     VerifyError,
 )
 from ..writer import StreamEnds, write_stream
-from .base import ArtifactResult
+from .base import ArtifactResult, BaseService
 
 __all__ = ["EtcdService", "SnapshotChecker", "verify_snapshot_file"]
 
@@ -296,13 +296,9 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield bytes(buf)
 
 
-class EtcdService:
+class EtcdService(BaseService):
     kind: ClassVar[str] = "etcd"
-
-    def __init__(self, name: str, config: EtcdConfig, access: Access):
-        self.name = name
-        self.config = config
-        self.access = access
+    config: EtcdConfig
 
     @property
     def artifact_path(self) -> str:

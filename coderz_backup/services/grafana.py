@@ -54,7 +54,7 @@ from typing import Any, ClassVar
 import httpx
 from isal import igzip, isal_zlib
 
-from ..access import CHUNK, Access, LocalAccess, check_member
+from ..access import CHUNK, LocalAccess, check_member
 from ..config import GrafanaConfig, resolve_secret
 from ..errors import (
     AccessError,
@@ -65,7 +65,7 @@ from ..errors import (
     VerifyError,
 )
 from ..writer import ArtifactWriter, FileRecord, write_stream
-from .base import ArtifactResult
+from .base import ArtifactResult, BaseService
 from .datadir import replace_data_dir
 from .httpapi import HttpApi, tls_verify
 
@@ -226,13 +226,9 @@ class _Api(HttpApi):
             page += 1
 
 
-class GrafanaService:
+class GrafanaService(BaseService):
     kind: ClassVar[str] = "grafana"
-
-    def __init__(self, name: str, config: GrafanaConfig, access: Access):
-        self.name = name
-        self.config = config
-        self.access = access
+    config: GrafanaConfig
 
     @property
     def export_path(self) -> str:

@@ -23,11 +23,11 @@ import psycopg
 from isal import igzip
 from psycopg import sql
 
-from ..access import CHUNK, Access
+from ..access import CHUNK
 from ..config import PostgresConfig, resolve_secret
 from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, VerifyError
 from ..writer import StreamEnds, write_command
-from .base import ArtifactResult
+from .base import ArtifactResult, BaseService
 
 __all__ = ["PostgresService", "check_dump"]
 
@@ -60,13 +60,9 @@ def read_gzip_chunks(path: Path) -> Iterator[bytes]:
         raise VerifyError(f"{path.name}: gzip stream is damaged ({exc})") from None
 
 
-class PostgresService:
+class PostgresService(BaseService):
     kind: ClassVar[str] = "postgres"
-
-    def __init__(self, name: str, config: PostgresConfig, access: Access):
-        self.name = name
-        self.config = config
-        self.access = access
+    config: PostgresConfig
 
     # -- helpers ------------------------------------------------------------
     @property

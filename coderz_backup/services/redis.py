@@ -32,11 +32,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..access import CHUNK, Access, tar_of_file
+from ..access import CHUNK, tar_of_file
 from ..config import RedisConfig, resolve_secret
 from ..errors import ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
 from ..writer import StreamEnds, write_stream
-from .base import ArtifactResult
+from .base import ArtifactResult, BaseService
 
 __all__ = ["RedisService", "RdbChecker", "crc64"]
 
@@ -77,13 +77,9 @@ class RdbChecker:
             raise IncompleteArtifactError("RDB checksum mismatch: the file is corrupt or truncated")
 
 
-class RedisService:
+class RedisService(BaseService):
     kind: ClassVar[str] = "redis"
-
-    def __init__(self, name: str, config: RedisConfig, access: Access):
-        self.name = name
-        self.config = config
-        self.access = access
+    config: RedisConfig
 
     @property
     def artifact_path(self) -> str:
