@@ -71,8 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("restore", help="restore a snapshot (asks to confirm first)",
                        description="Run flow `coderz-restore`: verify the snapshot, show the plan, ask the "
                                    "operator to type the snapshot name (or take --yes), back up the current "
-                                   "state into <dest>/safety-backups, then restore. Restore overwrites current "
-                                   "data. Exit 0 restored, 1 some services failed, 2 bad input or verification "
+                                   "state into <dest>/safety-backups, then restore: containers that must be "
+                                   "down (a service's own, its stop_containers) are stopped, the services "
+                                   "restored and health-checked, the containers started again. Restore "
+                                   "overwrites current data. Exit 0 restored, 1 some services failed, 2 bad input or verification "
                                    "failed (nothing changed), 3 not approved / timed out (nothing changed).")
     r.add_argument("snapshot", nargs="?", default="latest", metavar="SNAPSHOT",
                    help="snapshot name YYYY-MM-DD_HH-MM-SS or latest (default)")
