@@ -203,13 +203,15 @@ class PrometheusServer:
     argv a real host would configure can stop and start it during a restore.
     """
 
-    def __init__(self, base: Path, port: int | None = None, admin_api: bool = True, scrape_interval: str = "1s"):
+    def __init__(self, base: Path, port: int | None = None, admin_api: bool = True, scrape_interval: str = "1s",
+                 self_scrape: bool = True):
         self.base = Path(base)
         self.data = self.base / "data"
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_api = admin_api
         self.scrape_interval = scrape_interval
+        self.self_scrape = self_scrape
         self.pidfile = self.base / "prometheus.pid"
         self.log = self.base / "prometheus.log"
 
@@ -228,10 +230,10 @@ class PrometheusServer:
 
     def start(self, timeout: float = 60) -> "PrometheusServer":
         self.data.mkdir(parents=True, exist_ok=True)
+        scrape = (f"scrape_configs:\n  - job_name: prometheus\n    static_configs:\n"
+                  f"      - targets: ['127.0.0.1:{self.port}']\n") if self.self_scrape else ""
         (self.base / "prometheus.yml").write_text(
-            f"global:\n  scrape_interval: {self.scrape_interval}\n  evaluation_interval: 10s\n"
-            f"scrape_configs:\n  - job_name: prometheus\n    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{self.port}']\n")
+            f"global:\n  scrape_interval: {self.scrape_interval}\n  evaluation_interval: 10s\n" + scrape)
         subprocess.run(self.start_command, check=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

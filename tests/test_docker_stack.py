@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
+
+import httpx
 
 import psycopg
 import pytest
@@ -33,6 +36,11 @@ def docker_stack(docker_engine, docker_services, tmp_path, cli_env):
     rd = docker_services.redis(name="coderz-redis")
     redis_lib.Redis(port=rd.port, password=rd.password).mset({f"session:{i}": i for i in range(300)})
     et = docker_services.etcd(name="coderz-etcd")
+    pr = docker_services.prometheus(name="coderz-prometheus")
+    deadline = time.monotonic() + 30
+    while not httpx.get(f"{pr.url}/api/v1/query", params={"query": "up"}).json()["data"]["result"]:
+        assert time.monotonic() < deadline, "coderz-prometheus scraped nothing"
+        time.sleep(0.3)
     app = docker_services.run_service("coderz-app", ["sleep", "infinity"], user="nobody")
     conf = tmp_path / "configs"
     conf.mkdir()
@@ -70,6 +78,12 @@ password = "env:T_REDIS"
 data_dir = "/data"
 stop_containers = ["coderz-app"]
 
+[services.prometheus]
+kind = "prometheus"
+container = "coderz-prometheus"
+url = "{pr.url}"
+data_dir = "/prometheus"
+
 [services.configs]
 kind = "configs"
 paths = ["{conf}"]
@@ -100,7 +114,8 @@ def test_full_backup_of_the_containerised_stack_then_restore_stops_and_restarts_
     res = run_cli(["backup", "--config", str(s.config)], s.env)
     assert res.returncode == 0, res.stdout + res.stderr
     for line in ("✓ postgres-prefect.sql.gz (", "✓ postgres-coderapi.sql.gz (", "✓ redis.rdb (",
-                 "✓ configs.tar.gz (", "✓ etcd-apisix.snapshot (", "║ ✓ Passed : 5"):
+                 "✓ prometheus-snapshot.tar.gz (", "✓ configs.tar.gz (", "✓ etcd-apisix.snapshot (",
+                 "║ ✓ Passed : 6"):
         assert line in res.stdout
     m = _manifest(s)
     assert m["status"] == "ok" and {a["status"] for a in m["artifacts"]} == {"ok"}

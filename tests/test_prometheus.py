@@ -159,3 +159,14 @@ def test_in_a_container_snapshot_comes_out_through_the_engine_and_restore_restar
     assert pc.running and detail.endswith("ready")
     after = _samples(pc.url, t0 - 120, t0)
     assert {ts for ts, _ in before} <= {ts for ts, _ in after}
+
+
+def test_a_prometheus_without_any_data_gives_an_ok_empty_snapshot(tmp_path):
+    srv = PrometheusServer(tmp_path / "empty", self_scrape=False).start()
+    try:
+        svc = create("prometheus", _cfg(srv))
+        [res] = svc.backup(tmp_path / "snap")
+    finally:
+        srv.stop()
+    assert res.status == "ok" and res.details["blocks"] == 0 and "no samples" in res.details["note"]
+    assert "no TSDB block" in svc.verify(tmp_path / "snap" / res.path)

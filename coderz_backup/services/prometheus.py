@@ -55,8 +55,11 @@ SNAPSHOT_NAME = re.compile(r"^[0-9A-Za-z-]{1,80}$")
 ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
 
-def read_blocks(artifact: Path) -> dict[str, dict]:
-    """Parse a snapshot tarball to the end; return ``{ulid: meta}``. Raises VerifyError."""
+def read_blocks(artifact: Path, *, allow_empty: bool = False) -> dict[str, dict]:
+    """Parse a snapshot tarball to the end; return ``{ulid: meta}``. Raises VerifyError.
+
+    A snapshot without any block is refused unless ``allow_empty`` (an empty TSDB).
+    """
     blocks: dict[str, dict] = {}
     dirs: set[str] = set()
     try:
@@ -85,7 +88,7 @@ def read_blocks(artifact: Path) -> dict[str, dict]:
     missing = sorted(dirs - set(blocks))
     if missing:
         raise VerifyError(f"{artifact.name}: block(s) without meta.json: {', '.join(missing)}")
-    if not blocks:
+    if not blocks and not allow_empty:
         raise VerifyError(f"{artifact.name}: no TSDB block in the snapshot")
     return blocks
 
@@ -138,6 +141,7 @@ class PrometheusService(BaseService):
             raise ArtifactError(f"{self.name}: set data_dir to Prometheus' --storage.tsdb.path (as seen from here, "
                                 "or inside its container): the snapshot is written there and streamed out of it")
         started = time.monotonic()
+        empty_before = self._head_series() == 0 and not c.skip_head
         name = self._take_snapshot()
         snap_dir = f"{c.data_dir.rstrip('/')}/snapshots/{name}"
         try:
@@ -154,21 +158,35 @@ class PrometheusService(BaseService):
                 log.warning("%s: could not delete %s from the data dir: %s", self.name, snap_dir, exc)
         final = Path(into) / self.artifact_path
         try:
-            blocks = read_blocks(final)
+            # no block at all is fine only for a Prometheus that holds no data yet
+            blocks = read_blocks(final, allow_empty=empty_before)
         except VerifyError as exc:
             final.unlink(missing_ok=True)
             raise IncompleteArtifactError(f"{self.name}: snapshot {name}: {exc}") from None
-        lo = min(b["minTime"] for b in blocks.values())
-        hi = max(b["maxTime"] for b in blocks.values())
+        details = {"snapshot": name, "blocks": len(blocks), "entries": entries, "skip_head": c.skip_head}
+        if blocks:
+            details["min_time"] = _ts(min(b["minTime"] for b in blocks.values()))
+            details["max_time"] = _ts(max(b["maxTime"] for b in blocks.values()))
+        else:
+            details["note"] = "Prometheus held no samples yet (no series in its head block)"
         log.info("%s: snapshot %s, %d block(s) %s … %s, %d bytes in %.1fs", self.name, name, len(blocks),
-                 _ts(lo), _ts(hi), rec.bytes, time.monotonic() - started)
-        return [ArtifactResult.from_files(self.name, self.kind, self.artifact_path, [rec], details={
-            "snapshot": name, "blocks": len(blocks), "entries": entries, "min_time": _ts(lo), "max_time": _ts(hi),
-            "skip_head": c.skip_head})]
+                 details.get("min_time", "-"), details.get("max_time", "-"), rec.bytes, time.monotonic() - started)
+        return [ArtifactResult.from_files(self.name, self.kind, self.artifact_path, [rec], details=details)]
+
+    def _head_series(self) -> int | None:
+        """Series in the head block, from /api/v1/status/tsdb (None when Prometheus does not say)."""
+        try:
+            with self._client(timeout=10) as http:
+                body = http.get("/api/v1/status/tsdb").json()
+            return int(body["data"]["headStats"]["numSeries"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
 
     # -- verify ---------------------------------------------------------------
     def verify(self, artifact: Path) -> str:
-        blocks = read_blocks(artifact)
+        blocks = read_blocks(artifact, allow_empty=True)   # backup() refused an empty one unless the TSDB was
+        if not blocks:
+            return "gzip and tar intact, no TSDB block (Prometheus held no samples when it was taken)"
         lo = min(b["minTime"] for b in blocks.values())
         hi = max(b["maxTime"] for b in blocks.values())
         return f"gzip and tar intact, {len(blocks)} TSDB block(s) with meta.json, {_ts(lo)} … {_ts(hi)}"
@@ -202,7 +220,7 @@ class PrometheusService(BaseService):
     def restore(self, artifact: Path, *, already_stopped: bool = False, **_: object) -> str:
         c = self.config
         try:
-            blocks = read_blocks(Path(artifact))
+            blocks = read_blocks(Path(artifact), allow_empty=True)
         except VerifyError as exc:
             raise RestoreError(f"{self.name}: refusing to restore, nothing changed: {exc}") from None
         if not c.data_dir:
