@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import tarfile
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,7 +17,6 @@ import redis as redis_lib
 from isal import igzip
 from pydantic import SecretStr
 
-from coderz_backup.access import access_for
 from coderz_backup.access_docker import DockerAccess
 from coderz_backup.config import EtcdConfig, PostgresConfig, RedisConfig
 from coderz_backup.errors import AccessError, ArtifactError, ProducerError

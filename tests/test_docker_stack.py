@@ -11,7 +11,6 @@ container, restores, starts everything again and the data is back.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import httpx

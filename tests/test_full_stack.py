@@ -7,7 +7,6 @@ Elasticsearch and the APISIX Admin API (which stores its routes in the real etcd
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import sqlite3
