@@ -178,6 +178,7 @@ class ApisixStandin:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            wbufsize = -1   # headers and body in one write (no 40 ms delayed-ACK stall per request)
 
             def log_message(self, *a):
                 pass

@@ -613,6 +613,7 @@ class EsStandin:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    wbufsize = -1   # headers and body leave in one write (no 40 ms delayed-ACK stall per request)
     standin: EsStandin
 
     def log_message(self, *a):
