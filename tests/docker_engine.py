@@ -16,6 +16,11 @@ Nothing here pulls an image or talks to anything but 127.0.0.1 and the local eng
   ``--init``, non-root user, named volume) via ``containers.create()`` + ``start()`` — never ``run()``,
   which pulls on a missing image — and removes what it created, by label, at teardown.
 
+Registry switch: with ``CODERZ_TEST_REGISTRY`` set to a reachable registry (e.g. ``docker.io``), the
+service starters run the official images instead (postgres:15, redis:7, prom/prometheus:v2.42.0,
+quay.io/coreos/etcd:v3.4.23 — see :func:`official_image`), pulled explicitly; without it nothing is
+ever pulled. Off here (no registry is reachable).
+
 Pytest fixtures (lazy; only tests that request them start the engine / build the image):
 ``docker_engine`` (session), ``base_image`` (session), ``docker_services`` (per test).
 
@@ -106,6 +111,29 @@ IMAGE_HASH = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdige
 IMAGE = f"{IMAGE_NAME}:{IMAGE_HASH}"
 
 READY_TIMEOUT = 15.0
+
+#: set to a reachable registry (e.g. ``docker.io``) to start the official images instead of the base image
+REGISTRY_ENV = "CODERZ_TEST_REGISTRY"
+_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
+
+
+def official_image(service: str, registry: str | None) -> str | None:
+    """The official image of a stack service when the registry switch is on; None when it is off.
+
+    Off (no registry) the starters use the locally built base image and never pull. On, the
+    starters pull these explicitly — the only pull in the test suite, and only with the switch.
+    """
+    if not registry:
+        return None
+    reg = registry.rstrip("/")
+    images = {
+        "postgres": f"{reg}/library/postgres:15",
+        "redis": f"{reg}/library/redis:7",
+        "prometheus": f"{reg}/prom/prometheus:v2.42.0",
+        # etcd publishes its images on quay.io, not Docker Hub
+        "etcd": "quay.io/coreos/etcd:v3.4.23" if reg in _HUB else f"{reg}/coreos/etcd:v3.4.23",
+    }
+    return images[service]
 
 
 class DockerTestError(RuntimeError):
@@ -545,6 +573,24 @@ class Services:
         img = self._image() if callable(self._image) else self._image
         return img or ensure_image(self.client)
 
+    @property
+    def registry(self) -> str | None:
+        return os.environ.get(REGISTRY_ENV) or None
+
+    def _image_for(self, service: str) -> tuple[str, bool]:
+        """(image, official): the base image, or with the registry switch on the official image, pulled."""
+        name = official_image(service, self.registry)
+        if name is None:
+            return self.image, False
+        import docker
+
+        try:
+            self.client.images.get(name)
+        except docker.errors.ImageNotFound:
+            repo, _, tag = name.rpartition(":")
+            self.client.images.pull(repo, tag=tag)   # only with CODERZ_TEST_REGISTRY set
+        return name, True
+
     def _labels(self) -> dict[str, str]:
         return {LABEL: "1", SESSION_LABEL: self.scope}
 
@@ -555,7 +601,8 @@ class Services:
     def run_service(self, name: str, argv: list[str], *, volumes: dict[str, str] | None = None,
                     user: str = "postgres", env: dict[str, str] | None = None,
                     ready: Callable[[object], bool] | None = None, image: str | None = None,
-                    stop_signal: str = "SIGTERM", timeout: float = READY_TIMEOUT) -> object:
+                    stop_signal: str = "SIGTERM", timeout: float = READY_TIMEOUT,
+                    entrypoint: list[str] | None = None, official: bool = False) -> object:
         """Create and start ``name`` like the Coderz Stack does; wait until ``ready(container)`` is true.
 
         ``volumes`` maps named volumes (created here, labelled) to mount paths. Raises
@@ -563,7 +610,9 @@ class Services:
         """
         import docker
 
-        if user in ("root", "0") or user.startswith(("root:", "0:")):
+        if user is None and not official:
+            raise DockerTestError("only an official image may start as its own user (its entrypoint drops root)")
+        if user is not None and (user in ("root", "0") or user.startswith(("root:", "0:"))):
             raise DockerTestError("service containers run as a non-root user, as in the Coderz Stack")
         image = image or self.image
         try:
@@ -578,10 +627,13 @@ class Services:
             except docker.errors.NotFound:
                 self.client.volumes.create(vol, labels=self._labels())
             binds[vol] = {"bind": path, "mode": "rw"}
+        kw: dict = {"entrypoint": entrypoint} if entrypoint is not None else {}
+        if user is not None:   # None: an official image's own user (its entrypoint drops privileges)
+            kw["user"] = user
         container = self.client.containers.create(
-            image, argv, name=name, user=user, environment=env or {}, volumes=binds,
+            image, argv, name=name, environment=env or {}, volumes=binds,
             network_mode="host", init=True, labels=self._labels(), detach=True,
-            stop_signal=stop_signal,
+            stop_signal=stop_signal, **kw,
         )
         container.start()
         if ready is not None:
@@ -626,6 +678,14 @@ class Services:
             'fi\n'
             f'exec postgres -D {data} -c listen_addresses=127.0.0.1 -p {port} -k /run/postgresql\n'
         )
+        image, official = self._image_for("postgres")
+        if official:   # the image's entrypoint runs initdb from POSTGRES_* (env, never argv), then drops root
+            container = self.run_service(
+                name, ["postgres", "-c", "listen_addresses=127.0.0.1", "-p", str(port)], volumes={vol: data},
+                user=None, official=True, image=image, stop_signal="SIGINT",
+                env={"POSTGRES_USER": user, "POSTGRES_PASSWORD": password, "POSTGRES_DB": database},
+                ready=lambda c: _tcp_pg_ready(port, c), timeout=60)
+            return ServiceContainer(name, container, vol, {"postgres": port}, user, password, database)
         container = self.run_service(
             name, ["bash", "-c", script], volumes={vol: data}, user="postgres",
             env={"PG_USER": user, "PG_PASSWORD": password, "PG_DB": database},
@@ -642,8 +702,9 @@ class Services:
         script = ('set -e\nprintf "requirepass %s\\n" "$REDIS_PASSWORD" > /tmp/redis.conf\n'
                   f'exec redis-server /tmp/redis.conf --bind 127.0.0.1 --port {port} --dir /data '
                   '--save "3600 1" --appendonly no --protected-mode yes\n')
-        container = self.run_service(name, ["bash", "-c", script], volumes={vol: "/data"}, user="redis",
-                                     env={"REDIS_PASSWORD": password},
+        image, official = self._image_for("redis")   # both images have sh and a `redis` user
+        container = self.run_service(name, ["sh", "-c", script], volumes={vol: "/data"}, user="redis",
+                                     env={"REDIS_PASSWORD": password}, image=image, official=official,
                                      ready=lambda c: _redis_ping(port, password))
         return ServiceContainer(name, container, vol, {"redis": port}, None, password)
 
@@ -656,8 +717,12 @@ class Services:
         script = (f'set -e\nprintf "{conf}" > /tmp/prometheus.yml\n'
                   'exec prometheus --config.file=/tmp/prometheus.yml --storage.tsdb.path=/prometheus '
                   f'--web.listen-address=127.0.0.1:{port} --web.enable-admin-api\n')
-        container = self.run_service(name, ["bash", "-c", script], volumes={vol: "/prometheus"},
-                                     user="prometheus", ready=lambda c: _http_ok(f"http://127.0.0.1:{port}/-/ready"))
+        image, official = self._image_for("prometheus")
+        # the official image's entrypoint is the binary and its user `nobody` owns /prometheus
+        container = self.run_service(name, ["-c", script] if official else ["sh", "-c", script],
+                                     entrypoint=["/bin/sh"] if official else None, volumes={vol: "/prometheus"},
+                                     user="nobody" if official else "prometheus", image=image, official=official,
+                                     ready=lambda c: _http_ok(f"http://127.0.0.1:{port}/-/ready"))
         return ServiceContainer(name, container, vol, {"http": port})
 
     def etcd(self, *, name: str | None = None) -> ServiceContainer:
@@ -669,8 +734,10 @@ class Services:
                 "--listen-client-urls", curl, "--advertise-client-urls", curl,
                 "--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl,
                 "--initial-cluster", f"s1={purl}", "--initial-cluster-state", "new"]
-        container = self.run_service(name, argv, volumes={vol: "/var/lib/etcd"}, user="etcd",
-                                     ready=lambda c: _http_ok(f"{curl}/health"))
+        image, official = self._image_for("etcd")
+        # the official image may have no shell and no etcd user: argv as is, its own user
+        container = self.run_service(name, argv, volumes={vol: "/var/lib/etcd"}, user=None if official else "etcd",
+                                     image=image, official=official, ready=lambda c: _http_ok(f"{curl}/health"))
         return ServiceContainer(name, container, vol, {"client": cport, "peer": pport})
 
     # ---- teardown

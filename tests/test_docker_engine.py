@@ -162,3 +162,14 @@ def test_failed_start_reports_the_log_and_cleanup_removes_everything(docker_engi
     svc.cleanup()
     assert client.containers.list(all=True, filters=flt) == []
     assert client.volumes.list(filters=flt) == []
+
+
+def test_the_registry_switch_picks_official_images_only_when_set():
+    from docker_engine import official_image
+
+    assert official_image("postgres", None) is None and official_image("etcd", "") is None
+    assert official_image("postgres", "docker.io") == "docker.io/library/postgres:15"
+    assert official_image("redis", "registry.local:5000/") == "registry.local:5000/library/redis:7"
+    assert official_image("prometheus", "docker.io") == "docker.io/prom/prometheus:v2.42.0"
+    assert official_image("etcd", "docker.io") == "quay.io/coreos/etcd:v3.4.23"
+    assert official_image("etcd", "mirror.local") == "mirror.local/coreos/etcd:v3.4.23"
