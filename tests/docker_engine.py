@@ -18,8 +18,9 @@ Nothing here pulls an image or talks to anything but 127.0.0.1 and the local eng
 
 Registry switch: with ``CODERZ_TEST_REGISTRY`` set to a reachable registry (e.g. ``docker.io``), the
 service starters run the official images instead (postgres:15, redis:7, prom/prometheus:v2.42.0,
-quay.io/coreos/etcd:v3.4.23 — see :func:`official_image`), pulled explicitly; without it nothing is
-ever pulled. Off here (no registry is reachable).
+quay.io/coreos/etcd:v3.4.23 — see :func:`service_image`), pulled explicitly with ``images.pull`` (the
+only pull anywhere, and only with the switch); without it nothing is ever pulled. Off here (no registry is
+reachable). Readiness checks and the tests do not depend on uids, which differ between the images.
 
 Pytest fixtures (lazy; only tests that request them start the engine / build the image):
 ``docker_engine`` (session), ``base_image`` (session), ``docker_services`` (per test).
@@ -117,15 +118,17 @@ REGISTRY_ENV = "CODERZ_TEST_REGISTRY"
 _HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
 
-def official_image(service: str, registry: str | None) -> str | None:
-    """The official image of a stack service when the registry switch is on; None when it is off.
+def service_image(service: str, registry: str | None = None) -> str:
+    """The image the starter of ``service`` (postgres, redis, prometheus, etcd) runs.
 
-    Off (no registry) the starters use the locally built base image and never pull. On, the
-    starters pull these explicitly — the only pull in the test suite, and only with the switch.
+    Switch off (``registry`` empty/None): the locally built base image :data:`IMAGE`, never pulled.
+    Switch on (``registry`` = the value of ``CODERZ_TEST_REGISTRY``, e.g. ``docker.io`` or
+    ``registry.local:5000``): the official image under that registry, which the starters pull
+    explicitly — the only pull in the test suite, and only with the switch.
     """
     if not registry:
-        return None
-    reg = registry.rstrip("/")
+        return IMAGE
+    reg = re.sub(r"^[a-z]+://", "", registry.strip()).rstrip("/")
     images = {
         "postgres": f"{reg}/library/postgres:15",
         "redis": f"{reg}/library/redis:7",
@@ -579,16 +582,21 @@ class Services:
 
     def _image_for(self, service: str) -> tuple[str, bool]:
         """(image, official): the base image, or with the registry switch on the official image, pulled."""
-        name = official_image(service, self.registry)
-        if name is None:
+        registry = self.registry
+        if not registry:   # switch off: the base image (built locally when missing), never pulled
             return self.image, False
         import docker
 
+        name = service_image(service, registry)
         try:
             self.client.images.get(name)
         except docker.errors.ImageNotFound:
             repo, _, tag = name.rpartition(":")
-            self.client.images.pull(repo, tag=tag)   # only with CODERZ_TEST_REGISTRY set
+            try:
+                self.client.images.pull(repo, tag=tag)   # the only pull, and only with CODERZ_TEST_REGISTRY set
+            except docker.errors.APIError as exc:
+                raise DockerTestError(f"{REGISTRY_ENV}={registry}: pulling {name} failed ({exc}); "
+                                      f"unset {REGISTRY_ENV} to use the locally built base image") from None
         return name, True
 
     def _labels(self) -> dict[str, str]:
@@ -735,7 +743,9 @@ class Services:
                 "--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl,
                 "--initial-cluster", f"s1={purl}", "--initial-cluster-state", "new"]
         image, official = self._image_for("etcd")
-        # the official image may have no shell and no etcd user: argv as is, its own user
+        # the official image may have no shell and no etcd user: argv as is (no secrets), its own user
+        if official:
+            argv[0] = "/usr/local/bin/etcd"
         container = self.run_service(name, argv, volumes={vol: "/var/lib/etcd"}, user=None if official else "etcd",
                                      image=image, official=official, ready=lambda c: _http_ok(f"{curl}/health"))
         return ServiceContainer(name, container, vol, {"client": cport, "peer": pport})

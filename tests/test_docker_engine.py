@@ -1,6 +1,7 @@
 """The test suite's private Docker Engine, its locally built base image and the service starters.
 
-These run against a real dockerd (``tests/docker_engine.py``); no image is ever pulled.
+These run against a real dockerd (``tests/docker_engine.py``); no image is ever pulled (with
+``CODERZ_TEST_REGISTRY`` set the service starters pull the official images instead — off here).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import psycopg
 import pytest
 import redis
 
-from docker_engine import BASE_URL, DATA_ROOT, IMAGE_NAME, PIDFILE, DockerTestError
+from docker_engine import BASE_URL, DATA_ROOT, IMAGE, IMAGE_NAME, PIDFILE, REGISTRY_ENV, DockerTestError
 
 
 def _refused(port: int) -> bool:
@@ -86,7 +87,11 @@ def test_postgres_container_accepts_password_login_over_loopback(docker_services
     pg = docker_services.postgres()
     c = pg.reload()
     assert c.attrs["HostConfig"]["NetworkMode"] == "host" and c.attrs["HostConfig"]["Init"] is True
-    assert c.attrs["Config"]["User"] == "postgres"
+    if not os.environ.get(REGISTRY_ENV):  # the official image starts as root and drops to postgres itself
+        assert c.attrs["Config"]["User"] == "postgres"
+    # either way the server runs as the image's `postgres` user (by name: the uids differ between images)
+    owner = c.exec_run(["sh", "-c", "stat -c %U /proc/$(head -n1 /var/lib/postgresql/data/postmaster.pid)"])
+    assert (owner.exit_code, owner.output.decode().strip()) == (0, "postgres")
     [mount] = c.attrs["Mounts"]
     assert (mount["Type"], mount["Name"], mount["Destination"]) == ("volume", pg.volume, "/var/lib/postgresql/data")
     dsn = dict(host="127.0.0.1", port=pg.port, user=pg.user, dbname=pg.database, connect_timeout=5)
@@ -165,11 +170,17 @@ def test_failed_start_reports_the_log_and_cleanup_removes_everything(docker_engi
 
 
 def test_the_registry_switch_picks_official_images_only_when_set():
-    from docker_engine import official_image
+    from docker_engine import service_image
 
-    assert official_image("postgres", None) is None and official_image("etcd", "") is None
-    assert official_image("postgres", "docker.io") == "docker.io/library/postgres:15"
-    assert official_image("redis", "registry.local:5000/") == "registry.local:5000/library/redis:7"
-    assert official_image("prometheus", "docker.io") == "docker.io/prom/prometheus:v2.42.0"
-    assert official_image("etcd", "docker.io") == "quay.io/coreos/etcd:v3.4.23"
-    assert official_image("etcd", "mirror.local") == "mirror.local/coreos/etcd:v3.4.23"
+    services = ("postgres", "redis", "prometheus", "etcd")
+    for off in (None, ""):  # switch off: every service runs the locally built base image
+        assert [service_image(s, off) for s in services] == [IMAGE] * 4
+    assert [service_image(s, "docker.io") for s in services] == [
+        "docker.io/library/postgres:15", "docker.io/library/redis:7", "docker.io/prom/prometheus:v2.42.0",
+        "quay.io/coreos/etcd:v3.4.23",  # etcd is not on Docker Hub
+    ]
+    assert [service_image(s, "registry.local:5000/") for s in services] == [
+        "registry.local:5000/library/postgres:15", "registry.local:5000/library/redis:7",
+        "registry.local:5000/prom/prometheus:v2.42.0", "registry.local:5000/coreos/etcd:v3.4.23",
+    ]
+    assert service_image("redis", "https://mirror.local") == "mirror.local/library/redis:7"
