@@ -95,3 +95,23 @@ def watch_argv():
     finally:
         stop.set()
         t.join()
+
+
+def prefect_api(method: str, path: str, api: str | None = None, **kwargs):
+    """One call to the Prefect REST API the way the UI (and Prefect's own client) makes it.
+
+    The server answers 503 "Service Unavailable" while its SQLite database is locked by a
+    concurrent writer (a worker, another run); Prefect's client retries those, so do we —
+    a 503 is not an answer about the thing under test.
+    """
+    import time
+
+    import httpx
+
+    url = f"{(api or os.environ['PREFECT_API_URL']).rstrip('/')}/{path.lstrip('/')}"
+    for attempt in range(8):
+        resp = httpx.request(method, url, timeout=30, **kwargs)
+        if resp.status_code != 503:
+            return resp
+        time.sleep(min(0.25 * 2 ** attempt, 4))
+    return resp

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import decoded_subject, mail_parts, with_email
+from helpers import decoded_subject, mail_parts, prefect_api, with_email
 
 from coderz_backup.errors import AccessError, ConfigError
 from coderz_backup.setup import TEMPLATES_DIR, register_cli, run_cli, setup
@@ -228,11 +228,9 @@ def test_deploy_needs_the_pool_then_a_worker_runs_the_daily_backup(stack, smtp):
     [(rcpts, msg)] = smtp.messages
     assert decoded_subject(msg).startswith("✅ Coderz Backup — OK (") and "ops@coderz.local" in rcpts
     assert set(mail_parts(msg)) == {"text/plain", "text/html"}
-    import httpx
-
-    resp = httpx.post(f"{os.environ['PREFECT_API_URL']}/artifacts/filter",
-                      json={"artifacts": {"flow_run_id": {"any_": [run_id]}}, "limit": 50, "offset": 0,
-                            "sort": "ID_DESC"})
+    resp = prefect_api("POST", "artifacts/filter",
+                       json={"artifacts": {"flow_run_id": {"any_": [run_id]}}, "limit": 50, "offset": 0,
+                             "sort": "ID_DESC"})
     resp.raise_for_status()
     assert {a["key"] for a in resp.json()} >= {"coderz-backup-report", "coderz-backup-artifacts"}
 
@@ -241,8 +239,6 @@ def test_restore_deployment_pauses_for_the_typed_approval_and_completes_after_re
     """`coderz-restore` through a real server and worker: the run pauses, a resume with the typed
     input through the REST API (what the UI form sends) completes it."""
     import time
-
-    import httpx
 
     stack.config.write_text(stack.config.read_text().replace(
         f'data_dir = "{redis_server.data}"\n',
@@ -270,25 +266,24 @@ def test_restore_deployment_pauses_for_the_typed_approval_and_completes_after_re
     worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", POOL, "--run-once"], cwd=ROOT,
                               env=dict(worker_env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-    api = os.environ["PREFECT_API_URL"]
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            state = httpx.get(f"{api}/flow_runs/{run_id}").json()["state"]
+            state = prefect_api("GET", f"flow_runs/{run_id}").json()["state"]
             if state and state["type"] == "PAUSED":
                 break
             time.sleep(0.5)
         else:
             pytest.fail("the restore run never paused for approval")
         assert redis_server.client().get("after-backup") == b"x"  # paused: nothing changed yet
-        resp = httpx.post(f"{api}/flow_runs/{run_id}/resume",
-                          json={"run_input": {"approve": True, "snapshot": snapshot}})
+        resp = prefect_api("POST", f"flow_runs/{run_id}/resume",
+                           json={"run_input": {"approve": True, "snapshot": snapshot}})
         assert resp.status_code == 201 and resp.json()["status"] == "ACCEPT", resp.text
         out, _ = worker.communicate(timeout=300)
     finally:
         if worker.poll() is None:
             worker.kill()
-    final = httpx.get(f"{api}/flow_runs/{run_id}").json()["state"]
+    final = prefect_api("GET", f"flow_runs/{run_id}").json()["state"]
     assert final["type"] == "COMPLETED", (final, out[-3000:])
     assert redis_server.client().get("after-backup") is None  # back to the snapshot
     assert (stack.dest / "safety-backups").is_dir()
