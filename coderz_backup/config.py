@@ -109,6 +109,8 @@ class EmailConfig(_Model):
     block: str | None = Field(None, description="name of a saved prefect-email EmailServerCredentials block")
     retries: int = Field(2, ge=0, le=10, description="retries when sending fails")
     retry_delay_s: list[float] = Field(default_factory=lambda: [5.0, 15.0], description="delay before each retry")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="give up on one send attempt after this long (a "
+                                                              "server that accepts and never answers cannot hang the run)")
 
 
 class ServiceBase(_Model):
@@ -288,7 +290,9 @@ class EtcdConfig(ServiceBase):
     cacert: str | None = Field(None, description="CA bundle to verify an https endpoint")
     cert: str | None = Field(None, description="client certificate (TLS transport)")
     key: str | None = Field(None, description="client certificate key (TLS transport)")
-    etcdctl: str = Field("etcdctl", description="etcdctl executable (etcdctl method and restore)")
+    etcdctl: str = Field("etcdctl", description="etcdctl executable (etcdctl method; restore when etcdutl is absent)")
+    etcdutl: str = Field("etcdutl", description="etcdutl executable: restores with `etcdutl snapshot restore` when "
+                                                "it is present where the restore runs (etcd ≥3.5; 3.6 has only it)")
     data_dir: str | None = Field(None, description="member data dir as seen from this host (in-place restore)")
     name: str | None = Field(None, description="member name (--name) used when restoring")
     peer_url: str | None = Field(None, description="member peer URL (--initial-advertise-peer-urls) for restore")

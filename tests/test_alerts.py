@@ -7,7 +7,7 @@ import json
 
 from helpers import decoded_subject as _decoded_subject
 from helpers import mail_parts as _parts
-from helpers import run_cli
+from helpers import prefect_api, run_cli
 from helpers import with_email as _with_email
 
 from coderz_backup.report import human_size
@@ -91,15 +91,48 @@ def test_smtp_down_backup_still_completes_and_the_run_shows_it(stack):
     assert "mail NOT sent" in (stack.dest / "latest" / "backup.log").read_text()
 
 
+def test_smtp_server_that_never_answers_cannot_hang_the_run(stack):
+    """A server that accepts the connection and then says nothing (no greeting): each attempt is
+    abandoned after email.timeout_s, the backup completes and the run says the mail failed."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def _accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])   # held open, never written to
+            except OSError:
+                pass
+
+    threading.Thread(target=_accept, daemon=True).start()
+    try:
+        _with_email(stack, listener.getsockname()[1])
+        stack.config.write_text(stack.config.read_text().replace("retries = 1\n", "retries = 1\ntimeout_s = 2\n"))
+        res = run_cli(["backup", "--config", str(stack.config)], stack.env, timeout=240)
+    finally:
+        stop.set()
+        listener.close()
+        for conn in accepted:
+            conn.close()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert stack.manifest()["status"] == "ok"
+    assert "Mail: failed" in res.stdout and "did not finish within 2s" in res.stdout + res.stderr
+    assert len(accepted) == 2   # first try + 1 retry, each given up on
+    assert "mail NOT sent" in (stack.dest / "latest" / "backup.log").read_text()
+
+
 def test_report_is_published_as_prefect_artifacts(stack):
     res = run_cli(["backup", "--config", str(stack.config)], stack.env)
     assert res.returncode == 0
-    import httpx
-
     run_id = stack.manifest()["flow_run_id"]
-    api = stack.env["PREFECT_API_URL"]
-    resp = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}},
-                                                       "limit": 50, "offset": 0, "sort": "ID_DESC"})
+    resp = prefect_api("POST", "artifacts/filter", stack.env["PREFECT_API_URL"],
+                       json={"artifacts": {"flow_run_id": {"any_": [run_id]}},
+                             "limit": 50, "offset": 0, "sort": "ID_DESC"})
     resp.raise_for_status()
     arts = [type("A", (), a) for a in resp.json()]
     by_key = {a.key: a for a in arts}

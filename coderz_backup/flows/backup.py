@@ -191,9 +191,31 @@ def _send(email_cfg, subject: str, html: str, text: str) -> None:
 
     if not email_cfg.to:
         raise ConfigError("email", ["email.to: no recipients configured"])
-    anyio.run(lambda: email_send_message.fn(
-        subject=subject, msg=html, msg_plain=text, email_server_credentials=_credentials(email_cfg),
-        email_from=email_cfg.from_, email_to=list(email_cfg.to)))
+    credentials = _credentials(email_cfg)
+    outcome: list[BaseException | None] = []
+
+    def _attempt() -> None:
+        try:
+            anyio.run(lambda: email_send_message.fn(
+                subject=subject, msg=html, msg_plain=text, email_server_credentials=credentials,
+                email_from=email_cfg.from_, email_to=list(email_cfg.to)))
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller below
+            outcome.append(exc)
+
+    # prefect-email opens smtplib connections without a timeout: a server that accepts and
+    # never answers would hang the run (and the 03:00 schedule behind it) forever. The attempt
+    # runs in a daemon thread that is abandoned after timeout_s.
+    sender = threading.Thread(target=_attempt, name="coderz-send-mail", daemon=True)
+    sender.start()
+    sender.join(email_cfg.timeout_s)
+    if not outcome:
+        where = (f"the SMTP server of block {email_cfg.block!r}" if email_cfg.block
+                 else f"SMTP server {email_cfg.smtp_host}:{email_cfg.smtp_port}")
+        raise TimeoutError(f"{where} did not finish within "
+                           f"{email_cfg.timeout_s:g}s (email.timeout_s)")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def _mail_outcome(cfg: Config, manifest: dict, snapshot_path: str) -> str:
