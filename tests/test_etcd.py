@@ -168,6 +168,28 @@ def test_server_down_fails_clearly(tmp_path, method):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_restore_uses_etcdutl_where_it_exists(etcd_plain, tmp_path):
+    """etcd ≥3.5 moved the restore to etcdutl (3.6 has no other): when it is present it is used.
+
+    etcd 3.4 has no etcdutl, so the one here is etcdctl under that name, logging its argv.
+    """
+    svc = _svc(etcd_plain)
+    [res] = svc.backup(tmp_path)
+    calls = tmp_path / "etcdutl-calls"
+    etcdutl = tmp_path / "bin" / "etcdutl"
+    etcdutl.parent.mkdir()
+    etcdutl.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nETCDCTL_API=3 exec {shutil.which("etcdctl")} "$@"\n')
+    etcdutl.chmod(0o755)
+    with_utl = _svc(etcd_plain, etcdutl=str(etcdutl))
+    new = _restore_and_start(with_utl, tmp_path / res.path, tmp_path / "new", auth=False)
+    try:
+        assert new.everything() == etcd_plain.everything()
+    finally:
+        new.stop()
+    [argv] = calls.read_text().splitlines()
+    assert argv.startswith(f"snapshot restore {tmp_path / res.path} --data-dir {tmp_path / 'new' / 'restored-data'}")
+
+
 def test_verify_and_restore_reject_truncated_and_flipped_snapshots(etcd_plain, tmp_path):
     svc = _svc(etcd_plain)
     svc.backup(tmp_path)

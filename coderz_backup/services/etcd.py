@@ -23,8 +23,9 @@ wrong trailer, an HTTP error (400 bad password, 500 no token) all raise, and the
 partial file is removed. ``etcdctl snapshot status`` does not look at the trailer, so
 verify() checks it itself.
 
-Restore needs ``etcdctl snapshot restore`` (in etcd ≥3.6 only ``etcdutl`` has it: set
-``etcdctl`` to an etcdutl path then). It never writes into a non-empty data dir:
+Restore runs ``etcdutl snapshot restore`` when ``etcdutl`` is present where the restore
+runs (etcd ≥3.5; in 3.6 only etcdutl has it), else ``etcdctl snapshot restore`` (3.4).
+It never writes into a non-empty data dir:
 
 - ``restore(artifact, data_dir=NEW)`` restores into a new (absent or empty) dir and
   says how to start etcd on it;
@@ -429,16 +430,30 @@ class EtcdService(BaseService):
         except (httpx.HTTPError, ArtifactError):
             return False
 
-    def _restore_into(self, artifact: Path, data_dir: Path, name: str | None, peer_url: str | None) -> None:
+    def _restore_argv(self, snapshot: str, data_dir: str, name: str | None, peer_url: str | None) -> list[str]:
+        """``etcdutl snapshot restore`` where etcdutl exists (where the restore runs), else etcdctl's."""
         c = self.config
-        argv = [c.etcdctl, "snapshot", "restore", str(artifact), "--data-dir", str(data_dir)]
+        tool = c.etcdctl
+        try:
+            self.access.run(["sh", "-c", 'command -v "$1" >/dev/null', "sh", c.etcdutl], timeout=30,
+                            label=f"look for {c.etcdutl}")
+            tool = c.etcdutl
+        except (ProducerError, AccessError):
+            pass   # not there (or no shell to ask): etcd 3.4's etcdctl has the restore
+        argv = [tool, "snapshot", "restore", snapshot, "--data-dir", data_dir]
         if name:
             argv += ["--name", name]
         if peer_url:
             argv += ["--initial-advertise-peer-urls", peer_url,
                      "--initial-cluster", f"{name or 'default'}={peer_url}"]
+        return argv
+
+    def _restore_into(self, artifact: Path, data_dir: Path, name: str | None, peer_url: str | None) -> None:
+        c = self.config
+        argv = self._restore_argv(str(artifact), str(data_dir), name, peer_url)
         try:
-            self.access.run(argv, env={"ETCDCTL_API": "3"}, timeout=c.timeout_s, label="etcdctl snapshot restore")
+            self.access.run(argv, env={"ETCDCTL_API": "3"}, timeout=c.timeout_s,
+                            label=f"{os.path.basename(argv[0])} snapshot restore")
         except (ProducerError, AccessError) as exc:
             raise RestoreError(f"{self.name}: {exc}") from None
 
@@ -480,12 +495,9 @@ class EtcdService(BaseService):
             # readable by the container's user only (the snapshot holds every key and secret)
             self.access.shell('chown "$(stat -c %u:%g "$2")" "$1"', f"/tmp/{copy}", os.path.dirname(live),
                               label="chown snapshot copy")
-            argv = [c.etcdctl, "snapshot", "restore", f"/tmp/{copy}", "--data-dir", staging]
-            if name:
-                argv += ["--name", name]
-            if peer_url:
-                argv += ["--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"{name or 'default'}={peer_url}"]
-            self.access.run(argv, env={"ETCDCTL_API": "3"}, timeout=c.timeout_s, label="etcdctl snapshot restore")
+            argv = self._restore_argv(f"/tmp/{copy}", staging, name, peer_url)
+            self.access.run(argv, env={"ETCDCTL_API": "3"}, timeout=c.timeout_s,
+                            label=f"{os.path.basename(argv[0])} snapshot restore")
         except (ProducerError, AccessError) as exc:
             with contextlib.suppress(Exception):
                 self.access.remove_tree(staging)
