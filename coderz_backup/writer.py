@@ -71,7 +71,10 @@ class ArtifactWriter:
         self.root = Path(root)
         self.relpath = relpath
         self.final = self.root / relpath
-        self.final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder {self.final.parent}: {exc.strerror}") from None
         self.partial = self.final.with_name(f".{self.final.name}.partial")
         self.check = check
         self.observe = observe

@@ -14,7 +14,7 @@ import pytest
 from isal import igzip
 
 from coderz_backup.config import PrometheusConfig
-from coderz_backup.errors import ArtifactError, RestoreError, VerifyError
+from coderz_backup.errors import ArtifactError, RestoreError, StoreError, VerifyError
 from coderz_backup.sandbox import PrometheusServer, free_port
 from coderz_backup.services import create
 from coderz_backup.services.prometheus import read_blocks
@@ -70,19 +70,23 @@ def test_snapshot_is_streamed_into_the_tarball_and_removed_from_the_data_dir(pro
 def test_snapshot_folder_is_removed_even_when_writing_fails(prom, tmp_path):
     not_a_dir = tmp_path / "dest-is-a-file"
     not_a_dir.write_text("x")
-    with pytest.raises(Exception):
+    with pytest.raises(StoreError, match="cannot create the folder .*dest-is-a-file"):
         create("prometheus", _cfg(prom)).backup(not_a_dir)
-    assert list((prom.data / "snapshots").iterdir()) == []
+    assert not_a_dir.read_text() == "x"                       # nothing written over the way
+    assert list((prom.data / "snapshots").iterdir()) == []   # the snapshot taken for it is gone again
 
 
 def test_admin_api_off_says_which_flag_to_add(tmp_path):
     srv = PrometheusServer(tmp_path / "p2", admin_api=False).start()
+    snap = tmp_path / "snap"
+    snap.mkdir()
     try:
         with pytest.raises(ArtifactError, match="--web.enable-admin-api"):
-            create("prometheus", _cfg(srv)).backup(tmp_path / "snap")
+            create("prometheus", _cfg(srv)).backup(snap)
     finally:
         srv.stop()
-    assert not list((tmp_path / "snap").glob("*.tar.gz")) if (tmp_path / "snap").exists() else True
+    assert list(snap.iterdir()) == []   # no tarball, not even a half-written one
+    assert not (srv.data / "snapshots").exists() or list((srv.data / "snapshots").iterdir()) == []
 
 
 def test_unreachable_and_missing_data_dir_fail_clearly(prom, tmp_path):

@@ -197,8 +197,11 @@ class PrometheusService(BaseService):
         how = (f"its container {c.container} is stopped and started" if c.container else
                f"stopped with {' '.join(c.stop_command) if c.stop_command else '(stop_command not set: it must be down)'}"
                f" and started with {' '.join(c.start_command) if c.start_command else '(start_command not set)'}")
-        return (f"the TSDB in {c.data_dir or '(data_dir not set)'} is replaced by the snapshot's blocks (the current "
-                f"contents are kept in .coderz-old-<ts> inside it); Prometheus {how}")
+        data_dir = (c.data_dir or "(data_dir not set)").rstrip("/")
+        kept = (f"inside it as {data_dir}/.coderz-old-<ts>" if c.container or c.volume or c.exec_prefix
+                else f"beside it as {data_dir}.coderz-old-<ts>")
+        return (f"the TSDB in {data_dir} is replaced by the snapshot's blocks (the current contents are kept "
+                f"{kept}); Prometheus {how}")
 
     def _answers(self) -> bool:
         try:
