@@ -112,7 +112,7 @@ def test_smtp_server_that_never_answers_cannot_hang_the_run(stack):
     threading.Thread(target=_accept, daemon=True).start()
     try:
         _with_email(stack, listener.getsockname()[1])
-        stack.config.write_text(stack.config.read_text().replace("retries = 1\n", "retries = 1\ntimeout_s = 2\n"))
+        stack.config.write_text(stack.config.read_text().replace("retry_delay_s = [0.1]\n", "retry_delay_s = [0.1]\ntimeout_s = 2\n"))
         res = run_cli(["backup", "--config", str(stack.config)], stack.env, timeout=240)
     finally:
         stop.set()
