@@ -85,6 +85,18 @@ class IncompleteArtifactError(ArtifactError):
     """The producer finished but its output is empty, truncated or lacks its end marker."""
 
 
+class PartialBackupError(ArtifactError):
+    """Some artifacts of a service were written, others failed (the message says which and why).
+
+    ``results`` holds the written (and skipped) ArtifactResults, ``failed`` maps each failed
+    artifact path to its error. Attributes are set after construction so the exception
+    survives pickling like any other.
+    """
+
+    results: list = []
+    failed: dict = {}
+
+
 class VerifyError(CoderzBackupError):
     """An artifact on disk does not pass its checks."""
 

@@ -28,6 +28,7 @@ from coderz_backup.config import ElasticsearchConfig
 from coderz_backup.errors import (
     ArtifactError,
     IncompleteArtifactError,
+    PartialBackupError,
     RestoreError,
     VerifyError,
 )
@@ -344,13 +345,18 @@ def test_unreachable_server(tmp_path):
     ({"expire_pit_at_page": 2}, r"expired between two pages .*raise keep_alive"),
     ({"shard_failure_at_page": 2}, r"1 of 2 shards failed on page 2 .*partial export"),
 ])
-def test_partial_export_fails_and_keeps_nothing(es, tmp_path, fault, match):
+def test_partial_export_fails_keeps_none_of_it_and_keeps_the_data_tarball(es, tmp_path, fault, match):
     es.standin.faults.update(fault)
+    data = tmp_path / "esdata"
+    (data / "indices").mkdir(parents=True)
+    (data / "node.lock").write_bytes(b"")
     # the first index (empty-index) has no second page; logs-app is next in name order
-    with pytest.raises(ArtifactError, match=match):
-        _svc(es, page_size=100, data_dir=str(tmp_path)).backup(tmp_path / "snap")
-    assert not (tmp_path / "snap" / "elasticsearch").exists()
-    assert not (tmp_path / "snap" / "elasticsearch-data.tar.gz").exists()
+    with pytest.raises(PartialBackupError, match=match) as err:
+        _svc(es, page_size=100, data_dir=str(data)).backup(tmp_path / "snap")
+    assert not (tmp_path / "snap" / "elasticsearch").exists()   # nothing of the partial export
+    assert list(err.value.failed) == ["elasticsearch/"]
+    [tarball] = err.value.results   # the data dir does not depend on the API: kept
+    assert tarball.status == "ok" and (tmp_path / "snap" / tarball.path).stat().st_size == tarball.bytes
     assert es.standin.pits == {}
 
 

@@ -32,6 +32,7 @@ from coderz_backup.config import GrafanaConfig
 from coderz_backup.errors import (
     ArtifactError,
     IncompleteArtifactError,
+    PartialBackupError,
     RestoreError,
     VerifyError,
 )
@@ -393,11 +394,16 @@ def test_data_tarball_holds_a_consistent_db_copy_while_it_is_written(gf, tmp_pat
     assert "integrity_check" in _svc(gf).verify(tmp_path / "snap" / data.path)
 
 
-def test_data_dir_without_grafana_db_fails_clearly(gf, tmp_path):
+def test_data_dir_without_grafana_db_fails_the_tarball_and_keeps_the_dashboards(gf, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ArtifactError, match="no grafana.db in"):
-        _svc(gf, data_dir=str(tmp_path / "empty")).backup(tmp_path / "snap")
-    assert not (tmp_path / "snap" / "grafana").exists()
+    svc = _svc(gf, data_dir=str(tmp_path / "empty"))
+    with pytest.raises(PartialBackupError, match="no grafana.db in") as err:
+        svc.backup(tmp_path / "snap")
+    [export] = err.value.results
+    assert export.status == "ok" and export.path == "grafana/dashboards/"
+    assert list(err.value.failed) == ["grafana/grafana-data.tar.gz"]
+    assert "12 dashboards" in svc.verify(tmp_path / "snap" / export.path)   # the export is whole
+    assert sorted(p.name for p in (tmp_path / "snap" / "grafana").iterdir() if p.suffix == ".gz") == []
 
 
 def test_round_trip_backup_wipe_restore_api(gf, tmp_path):
@@ -619,9 +625,15 @@ def test_cli_backup_verify_restore_and_a_failed_export_through_the_flows(gf, tmp
         assert res.returncode != 0
         snaps = sorted(p for p in dest.iterdir() if p.is_dir() and p.name[:2] == "20")
         manifest = json.loads((snaps[-1] / "manifest.json").read_text())
-        export = next(a for a in manifest["artifacts"] if a["path"] == "grafana/dashboards/")
+        export, tarball = [a for a in manifest["artifacts"] if a["service"] == "grafana"]
         assert export["status"] == "failed" and "partial export" in export["error"] and "d09" in export["error"]
         assert not (snaps[-1] / "grafana" / "dashboards").exists()
+        # the data-dir tarball does not depend on the API: it is kept, the snapshot is partial (exit 1)
+        assert res.returncode == 1 and manifest["status"] == "partial"
+        assert tarball["status"] == "ok" and tarball["error"] is None
+        assert (snaps[-1] / tarball["path"]).stat().st_size == tarball["bytes"]
+        res = run_cli(["verify", snaps[-1].name, "--config", str(config)], env)
+        assert res.returncode == 0, res.stdout + res.stderr   # what a partial snapshot holds verifies
 
 
 @STANDIN_ONLY
@@ -646,8 +658,9 @@ def test_damaged_live_db_fails_the_backup_and_leaves_nothing(gf, tmp_path):
     for off in range(4096 * 3, len(raw), 4096 * 5):   # scribble over b-tree pages, keep the header
         raw[off + 8: off + 600] = os.urandom(592)
     (data_dir / "grafana.db").write_bytes(bytes(raw))
-    with pytest.raises(ArtifactError, match="grafana.db") as err:
+    with pytest.raises(PartialBackupError, match="grafana.db") as err:
         _svc(gf, data_dir=str(data_dir)).backup(tmp_path / "snap")
     assert "integrity_check" in str(err.value) or "online backup API failed" in str(err.value)
-    assert not (tmp_path / "snap" / "grafana").exists()
-    assert not [p for p in (tmp_path / "snap").iterdir()]   # no temp copy left either
+    assert [r.path for r in err.value.results] == ["grafana/dashboards/"]   # the API export is kept
+    assert sorted(p.name for p in (tmp_path / "snap").iterdir()) == ["grafana"]   # no temp copy left
+    assert not list((tmp_path / "snap" / "grafana").glob("*grafana-data*"))     # no (partial) tarball

@@ -38,7 +38,7 @@ from prefect.states import Failed
 from .. import __version__
 from .. import notify, sizecheck
 from ..config import Config, ServiceConfig, load
-from ..errors import ConfigError, CoderzBackupError, SecretError
+from ..errors import ConfigError, CoderzBackupError, PartialBackupError, SecretError
 from ..report import render_report
 from ..rotation import rotate
 from ..runlog import run_log
@@ -359,10 +359,17 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
             message = str(err) if isinstance(err, CoderzBackupError) else (
                 f"{type(err).__name__}: {err}" if err else (fut.state.message or "task failed"))
             attempts = getattr(err, "attempts", None) or (cfg.retries + 1)
-            log.error("%s: FAILED after %d attempt(s): %s", name, attempts, message)
-            results[name] = [ArtifactResult(name, svc_cfg.kind, p, status="failed", duration_s=elapsed,
-                                            attempts=attempts, error=message)
-                             for p in expected_artifacts(name, svc_cfg)]
+            written = {r.path: r for r in err.results} if isinstance(err, PartialBackupError) else {}
+            if written:   # the last attempt wrote some artifacts: keep them, fail only the others
+                log.error("%s: partly FAILED after %d attempt(s): %s", name, attempts, message)
+            else:
+                log.error("%s: FAILED after %d attempt(s): %s", name, attempts, message)
+            results[name] = []
+            for p in expected_artifacts(name, svc_cfg):
+                r = written.get(p) or ArtifactResult(name, svc_cfg.kind, p, status="failed",
+                                                     error=(err.failed.get(p, message) if written else message))
+                r.duration_s, r.attempts = elapsed, attempts
+                results[name].append(r)
         for r in results[name]:
             if r.status == "ok":
                 log.info("%s: %s ok (%d bytes, %.1fs, %d attempt(s))", name, r.path, r.bytes, r.duration_s, r.attempts)

@@ -17,13 +17,17 @@ A service is built from its config table (name + typed config) and an
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Callable, ClassVar, Protocol, Sequence
 
+from ..errors import ArtifactError, CoderzBackupError, ConfigError, PartialBackupError, SecretError
 from ..writer import FileRecord
 
-__all__ = ["ArtifactResult", "BaseService", "Service"]
+log = logging.getLogger("coderz_backup")
+
+__all__ = ["ArtifactResult", "BaseService", "Service", "backup_each"]
 
 
 @dataclass
@@ -109,3 +113,35 @@ class BaseService:
 
     def artifacts(self) -> list[str]:
         return [a.format(name=self.name) for a in self.artifact_names]
+
+
+def backup_each(service: str, steps: Sequence[tuple[str, Callable[[], ArtifactResult]]]) -> list[ArtifactResult]:
+    """Produce a service's artifacts independently: one failing does not cost the others.
+
+    Each step writes one artifact and cleans up after itself when it fails. All written →
+    the results. Some failed → :class:`PartialBackupError` carrying the written ones (the
+    flow retries the service and, after the last attempt, keeps what was written). Nothing
+    written → the error itself (a config or secret problem first: retrying cannot fix it).
+    Anything but a CoderzBackupError propagates at once.
+    """
+    done: list[ArtifactResult] = []
+    failed: list[tuple[str, CoderzBackupError]] = []
+    for path, step in steps:
+        try:
+            done.append(step())
+        except CoderzBackupError as exc:
+            if len(steps) > 1:
+                log.error("%s: %s failed: %s", service, path, exc)
+            failed.append((path, exc))
+    if not failed:
+        return done
+    if not any(r.status == "ok" for r in done):
+        fatal = [e for _, e in failed if isinstance(e, (ConfigError, SecretError))]
+        if fatal or len(failed) == 1:
+            raise (fatal or [failed[0][1]])[0]
+        raise ArtifactError("; ".join(f"{p}: {e}" for p, e in failed))
+    err = PartialBackupError("; ".join(f"{p} failed: {e}" for p, e in failed)
+                             + " (written: " + ", ".join(r.path for r in done if r.status == "ok") + ")")
+    err.results = done
+    err.failed = {p: str(e) for p, e in failed}
+    raise err

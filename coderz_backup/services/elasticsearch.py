@@ -67,11 +67,12 @@ from ..errors import (
     ArtifactError,
     CoderzBackupError,
     IncompleteArtifactError,
+    PartialBackupError,
     RestoreError,
     VerifyError,
 )
 from ..writer import ArtifactWriter, FileRecord, write_stream
-from .base import ArtifactResult, BaseService
+from .base import ArtifactResult, BaseService, backup_each
 from .datadir import replace_data_dir
 from .httpapi import HttpApi
 
@@ -217,17 +218,23 @@ class ElasticsearchService(BaseService):
 
     # -- backup -------------------------------------------------------------
     def backup(self, into: Path) -> list[ArtifactResult]:
+        """The per-index export and the data-dir tarball, each on its own (one failing keeps the other)."""
         into = Path(into)
-        started = time.monotonic()
-        with _Client(self, read_timeout=min(self.config.timeout_s, 600.0)) as es:
-            export = self._export(es, into)
-        log.info("%s: %s in %.1fs", self.name, export.summary, time.monotonic() - started)
+
+        def export() -> ArtifactResult:
+            started = time.monotonic()
+            with _Client(self, read_timeout=min(self.config.timeout_s, 600.0)) as es:
+                res = self._export(es, into)   # removes its folder when it fails
+            log.info("%s: %s in %.1fs", self.name, res.summary, time.monotonic() - started)
+            return res
+
         try:
-            data = self._data_tarball(into)
-        except BaseException:
-            shutil.rmtree(into / self.name, ignore_errors=True)
+            return backup_each(self.name, [(self.export_path, export),
+                                           (self.tarball_path, lambda: self._data_tarball(into))])
+        except BaseException as exc:
+            if not isinstance(exc, PartialBackupError):
+                shutil.rmtree(into / self.name, ignore_errors=True)
             raise
-        return [export, data]
 
     def _list_indices(self, es: _Client) -> tuple[list[str], list[str], list[str]]:
         """(to export, hidden/dot skipped, closed skipped), each sorted."""

@@ -61,11 +61,12 @@ from ..errors import (
     ArtifactError,
     CoderzBackupError,
     IncompleteArtifactError,
+    PartialBackupError,
     RestoreError,
     VerifyError,
 )
 from ..writer import ArtifactWriter, FileRecord, write_stream
-from .base import ArtifactResult, BaseService
+from .base import ArtifactResult, BaseService, backup_each
 from .datadir import replace_data_dir
 from .httpapi import HttpApi, tls_verify
 
@@ -243,18 +244,30 @@ class GrafanaService(BaseService):
 
     # -- backup -------------------------------------------------------------
     def backup(self, into: Path) -> list[ArtifactResult]:
+        """The API export and the data-dir tarball, each on its own: the dashboards are kept
+        when the data dir cannot be read, and the tarball when the API refuses."""
         into = Path(into)
-        started = time.monotonic()
+        shutil.rmtree(into / self.name, ignore_errors=True)   # a failed earlier attempt's leftovers
+
+        def export() -> ArtifactResult:
+            started = time.monotonic()
+            try:
+                with _Api(self, read_timeout=min(self.config.timeout_s, 300.0)) as api:
+                    res = self._export(api, into)
+            except BaseException:
+                shutil.rmtree(into / self.name, ignore_errors=True)  # nothing of a failed export stays
+                raise
+            res.duration_s = time.monotonic() - started
+            log.info("%s: %s in %.1fs", self.name, res.summary, res.duration_s)
+            return res
+
         try:
-            with _Api(self, read_timeout=min(self.config.timeout_s, 300.0)) as api:
-                export = self._export(api, into)
-            log.info("%s: %s in %.1fs", self.name, export.summary, time.monotonic() - started)
-            data = self._data_tarball(into)
-        except BaseException:
-            shutil.rmtree(into / self.name, ignore_errors=True)  # nothing of a failed attempt stays
+            return backup_each(self.name, [(self.export_path, export),
+                                           (self.tarball_path, lambda: self._data_tarball(into))])
+        except BaseException as exc:
+            if not isinstance(exc, PartialBackupError):
+                shutil.rmtree(into / self.name, ignore_errors=True)
             raise
-        export.duration_s = time.monotonic() - started
-        return [export, data]
 
     def _folders(self, api: _Api) -> dict[str, dict]:
         """uid → {uid, title, parentUid}, parents before children."""
