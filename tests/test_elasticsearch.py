@@ -358,6 +358,9 @@ def test_partial_export_fails_keeps_none_of_it_and_keeps_the_data_tarball(es, tm
     [tarball] = err.value.results   # the data dir does not depend on the API: kept
     assert tarball.status == "ok" and (tmp_path / "snap" / tarball.path).stat().st_size == tarball.bytes
     assert es.standin.pits == {}
+    # restoring that snapshot with the default restore_from = "export" says what to do instead
+    with pytest.raises(RestoreError, match='no index export to restore.*restore_from = "volume"'):
+        _svc(es, data_dir=str(data)).restore(tmp_path / "snap" / tarball.path)
 
 
 @STANDIN_ONLY

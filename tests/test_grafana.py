@@ -634,6 +634,15 @@ def test_cli_backup_verify_restore_and_a_failed_export_through_the_flows(gf, tmp
         assert (snaps[-1] / tarball["path"]).stat().st_size == tarball["bytes"]
         res = run_cli(["verify", snaps[-1].name, "--config", str(config)], env)
         assert res.returncode == 0, res.stdout + res.stderr   # what a partial snapshot holds verifies
+        # restoring it with the default restore_from = "api" cannot work: said, nothing changed
+        del gf.standin.faults["dashboard:d09"]
+        before, db = gf.state(), (data_dir / "grafana.db").read_bytes()
+        res = run_cli(["restore", snaps[-1].name, "--config", str(config), "--yes", "--no-safety-backup"], env,
+                      timeout=600)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert 'no API export to restore' in res.stdout + res.stderr
+        assert 'restore_from = "volume"' in res.stdout + res.stderr
+        assert gf.state() == before and (data_dir / "grafana.db").read_bytes() == db
 
 
 @STANDIN_ONLY

@@ -633,6 +633,10 @@ class ElasticsearchService(BaseService):
                 return "not used (restore_from = volume: the data-dir tarball is restored instead)"
             return self._restore_export(artifact, replace=replace, only=indices)
         if c.restore_from != "volume":
+            if not (artifact.parent / self.export_path).is_dir():   # its export failed during that backup
+                raise RestoreError(f"{self.name}: this snapshot has no index export to restore (it failed during "
+                                   f"the backup), only {artifact.name}; set restore_from = \"volume\" in "
+                                   f"[services.{self.name}] to restore from it. Nothing of {self.name} changed")
             return "not used (restore_from = export: the index export is restored instead)"
         return self._restore_volume(artifact, already_stopped=already_stopped)
 

@@ -666,6 +666,10 @@ class GrafanaService(BaseService):
                 return f"not used (restore_from = {c.restore_from})"
             return self._restore_api(artifact)
         if c.restore_from != "volume":
+            if not (artifact.parent / "dashboards").is_dir():   # its export failed during that backup
+                raise RestoreError(f"{self.name}: this snapshot has no API export to restore (it failed during "
+                                   f"the backup), only {artifact.name}; set restore_from = \"volume\" in "
+                                   f"[services.{self.name}] to restore from it. Nothing of {self.name} changed")
             return f"not used (restore_from = {c.restore_from})"
         return self._restore_volume(artifact, already_stopped=already_stopped)
 
