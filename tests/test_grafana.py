@@ -673,3 +673,30 @@ def test_damaged_live_db_fails_the_backup_and_leaves_nothing(gf, tmp_path):
     assert [r.path for r in err.value.results] == ["grafana/dashboards/"]   # the API export is kept
     assert sorted(p.name for p in (tmp_path / "snap").iterdir()) == ["grafana"]   # no temp copy left
     assert not list((tmp_path / "snap" / "grafana").glob("*grafana-data*"))     # no (partial) tarball
+
+
+@pytest.mark.parametrize("case", ["refused-and-no-db", "refused-no-data-dir"])
+def test_each_artifact_reports_its_own_reason_when_the_service_fails(gf, tmp_path, cli_env, case):
+    """The report and manifest name what went wrong with each artifact — an API refusal is not
+    the reason the tarball failed, and a tarball that was never asked for stays skipped."""
+    from helpers import run_cli
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    dest = tmp_path / "snapshots"
+    config = tmp_path / "coderz-backup.toml"
+    data_dir = f'data_dir = "{empty}"\n' if case == "refused-and-no-db" else ""
+    config.write_text(f'dest = "{dest}"\nretries = 0\n\n[services.grafana]\nkind = "grafana"\n'
+                      f'url = "{gf.url}"\ntoken = "env:T_GRAFANA_TOKEN"\n{data_dir}')
+    res = run_cli(["backup", "--config", str(config)], dict(cli_env, T_GRAFANA_TOKEN="glsa_not_a_valid_token_000"))
+    assert res.returncode == 2, res.stdout + res.stderr   # nothing usable
+    [snap] = [p for p in dest.iterdir() if p.name[:2] == "20"]
+    export, tarball = json.loads((snap / "manifest.json").read_text())["artifacts"]
+    assert export["status"] == "failed" and "HTTP 401" in export["error"]
+    if case == "refused-and-no-db":
+        assert tarball["status"] == "failed" and "no grafana.db in" in tarball["error"]
+        assert "401" not in tarball["error"]
+        assert "no grafana.db in" in res.stdout and "HTTP 401" in res.stdout
+    else:
+        assert tarball["status"] == "skipped" and "data_dir not set" in tarball["error"]
+    assert "glsa_not_a_valid_token_000" not in res.stdout + res.stderr + (snap / "manifest.json").read_text()

@@ -359,15 +359,17 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
             message = str(err) if isinstance(err, CoderzBackupError) else (
                 f"{type(err).__name__}: {err}" if err else (fut.state.message or "task failed"))
             attempts = getattr(err, "attempts", None) or (cfg.retries + 1)
-            written = {r.path: r for r in err.results} if isinstance(err, PartialBackupError) else {}
-            if written:   # the last attempt wrote some artifacts: keep them, fail only the others
+            # what the last attempt wrote (or skipped) stays; each failed artifact gets its own reason
+            written = {r.path: r for r in (getattr(err, "results", None) or [])}
+            reasons = getattr(err, "failed", None) or {}
+            if isinstance(err, PartialBackupError):
                 log.error("%s: partly FAILED after %d attempt(s): %s", name, attempts, message)
             else:
                 log.error("%s: FAILED after %d attempt(s): %s", name, attempts, message)
             results[name] = []
             for p in expected_artifacts(name, svc_cfg):
                 r = written.get(p) or ArtifactResult(name, svc_cfg.kind, p, status="failed",
-                                                     error=(err.failed.get(p, message) if written else message))
+                                                     error=reasons.get(p, message))
                 r.duration_s, r.attempts = elapsed, attempts
                 results[name].append(r)
         for r in results[name]:

@@ -122,7 +122,8 @@ def backup_each(service: str, steps: Sequence[tuple[str, Callable[[], ArtifactRe
     the results. Some failed → :class:`PartialBackupError` carrying the written ones (the
     flow retries the service and, after the last attempt, keeps what was written). Nothing
     written → the error itself (a config or secret problem first: retrying cannot fix it).
-    Anything but a CoderzBackupError propagates at once.
+    Either error carries ``results`` (what was written or skipped) and ``failed`` (each
+    failed artifact's own reason) for the report. Anything but a CoderzBackupError propagates at once.
     """
     done: list[ArtifactResult] = []
     failed: list[tuple[str, CoderzBackupError]] = []
@@ -135,13 +136,16 @@ def backup_each(service: str, steps: Sequence[tuple[str, Callable[[], ArtifactRe
             failed.append((path, exc))
     if not failed:
         return done
+    per_path = {p: str(e) for p, e in failed}
     if not any(r.status == "ok" for r in done):
         fatal = [e for _, e in failed if isinstance(e, (ConfigError, SecretError))]
-        if fatal or len(failed) == 1:
-            raise (fatal or [failed[0][1]])[0]
-        raise ArtifactError("; ".join(f"{p}: {e}" for p, e in failed))
-    err = PartialBackupError("; ".join(f"{p} failed: {e}" for p, e in failed)
-                             + " (written: " + ", ".join(r.path for r in done if r.status == "ok") + ")")
-    err.results = done
-    err.failed = {p: str(e) for p, e in failed}
-    raise err
+        err: CoderzBackupError = (fatal or [failed[0][1]])[0] if fatal or len(failed) == 1 else \
+            ArtifactError("; ".join(f"{p}: {e}" for p, e in failed))
+        err.results = done       # type: ignore[attr-defined]  # skipped ones stay skipped
+        err.failed = per_path    # type: ignore[attr-defined]  # each artifact's own reason, for the report
+        raise err
+    partial = PartialBackupError("; ".join(f"{p} failed: {e}" for p, e in failed)
+                                 + " (written: " + ", ".join(r.path for r in done if r.status == "ok") + ")")
+    partial.results = done
+    partial.failed = per_path
+    raise partial
