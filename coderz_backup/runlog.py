@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["redact", "RedactingFilter", "run_log", "LOGGER_NAMES"]
+__all__ = ["redact", "ExpectedErrorFilter", "RedactingFilter", "run_log", "LOGGER_NAMES"]
 
 LOGGER_NAMES = ("coderz_backup", "prefect.flow_runs", "prefect.task_runs")
 
@@ -48,6 +48,22 @@ class RedactingFilter(logging.Filter):
         if record.exc_info and record.exc_info[1] is not None:
             text = scrub(logging.Formatter().formatException(record.exc_info))
             record.exc_info, record.exc_text = None, text
+        return True
+
+
+class ExpectedErrorFilter(logging.Filter):
+    """Drop the traceback from a record about one of our own errors.
+
+    A CoderzBackupError's message already says what failed and what to do; the traceback
+    Prefect's engine attaches to "task run failed" records is noise to an operator at 03:00.
+    Any other exception keeps its traceback (that one is a bug to report).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from .errors import CoderzBackupError
+
+        if record.exc_info and isinstance(record.exc_info[1], CoderzBackupError):
+            record.exc_info, record.exc_text = None, None
         return True
 
 

@@ -90,6 +90,10 @@ def test_postgres_down_marks_snapshot_partial_and_exits_1(stack):
     assert "pg_dump" in failed["error"] and failed["sha256"] is None
     assert not (snap / "postgres-coderapi.sql.gz").exists()
     assert not list(snap.glob(".*.partial"))
+    # an expected failure is told by its message, not buried in Prefect's engine tracebacks
+    log = (snap / "backup.log").read_text()
+    assert "postgres-coderapi: FAILED after 2 attempt(s)" in log
+    assert "Traceback" not in log and "Traceback" not in res.stderr
 
 
 def test_flow_state_is_failed_with_count_when_an_artifact_fails(stack):
