@@ -112,6 +112,48 @@ def test_auto_mode_picks_sqlite_and_copies_a_consistent_db_while_it_is_written(k
     assert "integrity_check ok" in _svc(k3s_dir).verify(into / SQLITE_ARTIFACT)
 
 
+def test_copy_of_a_big_state_db_finishes_while_kine_keeps_writing(k3s_dir, tmp_path):
+    """A state.db of many backup steps, written all the time (kine renews leases every few
+    seconds): a stepwise online backup restarts on every write and never ends; ours must."""
+    db_path = k3s_dir / "server" / "db" / "state.db"
+    db = sqlite3.connect(db_path)
+    with db:
+        for _ in range(8):
+            db.executemany("INSERT INTO kine (name, value) VALUES (?, ?)",
+                           [("/registry/configmaps/big", os.urandom(2000)) for _ in range(5000)])
+    db.close()
+    assert db_path.stat().st_size > 64 * 1024 * 1024   # far more than one step of a stepwise copy
+    into = tmp_path / "snap"
+    into.mkdir()
+    writer = Writer(db_path)
+    writer.start()
+    outcome: dict = {}
+
+    def _backup() -> None:
+        try:
+            outcome["results"] = _svc(k3s_dir).backup(into)
+        except Exception as exc:  # reported below
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=_backup, daemon=True)
+    try:
+        while writer.batches < 3:
+            time.sleep(0.01)
+        runner.start()
+        runner.join(180)
+        finished_while_written = not runner.is_alive()
+        batches_during = writer.batches
+    finally:
+        writer.stop.set()
+        writer.join()
+        runner.join(120)
+    assert finished_while_written, "the state.db copy did not finish while the database was being written"
+    assert "error" not in outcome, outcome.get("error")
+    [res] = outcome["results"]
+    assert res.status == "ok" and batches_during > 3
+    assert "integrity_check ok" in _svc(k3s_dir).verify(into / SQLITE_ARTIFACT)
+
+
 def test_sqlite_restore_puts_db_and_token_back_and_keeps_the_old_ones(k3s_dir, tmp_path):
     into = tmp_path / "snap"
     into.mkdir()

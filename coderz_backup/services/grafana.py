@@ -67,6 +67,7 @@ from ..errors import (
 )
 from ..writer import ArtifactWriter, FileRecord, write_stream
 from .base import ArtifactResult, BaseService, backup_each
+from .sqlitecopy import sqlite_copy
 from .datadir import replace_data_dir
 from .httpapi import HttpApi, tls_verify
 
@@ -91,34 +92,6 @@ def safe_name(text: str, *, limit: int = 100) -> str:
     """A file or folder name for ``text``: odd characters → ``_``, never empty, ``.`` or ``..``."""
     name = _UNSAFE.sub("_", text or "").strip(" .")[:limit].strip(" .")
     return name or "_"
-
-
-def sqlite_copy(src: Path, dst: Path, *, timeout: float = 30.0) -> int:
-    """Copy a live SQLite database with the online backup API; check the copy.
-
-    The source is opened read-only (a reader that is root must not create ``-shm``/``-wal``
-    files Grafana could not open afterwards). Returns the number of tables of the copy;
-    raises ArtifactError when the copy fails or ``PRAGMA integrity_check`` is not ``ok``.
-    """
-    uri = "file:" + urllib.parse.quote(str(src)) + "?mode=ro"
-    source = target = None
-    try:
-        source = sqlite3.connect(uri, uri=True, timeout=timeout)
-        target = sqlite3.connect(dst)
-        source.backup(target)
-        check = [r[0] for r in target.execute("PRAGMA integrity_check").fetchall()]
-        tables = target.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
-    except sqlite3.Error as exc:
-        raise ArtifactError(f"copying {src} with the SQLite online backup API failed: {exc} (busy or damaged "
-                            "database; the flow retries)") from None
-    finally:
-        for conn in (source, target):
-            if conn is not None:
-                conn.close()
-    if check != ["ok"]:
-        raise IncompleteArtifactError(f"the copy of {src} fails PRAGMA integrity_check: "
-                                      f"{'; '.join(map(str, check[:5]))}")
-    return tables
 
 
 def _db_check(path: Path) -> int:
@@ -439,7 +412,7 @@ class GrafanaService(BaseService):
         with tempfile.TemporaryDirectory(prefix=f".{self.name}-db-", dir=into) as tmp:
             copy = Path(tmp) / DB_NAME
             try:
-                tables = sqlite_copy(db, copy)
+                tables = sqlite_copy(db, copy).tables
             except ArtifactError as exc:
                 raise type(exc)(f"{self.name}: {exc}") from None
             db_bytes = copy.stat().st_size
@@ -491,7 +464,7 @@ class GrafanaService(BaseService):
             except sqlite3.Error as exc:
                 raise ArtifactError(f"{self.name}: {DB_NAME} copied from the container is not readable: {exc}") from None
             copy = Path(tmp) / DB_NAME
-            tables = sqlite_copy(live / DB_NAME, copy)
+            tables = sqlite_copy(live / DB_NAME, copy).tables
             db_bytes = copy.stat().st_size
             r, w_fd = os.pipe()
             problem: list[BaseException] = []

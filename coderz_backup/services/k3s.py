@@ -46,40 +46,15 @@ from ..errors import AccessError, ArtifactError, IncompleteArtifactError, Produc
 from ..writer import ArtifactWriter, write_stream
 from .base import ArtifactResult, BaseService
 from .etcd import SnapshotChecker, verify_snapshot_file
+from .sqlitecopy import sqlite_copy
 
-__all__ = ["K3sService", "SQLITE_ARTIFACT", "sqlite_copy"]
+__all__ = ["K3sService", "SQLITE_ARTIFACT"]
 
 log = logging.getLogger(__name__)
 
 SQLITE_ARTIFACT = "k3s-server-db.tar.gz"
 _LIVE_DB = ("state.db", "state.db-wal", "state.db-shm", "state.db-journal")
 _SKIP_DIRS = ("etcd", "snapshots")
-
-
-def sqlite_copy(src: str, dest: str) -> int:
-    """Consistent copy of a live SQLite database (online backup API); returns its page count.
-
-    Raises ArtifactError unless the copy passes ``PRAGMA integrity_check``.
-    """
-    try:
-        source = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30)
-    except sqlite3.Error as exc:
-        raise ArtifactError(f"cannot open {src}: {exc}") from None
-    try:
-        target = sqlite3.connect(dest)
-        try:
-            source.backup(target, pages=4096, sleep=0.01)
-            ok = target.execute("PRAGMA integrity_check").fetchone()[0]
-            pages = target.execute("PRAGMA page_count").fetchone()[0]
-        finally:
-            target.close()
-    except sqlite3.Error as exc:
-        raise ArtifactError(f"online backup of {src} failed: {exc}") from None
-    finally:
-        source.close()
-    if ok != "ok":
-        raise IncompleteArtifactError(f"copy of {src} fails PRAGMA integrity_check: {ok}")
-    return pages
 
 
 class K3sService(BaseService):
@@ -178,7 +153,7 @@ class K3sService(BaseService):
         count = 0
         with tempfile.TemporaryDirectory(prefix=f".{self.name}-", dir=into) as tmp:
             copy = os.path.join(tmp, "state.db")
-            pages = sqlite_copy(os.path.join(db_dir, "state.db"), copy)
+            pages = sqlite_copy(os.path.join(db_dir, "state.db"), copy).pages
 
             def _check(ends) -> None:
                 if count < 2:
