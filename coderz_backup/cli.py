@@ -31,6 +31,16 @@ Config file: --config, else $CODERZ_BACKUP_CONFIG, else /opt/coderz/backup/coder
 """
 
 
+def _positive_seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1 second")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coderz-backup", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--yes", action="store_true", help="approve without asking (for scripts)")
     r.add_argument("--no-safety-backup", action="store_true",
                    help="do not back up the current state first (no undo)")
-    r.add_argument("--timeout", metavar="S", type=int, default=3600,
+    r.add_argument("--timeout", metavar="S", type=_positive_seconds, default=3600,
                    help="give up when not approved within S seconds (default 3600)")
     r.add_argument("--verbose", "-v", action="store_true", help="also show Prefect's own log lines")
 
@@ -303,6 +313,9 @@ def cmd_restore(args) -> int:
 
     cfg = load(args.config, dest=args.dest)
     snap = SnapshotStore(cfg.dest).get(args.snapshot)  # bad names refused before anything else
+    from .flows.restore import select_entries
+
+    select_entries(cfg, snap, args.only)   # bad --only, no manifest, nothing to restore: exit 2, asked nothing
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     if not args.yes and not interactive:
         print("✗ restore needs a confirmation: run it on a terminal to type the snapshot name, or pass --yes. "
@@ -341,7 +354,7 @@ def cmd_restore(args) -> int:
     try:
         plan_ready.wait()
         if not args.yes and "plan" in events and worker.is_alive():
-            _ask_operator(events["plan"])
+            _ask_operator(events["plan"], worker)
         worker.join()
     finally:
         remove_listener(listener)
@@ -361,19 +374,42 @@ def cmd_restore(args) -> int:
     return EXIT_OK if state.is_completed() else EXIT_PARTIAL
 
 
-def _ask_operator(plan: dict) -> None:
-    """Show the plan, read the typed name, answer the paused flow run (same path as the UI form)."""
+def _ask_operator(plan: dict, worker: threading.Thread) -> None:
+    """Show the plan, read the typed name, answer the paused flow run (same path as the UI form).
+
+    Never waits longer than the flow does: while the prompt is open the run's own approval
+    timeout keeps counting, and once the flow has ended (timed out, failed) the prompt is
+    dropped instead of answering a run that no longer waits.
+    """
+    import select
+
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectException
     from prefect.flow_runs import resume_flow_run
 
     print(plan["plan"])
     run_id = plan["flow_run_id"]
     with get_client(sync_client=True) as client:
-        while not client.read_flow_run(run_id).state.is_paused():
+        while worker.is_alive() and not client.read_flow_run(run_id).state.is_paused():
             time.sleep(0.2)
+    if not worker.is_alive():
+        return
+    print(f"\nType the snapshot name ({plan['snapshot']}) to restore it, anything else to cancel: ",
+          end="", flush=True)
+    typed = None
     try:
-        typed = input(f"\nType the snapshot name ({plan['snapshot']}) to restore it, anything else to cancel: ")
-    except (EOFError, KeyboardInterrupt):
+        while worker.is_alive():
+            ready, _, _ = select.select([sys.stdin], [], [], 0.5)
+            if ready:
+                typed = sys.stdin.readline()
+                break
+    except KeyboardInterrupt:
         typed = ""
-    approve = typed.strip() == plan["snapshot"]
-    resume_flow_run(run_id, run_input={"approve": approve, "snapshot": typed.strip()})
+    if typed is None:   # the run stopped waiting (approval timed out): nothing to answer
+        print()
+        return
+    typed = typed.strip()
+    try:
+        resume_flow_run(run_id, run_input={"approve": typed == plan["snapshot"], "snapshot": typed})
+    except PrefectException as exc:   # e.g. it timed out just now: the run's own outcome is reported
+        print(f"\n(the restore run no longer waits for an answer: {exc})", file=sys.stderr)

@@ -45,7 +45,7 @@ __all__ = [
     "parse_snapshot_name",
 ]
 
-SNAPSHOT_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}$")
+SNAPSHOT_NAME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}_[0-9]{2}-[0-9]{2}-[0-9]{2}$")
 NAME_FORMAT = "%Y-%m-%d_%H-%M-%S"
 IN_PROGRESS_PREFIX = ".in-progress-"
 LOCK_NAME = ".coderz-backup.lock"

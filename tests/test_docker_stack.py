@@ -40,7 +40,10 @@ def docker_stack(docker_engine, docker_services, tmp_path, cli_env):
     while not httpx.get(f"{pr.url}/api/v1/query", params={"query": "up"}).json()["data"]["result"]:
         assert time.monotonic() < deadline, "coderz-prometheus scraped nothing"
         time.sleep(0.3)
-    app = docker_services.run_service("coderz-app", ["sleep", "infinity"], user="nobody")
+    # the app refuses to start again once /tmp/coderz-broken exists (a test makes it so)
+    app = docker_services.run_service(
+        "coderz-app", ["sh", "-c", "if [ -e /tmp/coderz-broken ]; then exit 3; fi; exec sleep infinity"],
+        user="nobody")
     conf = tmp_path / "configs"
     conf.mkdir()
     (conf / "docker-compose.yml").write_text("services: {}\n")
@@ -163,6 +166,23 @@ def test_a_refused_restore_changes_nothing_and_leaves_the_containers_running(doc
     s.app.reload()
     assert s.app.status == "running" and s.app.attrs["State"]["StartedAt"] == started
     assert s.redis.running
+
+
+def test_a_container_that_does_not_come_back_makes_the_restore_exit_1_with_the_hint(docker_stack):
+    s = docker_stack
+    res = run_cli(["backup", "--config", str(s.config)], s.env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    r = redis_lib.Redis(port=s.redis.port, password=s.redis.password)
+    r.set("after-backup", "1")
+    assert s.app.exec_run(["touch", "/tmp/coderz-broken"]).exit_code == 0
+    res = run_cli(["restore", "--yes", "--no-safety-backup", "--only", "redis", "--config", str(s.config)],
+                  s.env, timeout=600)
+    # the data is back, but the stack is not whole again: not a success
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert r.get("after-backup") is None and r.get("session:299") == b"299"
+    assert "coderz-app" in res.stdout + res.stderr and "cd /opt/coderz && docker compose restart" in res.stdout
+    s.app.reload()
+    assert s.app.status == "exited"
 
 
 def test_a_stopped_container_fails_only_its_artifact(docker_stack):

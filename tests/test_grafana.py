@@ -403,6 +403,12 @@ def test_data_dir_without_grafana_db_fails_the_tarball_and_keeps_the_dashboards(
     assert export.status == "ok" and export.path == "grafana/dashboards/"
     assert list(err.value.failed) == ["grafana/grafana-data.tar.gz"]
     assert "12 dashboards" in svc.verify(tmp_path / "snap" / export.path)   # the export is whole
+    # a volume restore of that snapshot has no tarball to use: said, instead of an "ok" that did nothing
+    before = gf.state()
+    vol = _svc(gf, data_dir=str(tmp_path / "empty"), restore_from="volume")
+    with pytest.raises(RestoreError, match='no data-dir tarball to restore.*restore_from = "api"'):
+        vol.restore(tmp_path / "snap" / export.path)
+    assert gf.state() == before
     assert sorted(p.name for p in (tmp_path / "snap" / "grafana").iterdir() if p.suffix == ".gz") == []
 
 

@@ -78,7 +78,18 @@ def test_without_a_terminal_and_without_yes_nothing_changes(backed_up):
     assert not (s.dest / "safety-backups").exists()
 
 
-@pytest.mark.parametrize("name", ["../x", "/etc", "latest/../..", "2026-03-06", "..", "latest/"])
+@pytest.mark.parametrize("yes", [True, False])
+def test_bad_input_is_exit_2_with_or_without_a_terminal(backed_up, yes):
+    """A cron job must see "bad input" (2), not "not approved" (3), for a mistyped --only."""
+    s = backed_up
+    res = run_cli(["restore", "--only", "no-such-service", "--config", str(s.config)] + (["--yes"] if yes else []),
+                  s.env)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "no-such-service" in res.stderr
+    assert _state(s) == s.changed
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc", "latest/../..", "2026-03-06", "..", "latest/", "２０２６-03-06_03-00-00"])
 def test_snapshot_name_attacks_are_refused(backed_up, name):
     s = backed_up
     res = run_cli(["restore", name, "--config", str(s.config), "--yes"], s.env)
@@ -173,8 +184,11 @@ def test_approval_timeout_changes_nothing(backed_up):
     assert _state(s) == s.changed
 
 
-def _on_a_terminal(args: list[str], env: dict, typed: str) -> tuple[int, str]:
-    """Run scripts/restore.sh on a pseudo-terminal, type ``typed`` at the prompt."""
+def _on_a_terminal(args: list[str], env: dict, typed: str | None, limit_s: float = 240) -> tuple[int, str]:
+    """Run scripts/restore.sh on a pseudo-terminal, type ``typed`` at the prompt (None: never answer).
+
+    Killed after ``limit_s`` (exit code -9) so a CLI that waits forever fails the test instead of hanging it.
+    """
     import pty
     import select
     from pathlib import Path
@@ -185,7 +199,7 @@ def _on_a_terminal(args: list[str], env: dict, typed: str) -> tuple[int, str]:
         os.execvpe("bash", ["bash", str(script), *args], env)
     out = b""
     answered = False
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 0.5)
         if ready:
@@ -196,10 +210,13 @@ def _on_a_terminal(args: list[str], env: dict, typed: str) -> tuple[int, str]:
             if not chunk:
                 break
             out += chunk
-        if not answered and b"Type the snapshot name" in out:
+        if not answered and typed is not None and b"Type the snapshot name" in out:
             os.write(fd, typed.encode() + b"\n")
             answered = True
-    _, status = os.waitpid(pid, 0)
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done == 0:   # still waiting after limit_s
+        os.killpg(pid, 9) if os.getpgid(pid) == pid else os.kill(pid, 9)
+        _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
 
 
@@ -216,6 +233,14 @@ def test_operator_typing_something_else_changes_nothing(backed_up):
     rc, out = _on_a_terminal(["--config", str(s.config)], s.env, "yes")
     assert rc == 3, out
     assert "does not match" in out or "rejected" in out
+    assert _state(s) == s.changed
+
+
+def test_operator_who_never_answers_gets_the_timeout_not_a_prompt_forever(backed_up):
+    s = backed_up
+    rc, out = _on_a_terminal(["--config", str(s.config), "--timeout", "3"], s.env, None, limit_s=150)
+    assert rc == 3, out   # -9 would mean the prompt outlived the run's own approval timeout
+    assert "Type the snapshot name" in out and "timed out" in out
     assert _state(s) == s.changed
 
 

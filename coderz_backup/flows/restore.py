@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +90,11 @@ def _dependents(cfg, services: list[str]) -> list[str]:
     return out
 
 
-def _stop_containers(names: list[str]) -> list[str]:
-    """Stop the running ones among ``names``; return those stopped (to start again)."""
+def _stop_containers(names: list[str], stopped: list[str]) -> None:
+    """Stop the running ones among ``names``, appending each to ``stopped`` as it goes (so the
+    caller starts them again even when a later one fails to stop)."""
     from ..access_docker import DockerAccess
 
-    stopped = []
     for name in names:
         acc = DockerAccess(name)
         try:
@@ -105,7 +106,6 @@ def _stop_containers(names: list[str]) -> list[str]:
             acc.stop_service(timeout=120)
             log.info("container %s stopped for the restore", name)
             stopped.append(name)
-    return stopped
 
 
 def _start_containers(names: list[str]) -> list[str]:
@@ -168,19 +168,7 @@ def coderz_restore(
     cfg = load(config, dest=dest)
     store = SnapshotStore(cfg.dest)
     snap = store.get(snapshot)  # refuses anything that is not a snapshot name
-    if snap.manifest is None:
-        raise RestoreError(f"{snap.path} has no readable manifest.json; it cannot be restored safely")
-    ok_entries = [a for a in snap.manifest.get("artifacts", []) if a.get("status") == "ok"]
-    if only:
-        unknown = [n for n in only if n not in cfg.services]
-        if unknown:
-            raise ConfigError("--only", [f"unknown service {n!r}; configured: {', '.join(cfg.services)}"
-                                         for n in unknown])
-    wanted = [n for n, c in cfg.services.items() if (n in only if only else c.enabled) and c.kind in REGISTRY]
-    entries = [a for a in ok_entries if a["service"] in wanted]
-    lacking = [n for n in wanted if n not in {a["service"] for a in entries}]
-    if not entries:
-        raise RestoreError(f"snapshot {snap.name} holds nothing to restore for {', '.join(wanted) or 'the selection'}")
+    entries, lacking = select_entries(cfg, snap, only)
 
     with store.lock():
         with run_log(snap.path / "restore.log", extra_handlers=_api_handlers()):
@@ -205,22 +193,60 @@ def coderz_restore(
                 safety = _safety_backup(cfg, [a["service"] for a in entries])
 
             services = list(dict.fromkeys(a["service"] for a in entries))
-            stopped = _stop_containers(_dependents(cfg, services))
+            stopped: list[str] = []
             try:
+                _stop_containers(_dependents(cfg, services), stopped)
                 results = _restore_all(cfg, snap, entries)
+            except CoderzBackupError as exc:   # a dependent container would not stop: nothing restored
+                log.error("restore not started: %s", exc)
+                results = [{"service": s, "status": "failed", "health": None,
+                            "detail": f"not restored (nothing of it changed): {exc}"} for s in services]
             finally:
-                restart_problems = _start_containers(stopped)
-            report = _report(snap, results, safety, cfg, stopped, restart_problems)
+                restart_problems = _start_containers(stopped)   # whatever was stopped runs again
+            report = _report(snap, results, safety, cfg, stopped, restart_problems, config)
             _publish("coderz-restore-report", report, f"Restore report for {snap.name}")
             if cfg.email is not None:
                 _mail(cfg, snap.name, results, report)
     failed = [r for r in results if r["status"] != "ok"]
     summary = {"snapshot": snap.name, "results": results, "safety_backup": safety, "report": report}
     _emit("restore-finished", summary=summary)
-    if failed:
-        undo = (f"; undo with: coderz-backup restore {safety} --dest {cfg.dest / SAFETY_DIR}" if safety else "")
-        return Failed(message=f"{len(failed)} of {len(results)} services failed to restore{undo}", data=summary)
+    if failed or restart_problems:
+        problems = [f"{len(failed)} of {len(results)} services failed to restore"] if failed else []
+        if restart_problems:
+            problems.append(f"container(s) not running again: {'; '.join(restart_problems)}")
+        undo = (f"; undo with: {_undo_command(config, cfg, safety)}" if safety and failed else "")
+        return Failed(message="; ".join(problems) + undo, data=summary)
     return summary
+
+
+def _undo_command(config: str | None, cfg, safety: str) -> str:
+    """The command that restores the safety backup (with the same config file)."""
+    cmd = ["coderz-backup", "restore", safety, "--dest", str(cfg.dest / SAFETY_DIR)]
+    if config:
+        cmd += ["--config", str(config)]
+    return shlex.join(cmd)
+
+
+def select_entries(cfg, snap, only: list[str] | None) -> tuple[list[dict], list[str]]:
+    """The manifest entries to restore and the wanted services the snapshot lacks.
+
+    Plain checks (no Prefect): the CLI runs them before it asks anything, so bad input is
+    exit 2 even without a terminal. ConfigError / RestoreError when there is nothing to do.
+    """
+    if snap.manifest is None:
+        raise RestoreError(f"{snap.path} has no readable manifest.json; it cannot be restored safely")
+    ok_entries = [a for a in snap.manifest.get("artifacts", []) if a.get("status") == "ok"]
+    if only:
+        unknown = [n for n in only if n not in cfg.services]
+        if unknown:
+            raise ConfigError("--only", [f"unknown service {n!r}; configured: {', '.join(cfg.services)}"
+                                         for n in unknown])
+    wanted = [n for n, c in cfg.services.items() if (n in only if only else c.enabled) and c.kind in REGISTRY]
+    entries = [a for a in ok_entries if a["service"] in wanted]
+    lacking = [n for n in wanted if n not in {a["service"] for a in entries}]
+    if not entries:
+        raise RestoreError(f"snapshot {snap.name} holds nothing to restore for {', '.join(wanted) or 'the selection'}")
+    return entries, lacking
 
 
 def _wait_for_approval(name: str, plan: str, timeout_s: int) -> str | None:
@@ -276,7 +302,7 @@ def _restore_all(cfg, snap, entries) -> list[dict]:
 RESTART_HINT = "cd /opt/coderz && docker compose restart"
 
 
-def _report(snap, results, safety, cfg, stopped=(), restart_problems=()) -> str:
+def _report(snap, results, safety, cfg, stopped=(), restart_problems=(), config: str | None = None) -> str:
     lines = [f"# Restore of snapshot `{snap.name}`", "", "| service | result | detail | health |", "|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['service']} | {r['status']} | {r['detail']} | {r['health'] or '—'} |")
@@ -288,7 +314,7 @@ def _report(snap, results, safety, cfg, stopped=(), restart_problems=()) -> str:
                   "", "After restore, restart all services:", "", f"    {RESTART_HINT}"]
     if safety:
         lines += ["", f"Safety backup of the state before this restore: `{safety}` in `{cfg.dest / SAFETY_DIR}`. "
-                      f"Undo with `coderz-backup restore {safety} --dest {cfg.dest / SAFETY_DIR}`."]
+                      f"Undo with `{_undo_command(config, cfg, safety)}`."]
     return "\n".join(lines)
 
 

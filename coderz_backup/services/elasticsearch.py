@@ -630,6 +630,11 @@ class ElasticsearchService(BaseService):
         c = self.config
         if artifact.is_dir():
             if c.restore_from != "export":
+                if not (artifact.parent / self.tarball_path).is_file():   # its tarball failed during that backup
+                    raise RestoreError(f"{self.name}: this snapshot has no data-dir tarball to restore (it failed "
+                                       f"or was skipped during the backup), only the index export; set "
+                                       f"restore_from = \"export\" in [services.{self.name}] to restore from it. "
+                                       f"Nothing of {self.name} changed")
                 return "not used (restore_from = volume: the data-dir tarball is restored instead)"
             return self._restore_export(artifact, replace=replace, only=indices)
         if c.restore_from != "volume":

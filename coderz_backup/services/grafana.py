@@ -636,6 +636,11 @@ class GrafanaService(BaseService):
         c = self.config
         if artifact.is_dir():
             if c.restore_from != "api":
+                if not (artifact.parent / Path(self.tarball_path).name).is_file():   # its tarball failed
+                    raise RestoreError(f"{self.name}: this snapshot has no data-dir tarball to restore (it failed "
+                                       f"or was skipped during the backup), only the API export; set restore_from "
+                                       f"= \"api\" in [services.{self.name}] to restore from it. Nothing of "
+                                       f"{self.name} changed")
                 return f"not used (restore_from = {c.restore_from})"
             return self._restore_api(artifact)
         if c.restore_from != "volume":
