@@ -353,6 +353,28 @@ def test_round_trip_through_the_admin_api(etcd, apisix, tmp_path):
     assert service.restore(tmp_path / "a" / NAME).startswith(f"0 created, {restorable} replaced")
 
 
+@needs_standin
+def test_round_trip_into_an_apisix_that_forbids_the_time_fields(etcd, make_apisix, tmp_path):
+    """APISIX ≥3.7 refuses create_time/update_time in a PUT (400 "the property is forbidden")."""
+    api = make_apisix(etcd.url, forbid_time_fields=True)
+    counts = fill(api)
+    service = svc(api)
+    service.backup(tmp_path / "a")
+    before = comparable(files(tmp_path / "a"))
+    assert all("create_time" in o for objs in before.values() for o in objs.values())
+    for rtype in ("routes", "consumers", "services", "plugin_configs", "consumer_groups", "upstreams",
+                  "global_rules", "protos", "secrets", "plugin_metadata"):
+        for oid in before[rtype]:
+            assert admin(api, "DELETE", f"{rtype}/{oid}").status_code == 200
+    msg = service.restore(tmp_path / "a" / NAME)
+    assert msg.startswith(f"{sum(counts.values()) - counts['ssls']} created, 0 replaced")
+    service.backup(tmp_path / "b")
+    after = comparable(files(tmp_path / "b"))
+    no_time = lambda objs: {i: {k: v for k, v in o.items() if k != "create_time"} for i, o in objs.items()}  # noqa: E731
+    assert {t: no_time(o) for t, o in after.items() if t != "ssls"} == \
+        {t: no_time(o) for t, o in before.items() if t != "ssls"}
+
+
 def test_restore_stops_at_the_first_refused_put_and_says_what_was_done(etcd, tmp_path, make_apisix, tmp_path_factory):
     src = make_apisix(etcd.url, stream_mode=True)
     counts = fill(src, routes=4, stream=True)

@@ -30,7 +30,9 @@ SSL private keys are never returned by the Admin API; the manifest details say s
 they are in the ``etcd-apisix`` snapshot, which holds the same state.
 
 Restore ``PUT``s every saved value back (``update_time`` dropped: the server resets
-it; ``create_time`` kept) in dependency order — upstreams, services, plugin_configs,
+it; ``create_time`` kept where the server takes it — APISIX ≥3.7 refuses both with 400
+"the property is forbidden: create_time", and then it is dropped for the rest of the
+restore) in dependency order — upstreams, services, plugin_configs,
 consumer_groups, consumers (``PUT /apisix/admin/consumers`` with ``username`` in the
 body), ssls (only objects that carry a ``key``; otherwise skipped with a note), protos,
 secrets, global_rules, plugin_metadata, then routes and stream_routes. It **stops at
@@ -425,11 +427,12 @@ class ApisixService(BaseService):
             client = self._client()
         except ArtifactError as exc:
             raise RestoreError(str(exc)) from None
+        dropped = {"update_time"}   # + create_time once the server says it is forbidden (APISIX ≥3.7)
         with client:
             for rtype in RESTORE_ORDER:
                 ssl_skipped = 0
                 for item in data.get(rtype, []):
-                    value = {k: v for k, v in item["value"].items() if k != "update_time"}
+                    value = {k: v for k, v in item["value"].items() if k not in dropped}
                     if rtype == "ssls" and not value.get("key"):
                         ssl_skipped += 1
                         continue
@@ -441,6 +444,13 @@ class ApisixService(BaseService):
                     done = f"{created} created, {replaced} replaced before it"
                     try:
                         resp = client.put(path, json=value)
+                        if (resp.status_code == 400 and "create_time" in value
+                                and b"forbidden" in resp.content and b"create_time" in resp.content):
+                            dropped.add("create_time")
+                            log.info("%s: the Admin API refuses create_time (APISIX ≥3.7): restoring without "
+                                     "it (the server sets it)", self.name)
+                            value.pop("create_time")
+                            resp = client.put(path, json=value)
                     except httpx.HTTPError as exc:
                         raise RestoreError(f"{self.name}: PUT {rtype}/{item['id']}: "
                                            f"{self._transport_error(exc, 'PUT')}; stopped ({done})") from None

@@ -107,8 +107,10 @@ class ApisixStandin:
     def __init__(self, etcd_url: str, *, admin_key: str, viewer_key: str | None = None,
                  stream_mode: bool = False, api_version: str = "v3", prefix: str = "/apisix",
                  supported: tuple[str, ...] = RESOURCES, plugin_metadata_list: bool = True,
-                 init_dirs: tuple[str, ...] = INIT_DIRS):
+                 init_dirs: tuple[str, ...] = INIT_DIRS, forbid_time_fields: bool = False):
         self.etcd = _Etcd(etcd_url)
+        # APISIX ≥3.7 (PR #10232): PUT/POST with create_time or update_time → 400
+        self.forbid_time_fields = forbid_time_fields
         self.keys = {admin_key: "admin", **({viewer_key: "viewer"} if viewer_key else {})}
         self.admin_key, self.viewer_key = admin_key, viewer_key
         self.stream_mode = stream_mode
@@ -290,6 +292,10 @@ class ApisixStandin:
                     return self._send(400, {"error_msg": f"invalid request body: {exc}"})
                 if not isinstance(conf, dict):
                     return self._send(400, {"error_msg": "invalid request body: not a JSON object"})
+                if standin.forbid_time_fields:
+                    for field in ("create_time", "update_time"):
+                        if field in conf:
+                            return self._send(400, {"error_msg": f"the property is forbidden: {field}"})
                 if res == "consumers":
                     if not conf.get("username"):
                         return self._send(400, {"error_msg": "invalid configuration: property \"username\" "
