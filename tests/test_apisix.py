@@ -252,7 +252,7 @@ def test_export_pages_every_type_into_its_own_file(etcd, apisix, tmp_path):
     assert res.status == "ok" and res.path == "apisix-config/"
     assert res.summary == ("APISIX config exported (routes, upstreams, services, consumers, global_rules, "
                            "ssls, plugin_configs, consumer_groups, protos, secrets, plugin_metadata)")
-    assert res.details["ssl_private_keys"] == SSL_KEY_NOTE
+    assert res.details["ssl_private_keys"] == SSL_KEY_NOTE and "etcd-apisix snapshot" in res.details["consumer_credentials"]
     assert res.details["counts"] == counts
     assert "stream mode is off" in res.details["skipped"]["stream_routes"]
     on_disk = sorted(p.name for p in (out / NAME).iterdir())

@@ -276,6 +276,7 @@ def test_etcd_snapshot_mode_runs_k3s_through_the_prefix_and_cleans_up(node):
     assert "cluster reset" in detail
     assert calls.read_text().splitlines()[-1].startswith("server --cluster-reset --cluster-reset-restore-path=/")
     assert events.read_text().split() == ["stop", "start"]
+    assert list(tmp_dir.iterdir()) == []  # the snapshot copied to the node for the reset is gone again
     # the restored member holds the keys
     restored = EtcdServer(tmp / "etcd2", data=tmp / "restored").start()
     try:
@@ -283,6 +284,26 @@ def test_etcd_snapshot_mode_runs_k3s_through_the_prefix_and_cleans_up(node):
         assert keys[b"/registry/configmaps/default/cm7"] == b"value-7" and len(keys) == 50
     finally:
         restored.stop()
+
+    # a reset that fails (here: the target data dir is not empty) never leaves k3s down
+    with pytest.raises(RestoreError, match=r"cluster reset failed: .*; k3s started"):
+        create("etcd-k3s", cfg2).restore(into / res.path)
+    assert events.read_text().split() == ["stop", "start", "stop", "start"]
+    assert list(tmp_dir.iterdir()) == []
+
+
+def test_cluster_reset_in_a_container_is_refused_before_anything_changes(node, docker_engine):
+    """Stopping a containerised k3s stops the container the reset would run in: refused up front."""
+    srv, prefix, calls, tmp = node
+    into = tmp / "snap"
+    into.mkdir()
+    [res] = create("etcd-k3s", K3sConfig(kind="k3s", mode="etcd-snapshot", exec_prefix=prefix,
+                                          snapshot_tmp_dir=str(tmp))).backup(into)
+    before = calls.read_text()
+    svc = create("etcd-k3s", K3sConfig(kind="k3s", mode="etcd-snapshot", container="coderz-k3s"))
+    with pytest.raises(RestoreError, match="cannot run in .*coderz-k3s.* while k3s is stopped; nothing changed"):
+        svc.restore(into / res.path)
+    assert calls.read_text() == before
 
 
 def test_etcd_snapshot_mode_on_a_sqlite_k3s_says_so(node):

@@ -71,6 +71,10 @@ RESTORE_ORDER: tuple[str, ...] = (
     "upstreams", "services", "plugin_configs", "consumer_groups", "consumers", "ssls", "protos",
     "secrets", "global_rules", "plugin_metadata", "routes", "stream_routes",
 )
+CREDENTIALS_NOTE = ("not exported: APISIX >= 3.7 keeps consumer credentials under "
+                    "/apisix/admin/consumers/<username>/credentials, which the consumer list leaves out; "
+                    "consumers restored from this export come back without them — they are in the "
+                    "etcd-apisix snapshot")
 SSL_KEY_NOTE = "not exported by the Admin API; they are in the etcd-apisix snapshot"
 INDEX = "index.json"
 FORMAT = "coderz-backup/apisix-config/1"
@@ -189,7 +193,7 @@ class ApisixService(BaseService):
                     "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "types": {t: {"file": f"{t}.json", "count": n} for t, n in counts.items()},
                     "skipped": skipped,
-                    "ssl_private_keys": SSL_KEY_NOTE,
+                    "ssl_private_keys": SSL_KEY_NOTE, "consumer_credentials": CREDENTIALS_NOTE,
                 }
                 written.append(self._write_json(into, INDEX, index))
         except BaseException:
@@ -203,7 +207,8 @@ class ApisixService(BaseService):
         return [ArtifactResult.from_files(
             self.name, self.kind, self.folder, written, summary=summary,
             details={"admin_url": self.config.admin_url, "api_version": index["api_version"],
-                     "counts": counts, "skipped": skipped, "ssl_private_keys": SSL_KEY_NOTE})]
+                     "counts": counts, "skipped": skipped, "ssl_private_keys": SSL_KEY_NOTE,
+                     "consumer_credentials": CREDENTIALS_NOTE})]
 
     def _discard(self, into: Path, written: list[FileRecord]) -> None:
         """Remove what this failed attempt committed: nothing incomplete stays under final names."""

@@ -42,7 +42,8 @@ from typing import ClassVar
 from isal import igzip
 
 from ..access import CHUNK, LocalAccess, check_member
-from ..errors import AccessError, ArtifactError, IncompleteArtifactError, ProducerError, RestoreError, VerifyError
+from ..errors import (AccessError, ArtifactError, CoderzBackupError, IncompleteArtifactError, ProducerError,
+                      RestoreError, VerifyError)
 from ..writer import ArtifactWriter, write_stream
 from .base import ArtifactResult, BaseService
 from .etcd import SnapshotChecker, verify_snapshot_file
@@ -281,6 +282,13 @@ class K3sService(BaseService):
             verify_snapshot_file(artifact)
         except VerifyError as exc:
             raise RestoreError(f"{self.name}: refusing to restore, nothing changed: {exc}") from None
+        if getattr(self.access, "manages_lifecycle", False):
+            # stopping k3s stops the very container the reset would have to run in
+            raise RestoreError(
+                f"{self.name}: a cluster reset cannot run in {self.access.description} while k3s is stopped; "
+                "nothing changed. On the host: stop the container, run `k3s server --cluster-reset "
+                "--cluster-reset-restore-path=<snapshot>` from its image with its volumes, start it again "
+                "(or configure exec_prefix / run coderz-backup where k3s runs)")
         path = str(artifact)
         if not self._is_local():
             stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
@@ -288,13 +296,25 @@ class K3sService(BaseService):
             with open(artifact, "rb") as fh:
                 self.access.feed(["sh", "-c", 'cat > "$1"', "sh", path], iter(lambda: fh.read(CHUNK), b""),
                                  timeout=c.timeout_s, label="copy snapshot to the node")
-        self._stop(already_stopped)
         argv = self._k3s("server", "--cluster-reset", f"--cluster-reset-restore-path={path}")
         if c.data_dir != "/var/lib/rancher/k3s":
             argv += ["--data-dir", c.data_dir]
         try:
-            self.access.run(argv, timeout=c.timeout_s, label="k3s server --cluster-reset")
-        except ProducerError as exc:
-            raise RestoreError(f"{self.name}: cluster reset failed: {exc}") from None
+            self._stop(already_stopped)   # refuses (nothing changed) when k3s cannot be stopped
+            try:
+                self.access.run(argv, timeout=c.timeout_s, label="k3s server --cluster-reset")
+            except CoderzBackupError as exc:
+                # k3s must not stay down: start it again on whatever datastore it has
+                try:
+                    again = self._start()
+                except CoderzBackupError as start_exc:
+                    again = f"starting k3s again failed too: {start_exc}"
+                raise RestoreError(f"{self.name}: cluster reset failed: {exc}; {again}") from None
+        finally:
+            if path != str(artifact):   # the copy on the node
+                try:
+                    self.access.run(["rm", "-f", path], timeout=60, label="remove the snapshot copy")
+                except CoderzBackupError as exc:
+                    log.warning("%s: could not remove %s: %s", self.name, path, exc)
         started = self._start()
         return f"cluster reset from {artifact.name} done; {started}"
