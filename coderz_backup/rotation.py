@@ -6,18 +6,22 @@ Rules, in order (a snapshot is a folder whose name is a snapshot name):
 2. If the run that just finished produced no usable snapshot, nothing is deleted.
 3. Only snapshot folders older than ``keep_days`` days are candidates; anything else in
    the destination (stray folders, files, in-progress folders, ``latest``) is never touched.
-4. Never deleted: ``latest``'s target, the newest snapshot with status ``ok``, and the
-   snapshot the current run produced.
+4. Never deleted: ``latest``'s target, the newest snapshot with status ``ok``, the
+   snapshot the current run produced, and for every artifact (e.g. ``postgres-prefect.sql.gz``)
+   the newest snapshot holding an ok copy of it — so a service that has failed for longer
+   than ``keep_days`` (or runs with ``--only`` that move ``latest``) never costs its last
+   good copy.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 
-from .snapshot import SnapshotInfo, SnapshotStore
+from .snapshot import DELETING_PREFIX, SnapshotInfo, SnapshotStore, fsync_dir
 
 __all__ = ["plan", "rotate", "RotationPlan"]
 
@@ -41,6 +45,8 @@ def plan(snapshots: list[SnapshotInfo], *, keep_days: int, now: dt.datetime,
     newest_ok = next((s.name for s in sorted(snapshots, key=lambda s: s.name, reverse=True)
                       if s.status == "ok"), None)
     protected = {latest: "latest", newest_ok: "newest ok snapshot", current: "this run"}
+    for path, name in newest_copies(snapshots).items():
+        protected.setdefault(name, f"newest ok copy of {path}")
     delete, reasons = [], {}
     for snap in snapshots:
         if snap.when >= cutoff:
@@ -50,6 +56,17 @@ def plan(snapshots: list[SnapshotInfo], *, keep_days: int, now: dt.datetime,
             continue
         delete.append(snap.name)
     return RotationPlan(sorted(delete), reasons)
+
+
+def newest_copies(snapshots: list[SnapshotInfo]) -> dict[str, str]:
+    """Artifact path → name of the newest snapshot whose manifest lists it as ok."""
+    out: dict[str, str] = {}
+    for snap in sorted(snapshots, key=lambda s: s.name, reverse=True):
+        artifacts = (snap.manifest or {}).get("artifacts") if isinstance(snap.manifest, dict) else None
+        for a in artifacts if isinstance(artifacts, list) else []:
+            if isinstance(a, dict) and a.get("status") == "ok" and isinstance(a.get("path"), str):
+                out.setdefault(a["path"], snap.name)
+    return out
 
 
 def rotate(store: SnapshotStore, *, keep_days: int, current: str | None, current_usable: bool,
@@ -69,8 +86,13 @@ def rotate(store: SnapshotStore, *, keep_days: int, current: str | None, current
     deleted = []
     for name in p.delete:
         path = store.dest / name
+        # renamed first, so a deletion cut short never leaves a half snapshot under a snapshot
+        # name (the next run's clean-up removes the .deleting- folder)
+        doomed = store.dest / f"{DELETING_PREFIX}{name}"
         try:
-            shutil.rmtree(path)
+            os.rename(path, doomed)
+            fsync_dir(store.dest)
+            shutil.rmtree(doomed)
         except OSError as exc:
             log.error("rotation: could not delete %s: %s", path, exc.strerror)
             continue

@@ -37,6 +37,8 @@ from .errors import LockHeldError, SnapshotNotFoundError, StoreError
 
 __all__ = [
     "SNAPSHOT_NAME",
+    "DELETING_PREFIX",
+    "fsync_dir",
     "IN_PROGRESS_PREFIX",
     "SnapshotStore",
     "SnapshotInfo",
@@ -48,6 +50,7 @@ __all__ = [
 SNAPSHOT_NAME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}_[0-9]{2}-[0-9]{2}-[0-9]{2}$")
 NAME_FORMAT = "%Y-%m-%d_%H-%M-%S"
 IN_PROGRESS_PREFIX = ".in-progress-"
+DELETING_PREFIX = ".deleting-"   # rotation renames a snapshot to this before removing it
 LOCK_NAME = ".coderz-backup.lock"
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -142,10 +145,12 @@ class SnapshotStore:
             os.close(fd)  # releases the flock
 
     def clean_stale(self) -> list[str]:
-        """Remove in-progress folders of runs that died (call with the lock held)."""
+        """Remove in-progress folders of runs that died, and snapshots whose deletion was cut
+        short (call with the lock held)."""
         removed = []
         for entry in self.dest.iterdir():
-            if entry.name.startswith(IN_PROGRESS_PREFIX) and entry.is_dir() and not entry.is_symlink():
+            if entry.name.startswith((IN_PROGRESS_PREFIX, DELETING_PREFIX)) and entry.is_dir() \
+                    and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry.name)
         return removed
@@ -169,10 +174,10 @@ class SnapshotStore:
     def finish(self, snap: InProgress, manifest: dict, *, make_latest: bool) -> Path:
         """Write the manifest, rename to the final name, and (optionally) move ``latest``."""
         write_json_atomic(snap.path / MANIFEST, manifest)
-        _fsync_dir(snap.path)
+        fsync_dir(snap.path)
         final = self.dest / snap.name
         os.rename(snap.path, final)
-        _fsync_dir(self.dest)
+        fsync_dir(self.dest)
         if make_latest:
             self.point_latest(snap.name)
         return final
@@ -188,7 +193,7 @@ class SnapshotStore:
             tmp.unlink()
             raise StoreError(f"{link} exists and is not a symlink; move it away so `latest` can be kept")
         os.replace(tmp, link)
-        _fsync_dir(self.dest)
+        fsync_dir(self.dest)
 
     # -- reading --------------------------------------------------------------
     def list(self) -> list[SnapshotInfo]:
@@ -250,7 +255,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:

@@ -139,6 +139,35 @@ def test_plan_keeps_newest_ok_snapshot_when_every_newer_run_failed():
     assert "2026-02-02_03-00-00" in result.keep_reasons
 
 
+def _with(name: str, status: str, ok: list[str], failed: list[str] = ()) -> SnapshotInfo:
+    arts = [{"path": p, "status": "ok"} for p in ok] + [{"path": p, "status": "failed"} for p in failed]
+    return SnapshotInfo(name, Path("/nonexistent") / name, {"status": status, "artifacts": arts})
+
+
+def test_plan_keeps_the_last_good_copy_of_a_service_that_keeps_failing():
+    """Never an ok snapshot (Elasticsearch always fails); PostgreSQL fails from day 3 on."""
+    snaps = [_with(f"2026-03-{d:02d}_03-00-00", "partial",
+                   ok=["redis.rdb"] + (["pg.sql.gz"] if d < 3 else []),
+                   failed=["es/"] + (["pg.sql.gz"] if d >= 3 else []))
+             for d in range(1, 20)]
+    now = dt.datetime(2026, 3, 19, 4, 0, 0, tzinfo=UTC)
+    result = rotation.plan(snaps, keep_days=7, now=now, latest=snaps[-1].name, current=snaps[-1].name,
+                           current_usable=True)
+    assert "2026-03-02_03-00-00" not in result.delete   # the last pg.sql.gz
+    assert result.keep_reasons["2026-03-02_03-00-00"] == "newest ok copy of pg.sql.gz"
+    assert result.delete == [f"2026-03-{d:02d}_03-00-00" for d in (1, *range(3, 13))]
+
+
+def test_plan_keeps_the_last_full_snapshot_behind_only_runs():
+    """`backup --only redis` runs are ok and move latest; the last full one must stay."""
+    full = _with("2026-03-01_03-00-00", "ok", ok=["pg.sql.gz", "redis.rdb"])
+    only = [_with(f"2026-03-{d:02d}_03-00-00", "ok", ok=["redis.rdb"]) for d in range(2, 20)]
+    now = dt.datetime(2026, 3, 19, 4, 0, 0, tzinfo=UTC)
+    result = rotation.plan([full, *only], keep_days=7, now=now, latest=only[-1].name, current=only[-1].name,
+                           current_usable=True)
+    assert full.name not in result.delete and "pg.sql.gz" in result.keep_reasons[full.name]
+
+
 def test_plan_keeps_snapshot_exactly_keep_days_old():
     snaps = [info("2026-03-03_03-00-00", "ok"), info("2026-03-03_02-59-59", "ok"),
              info("2026-03-10_03-00-00", "ok")]
@@ -208,6 +237,18 @@ def test_rotate_deletes_old_snapshots_and_returns_their_names(populated):
     for path in populated["old"]:
         assert not path.exists()
     assert [s.name for s in store.list()] == ["2026-03-10_03-00-00", "2026-03-05_03-00-00"]
+    assert not [p for p in populated["dest"].iterdir() if p.name.startswith(".deleting-")]
+
+
+def test_a_deletion_cut_short_is_never_taken_for_a_snapshot(tmp_path):
+    """Rotation renames before it removes: a run killed mid-rmtree leaves a .deleting- folder,
+    which list/latest/restore ignore and the next run's clean-up removes."""
+    store = SnapshotStore(tmp_path)
+    half = tmp_path / ".deleting-2026-02-01_03-00-00"
+    half.mkdir()
+    (half / "manifest.json").write_text(json.dumps({"status": "ok", "artifacts": []}))
+    assert store.list() == []
+    assert store.clean_stale() == [half.name] and not half.exists()
 
 
 def test_rotate_never_touches_things_that_are_not_snapshots(populated):
