@@ -124,10 +124,13 @@ class CommandStream:
     # -- end --------------------------------------------------------------
     def _on_timeout(self) -> None:
         self._timed_out = True
-        self.kill()
+        self.kill(even_if_exited=True)
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
+    def kill(self, *, even_if_exited: bool = False) -> None:
+        """SIGKILL the command's process group. After a timeout also when the command itself has
+        exited: children it left behind keep the pipes open and would keep the run waiting. (Not on
+        a normal exit: a start_command may leave its service running in that group on purpose.)"""
+        if self.proc.poll() is None or even_if_exited:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
 

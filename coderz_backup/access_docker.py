@@ -106,6 +106,10 @@ class ExecStream:
             raise AccessError(f"{self.label}: cannot run in container {access.container!r}: {_api_msg(exc)}") from None
         raw = getattr(self.sock, "_sock", self.sock)
         self._raw_sock: socket.socket | None = raw if isinstance(raw, socket.socket) else None
+        if self._raw_sock is not None:
+            # docker-py leaves the client's 120 s read timeout on an exec socket: a command that is
+            # silent for two minutes (psql building an index) would fail. Our timer is the deadline.
+            self._raw_sock.settimeout(None)
         self._reader = io.BufferedReader(self.sock, CHUNK) if hasattr(self.sock, "readinto") else None
         self._timer: threading.Timer | None = None
         if timeout:
@@ -572,9 +576,13 @@ class DockerAccess:
         if not self.container:
             return False
         c = self._container()
-        if c.status == "running":
-            log.info("stopping container %s", self.container)
+        # not only "running": a paused container, or one its restart policy is bringing back
+        # ("restarting", the usual state of a service that needs a restore) must be down too
+        if c.status not in ("exited", "created", "dead"):
+            log.info("stopping container %s (%s)", self.container, c.status)
             try:
+                if c.status == "paused":
+                    c.unpause()
                 c.stop(timeout=int(min(timeout, 300)))
             except _errors().APIError as exc:
                 raise AccessError(f"cannot stop container {self.container!r}: {_api_msg(exc)}") from None
@@ -673,6 +681,22 @@ class PrefixAccess(LocalAccess):
         except (ProducerError, AccessError):
             return False
         return True
+
+    # file work happens on the far side, never on this host (LocalAccess's versions would)
+    def _sh(self, script: str, *args: str, label: str, timeout: float = 600) -> None:
+        self.run(["sh", "-c", script, "sh", *args], timeout=timeout, label=label)
+
+    def remove_tree(self, path: str) -> None:
+        self._sh('rm -rf -- "$1"', path, label=f"rm -rf {path}")
+
+    def chown_like_parent(self, path: str) -> None:
+        """chown -R ``path`` to the owner of the folder itself (after an extract as root)."""
+        self._sh('chown -R "$(stat -c %u:%g "$1")" "$1"', path, label=f"chown {path}")
+
+    def move_contents(self, src: str, dest: str) -> None:
+        """Move everything inside ``src`` into a new folder ``dest`` (e.g. to keep the old data)."""
+        self._sh('mkdir -p "$2" && find "$1" -mindepth 1 -maxdepth 1 ! -path "$2" -exec mv -t "$2" -- {} +',
+                 src, dest, label=f"move {src} aside")
 
     def tar_dir(self, path: str, out: BinaryIO, *, exclude: Sequence[str] = ()) -> int:
         argv = ["tar", "-C", path, "-cf", "-", *[f"--exclude=./{e}" for e in exclude], "."]

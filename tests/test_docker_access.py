@@ -298,3 +298,31 @@ def test_pg_dump_killed_mid_stream_in_the_container_is_never_ok(pgc, tmp_path):
     t.join()
     assert killed.is_set()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_command_prefix_file_work_happens_on_the_far_side(docker_engine, docker_services, tmp_path):
+    """PrefixAccess (`kubectl exec -i … --`, here `docker exec -i … --`): removing, moving aside and
+    chowning run behind the prefix — never on this host, where the same paths may not exist or,
+    worse, may hold other data."""
+    import os
+    import shutil
+    import subprocess
+
+    from coderz_backup.access_docker import PrefixAccess
+
+    rc = docker_services.redis()
+    prefix = [shutil.which("docker"), "-H", docker_engine.base_url, "exec", "-i", "-u", "root", rc.name]
+    acc = PrefixAccess(prefix)
+    far = "/var/lib/coderz-far-side"
+    assert not os.path.exists(far)
+    acc.run(["sh", "-c", f"mkdir -p {far}/data {far}/gone && echo 1 > {far}/data/a && chown -R 999:999 {far}/data"],
+            timeout=60)
+    acc.move_contents(f"{far}/data", f"{far}/data/.old")
+    acc.remove_tree(f"{far}/gone")
+    acc.run(["sh", "-c", f"echo 2 > {far}/data/b"], timeout=60)
+    acc.chown_like_parent(f"{far}/data")
+    listing = subprocess.run(prefix + ["find", far, "-printf", "%p %u\\n"], capture_output=True, text=True,
+                             check=True).stdout.split("\n")
+    assert f"{far}/data/.old/a 999" in listing and f"{far}/data/b 999" in listing
+    assert not [line for line in listing if "/gone" in line]
+    assert not os.path.exists(far)   # nothing of it on this host

@@ -1,0 +1,62 @@
+"""The one command runner (LocalAccess / CommandStream) on real processes."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from coderz_backup.access import LocalAccess
+from coderz_backup.errors import ProducerError
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:   # a zombie is as good as gone
+        return fh.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_a_timeout_kills_what_the_command_left_running_after_it_exited(tmp_path):
+    """`sh -c 'sleep & exit 0'`: the shell is gone at once, its child holds stdout open. The
+    timeout must still end the run and kill the child, not wait for it."""
+    pidfile = tmp_path / "child.pid"
+    outcome: dict = {}
+
+    def _run() -> None:
+        try:
+            LocalAccess().run(["sh", "-c", f"sleep 600 & echo $! > {pidfile}; exit 0"], timeout=2, label="leaver")
+        except ProducerError as exc:
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=_run, daemon=True)
+    runner.start()
+    runner.join(60)
+    child = int(pidfile.read_text())
+    try:
+        assert not runner.is_alive(), "the run waited for the left-behind child"
+        assert "did not finish within 2s and was killed" in str(outcome.get("error"))
+        assert not _alive(child)
+    finally:
+        if _alive(child):
+            os.kill(child, 9)
+
+
+def test_a_normal_exit_leaves_what_the_command_started_on_purpose(tmp_path):
+    """A start_command may leave its service running in the background: not killed on success."""
+    pidfile = tmp_path / "svc.pid"
+    LocalAccess().run(["sh", "-c", f"sleep 600 >/dev/null 2>&1 & echo $! > {pidfile}"], timeout=30, label="start")
+    child = int(pidfile.read_text())
+    try:
+        assert _alive(child)
+    finally:
+        os.kill(child, 9)
+
+
+@pytest.mark.parametrize("code", [1, 3])
+def test_exit_status_is_an_error_with_the_stderr_tail(code):
+    with pytest.raises(ProducerError, match=f"exited with status {code}: boom"):
+        LocalAccess().run(["sh", "-c", f"echo boom >&2; exit {code}"], timeout=30, label="x")
