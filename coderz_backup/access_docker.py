@@ -514,10 +514,11 @@ class DockerAccess:
         pump = threading.Thread(target=_pump, daemon=True)
         pump.start()
 
+        read_end = os.fdopen(r, "rb", buffering=0)
+
         def _body() -> Iterator[bytes]:
-            with os.fdopen(r, "rb", buffering=0) as rf:
-                for chunk in iter(lambda: rf.read(CHUNK), b""):
-                    yield chunk
+            for chunk in iter(lambda: read_end.read(CHUNK), b""):
+                yield chunk
 
         ctx = self._archive_target(rw=True)
         try:
@@ -528,6 +529,9 @@ class DockerAccess:
         except errors.APIError as exc:
             raise AccessError(f"writing into {path} in {self.description} failed: {_api_msg(exc)}") from None
         finally:
+            # the engine may stop reading early (disk full, 500): close our end of the pipe so the
+            # pump's next write fails instead of blocking forever on a full pipe
+            read_end.close()
             pump.join()
         if problem:
             exc = problem[0]
@@ -671,9 +675,19 @@ class PrefixAccess(LocalAccess):
     @contextlib.contextmanager
     def open_read(self, path: str) -> Iterator[BinaryIO]:
         with self.stream(["cat", "--", path], label=f"cat {path}") as cmd:
-            reader = io.BufferedReader(ChunkReader(cmd.chunks()), CHUNK)
-            yield reader
-            cmd.finish()
+            finished = False
+
+            def _checked() -> Iterator[bytes]:
+                # the exit status is checked *before* the reader sees EOF: a caller that commits
+                # at EOF (the artifact writer) never renames the output of a failed `cat`
+                nonlocal finished
+                yield from cmd.chunks()
+                finished = True
+                cmd.finish()
+
+            yield io.BufferedReader(ChunkReader(_checked()), CHUNK)
+            if not finished:
+                cmd.finish()
 
     def readable(self, path: str) -> bool:
         try:
@@ -744,5 +758,3 @@ class PrefixAccess(LocalAccess):
         self.feed(["tar", "-C", path, "--numeric-owner", "-xf", "-"], _checked(), label=f"tar -x {path}")
         return checked[0]
 
-    def remove_tree(self, path: str) -> None:
-        self.run(["rm", "-rf", "--", path], timeout=600, label=f"rm -rf {path}")

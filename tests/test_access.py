@@ -60,3 +60,24 @@ def test_a_normal_exit_leaves_what_the_command_started_on_purpose(tmp_path):
 def test_exit_status_is_an_error_with_the_stderr_tail(code):
     with pytest.raises(ProducerError, match=f"exited with status {code}: boom"):
         LocalAccess().run(["sh", "-c", f"echo boom >&2; exit {code}"], timeout=30, label="x")
+
+
+def test_prefix_copy_that_exits_non_zero_never_lands_under_its_final_name(tmp_path):
+    """`kubectl exec … -- cat file` whose exec fails after the bytes came: the exit status is
+    seen before the writer commits, so no file is renamed into place."""
+    from coderz_backup.access_docker import PrefixAccess
+    from coderz_backup.access import CHUNK
+    from coderz_backup.writer import write_stream
+
+    src = tmp_path / "dump.rdb"
+    src.write_bytes(b"REDIS0011" + b"x" * 100_000)
+    acc = PrefixAccess(["sh", "-c", '"$@"; echo "error: connection to the pod lost" >&2; exit 3', "sh"])
+    with pytest.raises(ProducerError, match="exited with status 3: error: connection to the pod lost"):
+        with acc.open_read(str(src)) as fh:
+            write_stream(tmp_path / "out", "copy.rdb", iter(lambda: fh.read(CHUNK), b""), compress=False)
+    assert not (tmp_path / "out" / "copy.rdb").exists()
+    assert not list((tmp_path / "out").glob(".*partial"))
+    ok = PrefixAccess(["env"])   # a prefix that works: the same copy lands
+    with ok.open_read(str(src)) as fh:
+        write_stream(tmp_path / "out", "copy.rdb", iter(lambda: fh.read(CHUNK), b""), compress=False)
+    assert (tmp_path / "out" / "copy.rdb").read_bytes() == src.read_bytes()

@@ -158,3 +158,20 @@ def test_redis_check_rdb_agrees_with_our_file(redis_server, tmp_path):
     RedisService("redis", _cfg(redis_server), LocalAccess()).backup(tmp_path)
     res = subprocess.run([tool, str(tmp_path / "redis.rdb")], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_backup_during_an_aof_rewrite_schedules_the_save(redis_server, tmp_path):
+    """Redis refuses BGSAVE while an AOF rewrite runs ("Another child process is active (AOF?):
+    can't BGSAVE right now"); the backup schedules it and waits instead of failing."""
+    _fill(redis_server)
+    r = redis_server.client()
+    r.config_set("rdb-key-save-delay", 2000)   # µs per key: the rewrite child runs for ~2 s
+    try:
+        r.bgrewriteaof()
+        assert r.info("persistence")["aof_rewrite_in_progress"] == 1
+        svc = RedisService("redis", _cfg(redis_server, data_dir=str(redis_server.data)), LocalAccess())
+        [res] = svc.backup(tmp_path)
+    finally:
+        r.config_set("rdb-key-save-delay", 0)
+    assert res.status == "ok" and res.details["keys"] >= 1000
+    assert "RDB" in svc.verify(tmp_path / res.path)

@@ -157,9 +157,13 @@ class RedisService(BaseService):
                 client.bgsave()
                 break
             except redis.ResponseError as exc:
-                if "in progress" not in str(exc) and "already" not in str(exc):
+                text = str(exc)
+                busy_child = "another child process" in text.lower() or "can't bgsave right now" in text.lower()
+                if "in progress" not in text and "already" not in text and not busy_child:
                     raise ArtifactError(f"{self._where()}: BGSAVE refused: {exc}") from None
-                if "rewriting" in str(exc) or "AOF" in str(exc):
+                # an AOF rewrite (Redis >= 6.2: "Another child process is active (AOF?): can't
+                # BGSAVE right now. Use BGSAVE SCHEDULE …") → schedule it; the wait below sees it done
+                if busy_child or "rewriting" in text or "AOF" in text:
                     self._call(client.execute_command, "BGSAVE", "SCHEDULE")
                     break
                 if time.monotonic() > deadline:
