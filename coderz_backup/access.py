@@ -305,10 +305,11 @@ class LocalAccess:
             raise AccessError(f"{path}: no such folder to restore into")
         root = os.path.realpath(path)
         count = 0
+        links: set[str] = set()
 
         def _safe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
             nonlocal count
-            check_member(member, dest)
+            check_member(member, dest, links)
             count += 1
             return member
 
@@ -367,18 +368,43 @@ def tar_of_file(path: str | Path, arcname: str, *, mode: int = 0o600) -> Iterato
     yield b"\0" * ((-size) % tarfile.BLOCKSIZE) + b"\0" * (2 * tarfile.BLOCKSIZE)
 
 
-def check_member(member: tarfile.TarInfo, root: str) -> None:
+def check_member(member: tarfile.TarInfo, root: str, links: set[str] | None = None) -> None:
     """Raise tarfile.FilterError when ``member`` could write outside ``root``.
 
     Our own archives never hold absolute paths or ``..``; one that does was tampered
     with, so it is refused rather than silently re-rooted. Links out of ``root`` and
-    device files are refused too (tarfile's data filter).
+    device files are refused too (tarfile's data filter) — and, not relying on that filter
+    alone (before Python 3.11.13 its realpath checks can be bypassed with symlink chains
+    deeper than PATH_MAX, CVE-2025-4517), link targets are also checked as text. With
+    ``links`` (one set per archive) a member may not pass through, replace or hard-link to a
+    symlink that came earlier in the same archive.
     """
-    name = member.name
+    name = member.name.rstrip("/")
     if name.startswith("/"):
         raise tarfile.AbsolutePathError(member)
-    if ".." in name.split("/"):
+    parts = name.split("/")
+    if ".." in parts:
         raise tarfile.OutsideDestinationError(member, os.path.join(root, name))
+    if member.issym():
+        target = member.linkname
+        where = os.path.normpath(target if target.startswith("/")
+                                 else os.path.join(root, os.path.dirname(name), target))
+        if not (root == "/" or where == root or where.startswith(root.rstrip("/") + "/")):
+            raise tarfile.LinkOutsideDestinationError(member, where)
+    elif member.islnk():
+        if member.linkname.startswith("/") or ".." in member.linkname.split("/"):
+            raise tarfile.LinkOutsideDestinationError(member, member.linkname)
+    if links is not None:
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in links:
+                raise tarfile.OutsideDestinationError(member, f"{name} (through the symlink {'/'.join(parts[:i])} "
+                                                              "of the same archive)")
+        if name in links and not member.issym():
+            raise tarfile.OutsideDestinationError(member, f"{name} (would write through a symlink of the archive)")
+        if member.islnk() and member.linkname.rstrip("/") in links:
+            raise tarfile.LinkOutsideDestinationError(member, member.linkname)
+        if member.issym():
+            links.add(name)
     tarfile.data_filter(member, root)
 
 

@@ -504,8 +504,9 @@ class DockerAccess:
                 with os.fdopen(w, "wb", buffering=CHUNK) as wf, \
                         tarfile.open(fileobj=ChunkReader(chunks), mode="r|") as src, \
                         tarfile.open(fileobj=wf, mode="w|", format=tarfile.PAX_FORMAT) as dst:
+                    links: set[str] = set()
                     for member in src:
-                        check_member(member, "/restore-check")
+                        check_member(member, "/restore-check", links)
                         dst.addfile(member, src.extractfile(member) if member.isfile() else None)
                         count += 1
             except BaseException as exc:  # noqa: BLE001 - reported below
@@ -740,8 +741,9 @@ class PrefixAccess(LocalAccess):
                     with os.fdopen(w, "wb", buffering=CHUNK) as wf, \
                             tarfile.open(fileobj=ChunkReader(chunks), mode="r|") as src, \
                             tarfile.open(fileobj=wf, mode="w|", format=tarfile.PAX_FORMAT) as dst:
+                        links: set[str] = set()
                         for member in src:
-                            check_member(member, "/restore-check")
+                            check_member(member, "/restore-check", links)
                             dst.addfile(member, src.extractfile(member) if member.isfile() else None)
                             checked[0] += 1
                 except BaseException as exc:  # noqa: BLE001

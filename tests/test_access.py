@@ -81,3 +81,51 @@ def test_prefix_copy_that_exits_non_zero_never_lands_under_its_final_name(tmp_pa
     with ok.open_read(str(src)) as fh:
         write_stream(tmp_path / "out", "copy.rdb", iter(lambda: fh.read(CHUNK), b""), compress=False)
     assert (tmp_path / "out" / "copy.rdb").read_bytes() == src.read_bytes()
+
+
+def _tar(members: list[tuple[str, str, str]]) -> bytes:
+    """(type, name, data-or-linkname) → an uncompressed tar."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for kind, name, data in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(data.encode())
+                tar.addfile(info, io.BytesIO(data.encode()))
+                continue
+            info.type = tarfile.SYMTYPE if kind == "sym" else tarfile.LNKTYPE if kind == "hard" else tarfile.DIRTYPE
+            info.linkname = data
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("members", [
+    [("sym", "s", "."), ("sym", "p", "s/.."), ("file", "p/evil", "x")],          # through a link chain
+    [("sym", "l", "../outside")],                                                # link out of the root
+    [("sym", "l", "sub"), ("file", "l", "x")],                                   # writing through a link
+    [("sym", "l", "sub"), ("hard", "h", "l")],                                   # hard link to a link
+    [("hard", "h", "../outside/x")],
+    [("file", "../x", "x")],
+], ids=["chain", "out", "replace", "hard-to-sym", "hard-out", "dotdot"])
+def test_untar_refuses_link_tricks_and_writes_nothing_outside(tmp_path, members):
+    from coderz_backup.errors import AccessError
+
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    with pytest.raises(AccessError, match="refusing unsafe archive member"):
+        LocalAccess().untar_into(str(root), [_tar(members)])
+    assert list((tmp_path / "outside").iterdir()) == [] and not (tmp_path / "x").exists()
+    assert not (root / "sub" / "x").exists() and not (tmp_path / "evil").exists()
+
+
+def test_untar_keeps_ordinary_relative_links(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    n = LocalAccess().untar_into(str(root), [_tar([("dir", "releases", ""), ("dir", "releases/v2", ""),
+                                                   ("file", "releases/v2/app.conf", "a=1"),
+                                                   ("sym", "current", "releases/v2")])])
+    assert n == 4 and (root / "current" / "app.conf").read_text() == "a=1"

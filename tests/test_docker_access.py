@@ -162,6 +162,20 @@ def test_untar_refuses_unsafe_members_and_writes_nothing(docker_services):
         acc.untar_into("/data", [evil.getvalue()])
     assert not acc.readable("/etc/evil")
 
+    # a link chain that only a textual check lets through: s -> ., p -> s/.., then p/evil
+    chain = io.BytesIO()
+    with tarfile.open(fileobj=chain, mode="w") as tar:
+        for name, target in (("s", "."), ("p", "s/..")):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tar.addfile(link)
+        bad = tarfile.TarInfo("p/evil")
+        bad.size = 1
+        tar.addfile(bad, io.BytesIO(b"x"))
+    with pytest.raises(AccessError, match="unsafe|refusing"):
+        acc.untar_into("/data", [chain.getvalue()])
+    assert not acc.readable("/evil") and not acc.readable("/data/p")
+
 
 # -- services in containers --------------------------------------------------------------
 

@@ -85,8 +85,9 @@ class ConfigsService(BaseService):
     def _members(self, artifact: Path, root: str):
         try:
             with igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+                links: set[str] = set()
                 for member in tar:
-                    check_member(member, root)
+                    check_member(member, root, links)
                     if member.isfile():
                         f = tar.extractfile(member)
                         while f and f.read(1 << 20):
@@ -124,8 +125,10 @@ class ConfigsService(BaseService):
         except VerifyError as exc:
             raise RestoreError(f"{self.name}: refusing to restore, nothing changed: {exc}") from None
 
+        links: set[str] = set()
+
         def _safe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
-            check_member(member, dest)
+            check_member(member, dest, links)
             return member  # keep modes and owners as archived
 
         try:
