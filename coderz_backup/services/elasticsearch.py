@@ -583,8 +583,9 @@ class ElasticsearchService(BaseService):
         n = 0
         try:
             with igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+                links: set[str] = set()
                 for member in tar:
-                    check_member(member, "/restore-check")
+                    check_member(member, "/restore-check", links)
                     if member.isfile():
                         f = tar.extractfile(member)
                         while f and f.read(CHUNK):

@@ -577,8 +577,9 @@ class GrafanaService(BaseService):
         try:
             with tempfile.TemporaryDirectory(prefix="coderz-grafana-verify-") as tmp, \
                     igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+                links: set[str] = set()
                 for member in tar:
-                    check_member(member, "/restore-check")
+                    check_member(member, "/restore-check", links)
                     if member.isfile():
                         f = tar.extractfile(member)
                         if member.name == DB_NAME and f is not None:

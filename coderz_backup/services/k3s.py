@@ -187,8 +187,9 @@ class K3sService(BaseService):
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 with igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+                    links: set[str] = set()
                     for member in tar:
-                        check_member(member, "/restore-check")
+                        check_member(member, "/restore-check", links)
                         names.add(member.name)
                         if member.name == "server/db/state.db":
                             with open(os.path.join(tmp, "state.db"), "wb") as out:
