@@ -70,6 +70,37 @@ def test_missing_path_fails_the_artifact(tmp_path):
     assert not (tmp_path / "configs.tar.gz").exists()
 
 
+def test_a_configured_path_that_is_a_link_is_followed(tmp_path):
+    """/opt/coderz/configs -> a git checkout: the files are archived, not just the link."""
+    real = _tree(tmp_path / "checkout")
+    link = tmp_path / "configs-link"
+    os.symlink(real, link)
+    svc = ConfigsService("configs", ConfigsConfig(kind="configs", paths=[str(link)]), LocalAccess())
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    [res] = svc.backup(snap)
+    assert res.details["files"] >= 5
+    target = tmp_path / "restore"
+    target.mkdir()
+    svc.restore(snap / "configs.tar.gz", target=target)
+    assert (target / str(link).lstrip("/") / "docker-compose.yml").read_text() == "services: {}\n"
+
+
+@pytest.mark.parametrize("case", ["all-excluded", "only-empty-dirs"])
+def test_an_archive_without_files_is_not_a_backup(tmp_path, case):
+    conf = tmp_path / "configs"
+    (conf / "empty" / "deeper").mkdir(parents=True)
+    if case == "all-excluded":
+        (conf / "app.log").write_text("x")
+    svc = ConfigsService("configs", ConfigsConfig(kind="configs", paths=[str(conf)], exclude=["*.log"]),
+                         LocalAccess())
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    with pytest.raises(ArtifactError, match="no files to archive"):
+        svc.backup(snap)
+    assert list(snap.iterdir()) == []
+
+
 def _evil_tarball(path, members):
     import gzip
 

@@ -52,33 +52,41 @@ class ConfigsService(BaseService):
         missing = [p for p in self.config.paths if not os.path.lexists(p)]
         if missing:
             raise ArtifactError(f"{self.name}: configured path(s) do not exist: {', '.join(missing)}")
-        count = 0
-        excluded = 0
+        count = files = excluded = 0
 
         def _filter(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-            nonlocal count, excluded
+            nonlocal count, files, excluded
             if self._excluded("/" + info.name):
                 excluded += 1
                 return None
             count += 1
+            files += info.isfile()
             return info
 
         def _check(ends) -> None:
-            if count == 0:
-                raise IncompleteArtifactError(f"{self.name}: nothing to archive (every path excluded or empty)")
+            if files == 0:
+                raise IncompleteArtifactError(f"{self.name}: no files to archive in {', '.join(self.config.paths)} "
+                                              f"({count} entries, {excluded} excluded): every file excluded, or "
+                                              "the folders are empty")
 
         with ArtifactWriter.open(into, self.artifact_path, compress=True, check=_check) as w:
             try:
                 with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                     for path in self.config.paths:
-                        tar.add(path, arcname=path.lstrip("/"), recursive=True, filter=_filter)
+                        # a configured path that is a symlink (/opt/coderz/configs -> a checkout) is
+                        # followed: its contents are archived under the configured name, not the link
+                        source = os.path.realpath(path) if os.path.islink(path) else path
+                        if source != path:
+                            log.info("%s: %s is a link to %s; archiving what it points to", self.name, path, source)
+                        tar.add(source, arcname=path.lstrip("/"), recursive=True, filter=_filter)
             except OSError as exc:
-                raise ArtifactError(f"{self.name}: cannot read {exc.filename}: {exc.strerror}") from None
+                what = exc.filename or "a file that changed while it was read"
+                raise ArtifactError(f"{self.name}: cannot read {what}: {exc.strerror or exc}") from None
             rec = w.commit()
         log.info("%s: archived %d entries from %s (%d excluded)", self.name, count,
                  ", ".join(self.config.paths), excluded)
         return [ArtifactResult.from_files(self.name, self.kind, self.artifact_path, [rec],
-                                          details={"entries": count, "excluded": excluded,
+                                          details={"entries": count, "files": files, "excluded": excluded,
                                                    "paths": list(self.config.paths)})]
 
     # -- verify -------------------------------------------------------------
