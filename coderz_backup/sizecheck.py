@@ -40,15 +40,21 @@ def previous_ok(store: SnapshotStore) -> SnapshotInfo | None:
     return next((s for s in store.list() if s.status == "ok"), None)
 
 
+def _bytes(value) -> int | None:
+    """A byte count from a manifest, or None when it is not one (a hand-edited or foreign manifest)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def _previous_any(store: SnapshotStore) -> SnapshotInfo | None:
-    return next((s for s in store.list() if s.manifest and s.manifest.get("total_bytes")), None)
+    return next((s for s in store.list() if isinstance(s.manifest, dict) and _bytes(s.manifest.get("total_bytes"))),
+                None)
 
 
 def preflight(store: SnapshotStore, cfg: SizeCheckConfig) -> dict:
     """Raise StoreError when the destination has no room for another snapshot like the last one."""
     usage = shutil.disk_usage(store.dest)
     prev = _previous_any(store)
-    prev_bytes = int(prev.manifest["total_bytes"]) if prev else 0
+    prev_bytes = _bytes(prev.manifest["total_bytes"]) or 0 if prev else 0
     needed = int(prev_bytes * cfg.margin) + cfg.min_free_bytes
     info = {"free_bytes": usage.free, "estimate_bytes": needed, "based_on": prev.name if prev else None}
     if usage.free < needed:
@@ -68,8 +74,10 @@ def check(results: list, snapshot_dir: Path, min_bytes: dict[str, int], cfg: Siz
     """Check ``results`` (ArtifactResult list); failing ones are marked failed. Returns (results, findings)."""
     findings: list[Finding] = []
     before = {}
-    if previous and previous.manifest:
-        before = {a["path"]: a for a in previous.manifest.get("artifacts", []) if a.get("status") == "ok"}
+    if previous and isinstance(previous.manifest, dict) and isinstance(previous.manifest.get("artifacts"), list):
+        before = {a["path"]: a for a in previous.manifest["artifacts"]
+                  if isinstance(a, dict) and a.get("status") == "ok" and isinstance(a.get("path"), str)
+                  and _bytes(a.get("bytes")) is not None}
     for r in results:
         if r.status != "ok":
             continue

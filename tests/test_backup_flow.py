@@ -217,3 +217,15 @@ def test_backup_sh_accepts_the_documented_invocations(stack, tmp_path):
     assert "✓ configs.tar.gz" in res.stdout
     snaps = [p for p in other.iterdir() if SNAPSHOT_NAME.match(p.name)]
     assert len(snaps) == 1 and json.loads((snaps[0] / "manifest.json").read_text())["keep_days"] == 0
+
+
+def test_a_hand_edited_manifest_of_an_old_snapshot_does_not_stop_the_nightly_run(stack):
+    """A foreign or edited manifest.json (byte counts as strings) must not make every run exit 2."""
+    old = stack.dest / "2020-01-01_03-00-00"
+    old.mkdir(parents=True)
+    (old / "manifest.json").write_text(json.dumps({
+        "snapshot": old.name, "status": "ok", "total_bytes": "3.1G",
+        "artifacts": [{"path": "redis.rdb", "status": "ok", "bytes": "lots"}, "garbage"]}))
+    res = run_cli(["backup", "--config", str(stack.config)], stack.env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert stack.manifest()["status"] == "ok"
