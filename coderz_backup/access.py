@@ -28,12 +28,15 @@ import subprocess
 import tarfile
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Mapping, Protocol, Sequence
 
+from isal import isal_zlib
+
 from .errors import AccessError, ProducerError
 
-__all__ = ["Access", "ChunkReader", "CommandStream", "LocalAccess", "access_for", "check_member", "tar_of_file", "CHUNK"]
+__all__ = ["ARCHIVE_ERRORS", "Access", "ChunkReader", "CommandStream", "LocalAccess", "access_for", "check_member", "tar_of_file", "CHUNK"]
 
 CHUNK = 1 << 20  # 1 MiB reads: large enough for throughput, small enough for flat memory
 _STDERR_KEEP = 16 * 1024
@@ -318,7 +321,7 @@ class LocalAccess:
                 tar.extractall(root, numeric_owner=True, filter=_safe)
         except tarfile.FilterError as exc:
             raise AccessError(f"refusing unsafe archive member: {exc}") from None
-        except (tarfile.TarError, OSError) as exc:
+        except ARCHIVE_ERRORS as exc:
             raise AccessError(f"extracting into {path} failed: {exc}") from None
         return count
 
@@ -366,6 +369,12 @@ def tar_of_file(path: str | Path, arcname: str, *, mode: int = 0o600) -> Iterato
     with open(path, "rb") as fh:
         yield from iter(lambda: fh.read(CHUNK), b"")
     yield b"\0" * ((-size) % tarfile.BLOCKSIZE) + b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+# Everything reading a damaged gzip/tar can raise. isal's and zlib's errors are not OSErrors:
+# a flipped byte inside a deflate block raises IsalError ("invalid lookback distance"),
+# one in the trailer a BadGzipFile (OSError), a cut one EOFError.
+ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, isal_zlib.error)
 
 
 def check_member(member: tarfile.TarInfo, root: str, links: set[str] | None = None) -> None:

@@ -193,11 +193,13 @@ def test_damaged_archive_fails_verify_and_restore(k3s_dir, tmp_path):
     svc = _svc(k3s_dir, mode="sqlite", stop_command=["true"])
     [res] = svc.backup(into)
     art = into / res.path
-    data = bytearray(art.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    art.write_bytes(bytes(data))
-    with pytest.raises(VerifyError):
-        svc.verify(art)
+    good = art.read_bytes()
+    for at in sorted({10, *range(len(good) // 12, len(good), len(good) // 12), len(good) - 5}):
+        data = bytearray(good)
+        data[at] ^= 0xFF
+        art.write_bytes(bytes(data))
+        with pytest.raises(VerifyError):
+            svc.verify(art)
     with pytest.raises(RestoreError, match="nothing changed"):
         svc.restore(art)
 

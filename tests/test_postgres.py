@@ -153,12 +153,13 @@ def test_verify_rejects_truncated_and_corrupted_dumps(make_db, tmp_path):
     with pytest.raises(VerifyError, match="damaged"):
         svc.verify(truncated)
 
-    flipped = bytearray(good)
-    flipped[len(flipped) // 2] ^= 0xFF
     corrupt = tmp_path / "corrupt.sql.gz"
-    corrupt.write_bytes(bytes(flipped))
-    with pytest.raises(VerifyError):
-        svc.verify(corrupt)
+    for at in sorted({10, *range(len(good) // 12, len(good), len(good) // 12), len(good) - 5}):
+        flipped = bytearray(good)
+        flipped[at] ^= 0xFF
+        corrupt.write_bytes(bytes(flipped))
+        with pytest.raises(VerifyError):   # whichever layer notices: deflate data, CRC or SQL
+            svc.verify(corrupt)
 
     # a complete gzip whose SQL lacks the trailer (a dump cut off before compression)
     sql = gzip.decompress(good)

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from isal import igzip
 
-from ..access import check_member
+from ..access import ARCHIVE_ERRORS, check_member
 from ..config import ConfigsConfig
 from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, VerifyError
 from ..writer import ArtifactWriter
@@ -103,7 +103,7 @@ class ConfigsService(BaseService):
                     yield member
         except tarfile.FilterError as exc:
             raise VerifyError(f"{artifact.name}: unsafe member: {exc}") from None
-        except (tarfile.TarError, EOFError, OSError) as exc:
+        except ARCHIVE_ERRORS as exc:
             raise VerifyError(f"{artifact.name}: archive is damaged ({exc})") from None
 
     def verify(self, artifact: Path) -> str:
@@ -142,7 +142,7 @@ class ConfigsService(BaseService):
         try:
             with igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
                 tar.extractall(root, numeric_owner=True, filter=_safe)
-        except (tarfile.TarError, OSError) as exc:
+        except ARCHIVE_ERRORS as exc:
             raise RestoreError(f"{self.name}: extraction into {root} failed: {exc}") from None
         log.info("%s: restored %d entries into %s", self.name, n, root)
         return f"{n} entries restored into {root}"

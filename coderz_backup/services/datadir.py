@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 from isal import igzip
 
-from ..access import CHUNK, Access, LocalAccess
+from ..access import ARCHIVE_ERRORS, CHUNK, Access, LocalAccess
 from ..errors import CoderzBackupError, RestoreError
 
 __all__ = ["move_aside", "replace_data_dir"]
@@ -79,7 +79,7 @@ def replace_data_dir(access: Access, artifact: Path, *, name: str, product: str,
         chown = getattr(access, "chown_like_parent", None)
         if chown:
             chown(data_dir)
-    except (CoderzBackupError, OSError) as exc:
+    except (CoderzBackupError, *ARCHIVE_ERRORS) as exc:
         raise RestoreError(f"{name}: replacing {data_dir} failed ({product} left stopped; the old contents are in "
                            f"{kept}): {exc}") from None
     try:

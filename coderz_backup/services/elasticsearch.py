@@ -58,9 +58,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
-from isal import igzip, isal_zlib
+from isal import igzip
 
-from ..access import CHUNK, check_member
+from ..access import ARCHIVE_ERRORS, CHUNK, check_member
 from ..config import ElasticsearchConfig, resolve_secret
 from ..errors import (
     AccessError,
@@ -576,7 +576,7 @@ class ElasticsearchService(BaseService):
                             or not isinstance(doc.get("_source"), dict) or not line.endswith(b"\n")):
                         raise error(f"{what}: line {no} is not a {{\"_id\", \"_source\"}} document")
                     yield doc
-        except (OSError, EOFError, isal_zlib.error) as exc:
+        except ARCHIVE_ERRORS as exc:
             raise error(f"{what}: gzip stream is damaged or truncated ({exc})") from None
 
     def _verify_tarball(self, artifact: Path) -> str:
@@ -593,7 +593,7 @@ class ElasticsearchService(BaseService):
                     n += 1
         except tarfile.FilterError as exc:
             raise VerifyError(f"{artifact.name}: unsafe member: {exc}") from None
-        except (tarfile.TarError, EOFError, OSError, isal_zlib.error) as exc:
+        except ARCHIVE_ERRORS as exc:
             raise VerifyError(f"{artifact.name}: archive is damaged ({exc})") from None
         if n == 0:
             raise VerifyError(f"{artifact.name}: archive is empty")

@@ -52,9 +52,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
-from isal import igzip, isal_zlib
+from isal import igzip
 
-from ..access import CHUNK, LocalAccess, check_member
+from ..access import ARCHIVE_ERRORS, CHUNK, LocalAccess, check_member
 from ..config import GrafanaConfig, resolve_secret
 from ..errors import (
     AccessError,
@@ -596,7 +596,7 @@ class GrafanaService(BaseService):
                     n += 1
         except tarfile.FilterError as exc:
             raise error(f"{artifact.name}: unsafe member: {exc}") from None
-        except (tarfile.TarError, EOFError, OSError, isal_zlib.error) as exc:
+        except ARCHIVE_ERRORS as exc:
             raise error(f"{artifact.name}: archive is damaged ({exc})") from None
         if tables is None:
             raise error(f"{artifact.name}: no {DB_NAME} in the archive")

@@ -41,7 +41,7 @@ from typing import ClassVar
 
 from isal import igzip
 
-from ..access import CHUNK, LocalAccess, check_member
+from ..access import ARCHIVE_ERRORS, CHUNK, LocalAccess, check_member
 from ..errors import (AccessError, ArtifactError, CoderzBackupError, IncompleteArtifactError, ProducerError,
                       RestoreError, VerifyError)
 from ..writer import ArtifactWriter, write_stream
@@ -202,7 +202,7 @@ class K3sService(BaseService):
                                 pass
             except tarfile.FilterError as exc:
                 raise VerifyError(f"{artifact.name}: unsafe member: {exc}") from None
-            except (tarfile.TarError, EOFError, OSError) as exc:
+            except ARCHIVE_ERRORS as exc:
                 raise VerifyError(f"{artifact.name}: archive is damaged ({exc})") from None
             missing = {"server/db/state.db", "server/token"} - names
             if missing:

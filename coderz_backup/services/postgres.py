@@ -23,7 +23,7 @@ import psycopg
 from isal import igzip
 from psycopg import sql
 
-from ..access import CHUNK
+from ..access import ARCHIVE_ERRORS, CHUNK
 from ..config import PostgresConfig, resolve_secret
 from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, VerifyError
 from ..writer import StreamEnds, write_command
@@ -56,7 +56,7 @@ def read_gzip_chunks(path: Path) -> Iterator[bytes]:
                 if not chunk:
                     return
                 yield chunk
-    except (EOFError, OSError, ValueError) as exc:  # truncated / bad CRC / not gzip
+    except ARCHIVE_ERRORS as exc:  # truncated / bad CRC / not gzip / damaged deflate data
         raise VerifyError(f"{path.name}: gzip stream is damaged ({exc})") from None
 
 

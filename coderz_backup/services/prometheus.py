@@ -41,7 +41,7 @@ from typing import ClassVar
 import httpx
 from isal import igzip
 
-from ..access import CHUNK
+from ..access import ARCHIVE_ERRORS, CHUNK
 from ..errors import AccessError, ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
 from ..writer import ArtifactWriter
 from .base import ArtifactResult, BaseService
@@ -83,7 +83,7 @@ def read_blocks(artifact: Path, *, allow_empty: bool = False) -> dict[str, dict]
                     f = tar.extractfile(member)
                     while f and f.read(CHUNK):
                         pass
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except ARCHIVE_ERRORS as exc:
         raise VerifyError(f"{artifact.name}: archive is damaged ({exc})") from None
     missing = sorted(dirs - set(blocks))
     if missing:
