@@ -175,3 +175,20 @@ def test_backup_during_an_aof_rewrite_schedules_the_save(redis_server, tmp_path)
         r.config_set("rdb-key-save-delay", 0)
     assert res.status == "ok" and res.details["keys"] >= 1000
     assert "RDB" in svc.verify(tmp_path / res.path)
+
+
+def test_an_old_dump_where_data_dir_points_is_not_taken_for_this_backup(redis_server, tmp_path):
+    """data_dir points at a folder with a leftover dump.rdb while Redis saves elsewhere: the copy
+    would pass every format check, so the file's own ctime must come from this BGSAVE."""
+    _fill(redis_server)
+    redis_server.client().save()
+    stale_dir = tmp_path / "old-data"
+    stale_dir.mkdir()
+    shutil.copy(redis_server.data / "dump.rdb", stale_dir / "dump.rdb")
+    time.sleep(6)   # older than this backup's BGSAVE by more than the clock slack
+    svc = RedisService("redis", _cfg(redis_server, data_dir=str(stale_dir)), LocalAccess())
+    out = tmp_path / "snap"
+    out.mkdir()
+    with pytest.raises(ArtifactError, match="old file, and Redis saves somewhere else.*CONFIG GET dir"):
+        svc.backup(out)
+    assert list(out.iterdir()) == []

@@ -19,6 +19,7 @@ from memory afterwards.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import shutil
@@ -48,12 +49,61 @@ def crc64(data: bytes, crc: int | None = None) -> int:
     return _CRC.calc(data, crc) if crc is not None else _CRC.calc(data)
 
 
-class RdbChecker:
-    """Computes the CRC-64 of a streamed RDB and checks header and trailer at the end."""
+def _rdb_length(buf: bytes, i: int) -> tuple[int | None, int, int]:
+    """(length, special-encoding or -1, next index) of an RDB length field at ``buf[i]``."""
+    first = buf[i]
+    kind = first >> 6
+    if kind == 0:
+        return first & 0x3F, -1, i + 1
+    if kind == 1:
+        return ((first & 0x3F) << 8) | buf[i + 1], -1, i + 2
+    if first == 0x80:
+        return int.from_bytes(buf[i + 1:i + 5], "big"), -1, i + 5
+    if first == 0x81:
+        return int.from_bytes(buf[i + 1:i + 9], "big"), -1, i + 9
+    return None, first & 0x3F, i + 1
 
-    def __init__(self) -> None:
+
+def _rdb_string(buf: bytes, i: int) -> tuple[bytes, int]:
+    n, special, i = _rdb_length(buf, i)
+    if special == 0:
+        return str(int.from_bytes(buf[i:i + 1], "little", signed=True)).encode(), i + 1
+    if special == 1:
+        return str(int.from_bytes(buf[i:i + 2], "little", signed=True)).encode(), i + 2
+    if special == 2:
+        return str(int.from_bytes(buf[i:i + 4], "little", signed=True)).encode(), i + 4
+    if n is None:
+        raise ValueError("compressed aux string")
+    return buf[i:i + n], i + n
+
+
+def rdb_ctime(head: bytes) -> int | None:
+    """The ``ctime`` aux field (when Redis wrote the file, unix seconds) from an RDB's first bytes."""
+    try:
+        i = 9
+        while i < len(head) and head[i] == 0xFA:   # AUX fields come first
+            key, i = _rdb_string(head, i + 1)
+            value, i = _rdb_string(head, i)
+            if key == b"ctime":
+                return int(value)
+    except (IndexError, ValueError):
+        return None
+    return None
+
+
+class RdbChecker:
+    """Computes the CRC-64 of a streamed RDB and checks header and trailer at the end.
+
+    With ``not_before`` (unix time just before our BGSAVE) the file must have been written by
+    that save (its ``ctime`` aux field), not be an old ``dump.rdb`` lying where ``data_dir``
+    points while Redis saves somewhere else.
+    """
+
+    def __init__(self, not_before: float | None = None, where: str = "") -> None:
         self._crc: int | None = None
         self._pending = b""  # last 8 bytes seen: the candidate checksum
+        self.not_before = not_before
+        self.where = where
 
     def observe(self, data: bytes) -> None:
         buf = self._pending + data
@@ -69,6 +119,13 @@ class RdbChecker:
             raise IncompleteArtifactError("not an RDB file (the 'REDIS' header is missing)")
         if ends.raw_bytes < 18 or ends.tail[-9:-8] != b"\xff":
             raise IncompleteArtifactError("RDB is truncated (no end-of-file opcode before the checksum)")
+        ctime = rdb_ctime(bytes(head))
+        if self.not_before is not None and ctime is not None and ctime < self.not_before - 5:
+            written = dt.datetime.fromtimestamp(ctime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+            raise IncompleteArtifactError(
+                f"{self.where or 'the RDB'} was written at {written}, before this backup's BGSAVE: it is an old "
+                "file, and Redis saves somewhere else — point data_dir at Redis' `dir` (CONFIG GET dir) or unset "
+                "it to fetch the RDB over the network")
         stored = int.from_bytes(self._pending, "little")
         if stored == 0:
             log.warning("RDB written with rdbchecksum no: checksum not verifiable")
@@ -121,6 +178,7 @@ class RedisService(BaseService):
             local = os.path.join(c.data_dir, dbfile) if c.data_dir else None
             checker = RdbChecker()
             if local and self.access.readable(c.data_dir):
+                checker.not_before, checker.where = time.time(), local
                 self._bgsave(client)
                 with self.access.open_read(local) as fh:
                     rec = write_stream(into, self.artifact_path, iter(lambda: fh.read(CHUNK), b""),
