@@ -111,6 +111,11 @@ class SnapshotStore:
                              "choose another with --dest or fix its permissions") from None
         if not self.dest.is_dir():
             raise StoreError(f"destination {self.dest} is not a folder")
+        latest = self.dest / LATEST
+        if latest.exists() and not latest.is_symlink():
+            # found before the run, not after a finished snapshot could not be linked
+            raise StoreError(f"{latest} is a real {'folder' if latest.is_dir() else 'file'}, not the link this tool "
+                             "keeps there; move it away (nothing was written)")
         probe = self.dest / f".write-test-{os.getpid()}"
         try:
             with open(probe, "wb") as fh:

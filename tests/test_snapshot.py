@@ -371,3 +371,11 @@ def test_lock_on_missing_destination_raises_store_error(tmp_path):
     with pytest.raises(StoreError, match=re.escape(str(dest))):
         with SnapshotStore(dest).lock():
             pass
+
+
+def test_a_real_folder_named_latest_is_refused_before_the_run(tmp_path):
+    from coderz_backup.errors import StoreError
+
+    (tmp_path / "latest").mkdir()
+    with pytest.raises(StoreError, match="real folder, not the link.*nothing was written"):
+        SnapshotStore(tmp_path).prepare()

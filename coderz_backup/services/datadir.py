@@ -30,11 +30,17 @@ from ..errors import CoderzBackupError, RestoreError
 __all__ = ["move_aside", "replace_data_dir"]
 
 
+def aside_path(access: Access, data_dir: str, stamp: str) -> str:
+    """Where :func:`move_aside` keeps the current contents (known before anything moves)."""
+    data_dir = data_dir.rstrip("/")
+    return f"{data_dir}.coderz-old-{stamp}" if type(access) is LocalAccess else f"{data_dir}/.coderz-old-{stamp}"
+
+
 def move_aside(access: Access, data_dir: str, stamp: str) -> str:
     """Move the current contents of ``data_dir`` aside (the dir itself, its mode and owner stay)."""
     data_dir = data_dir.rstrip("/")
     if type(access) is LocalAccess:   # PrefixAccess (a subclass) runs elsewhere
-        old = f"{data_dir}.coderz-old-{stamp}"
+        old = aside_path(access, data_dir, stamp)
         if os.path.isdir(data_dir):
             st = os.stat(data_dir)
             os.rename(data_dir, old)
@@ -48,7 +54,7 @@ def move_aside(access: Access, data_dir: str, stamp: str) -> str:
     mover = getattr(access, "move_contents", None)
     if mover is None:
         raise RestoreError(f"{access.description} access cannot keep the old data dir aside; nothing changed")
-    old = f"{data_dir}/.coderz-old-{stamp}"
+    old = aside_path(access, data_dir, stamp)
     mover(data_dir, old)
     return old
 
@@ -71,7 +77,8 @@ def replace_data_dir(access: Access, artifact: Path, *, name: str, product: str,
             raise RestoreError(f"{name}: {product} still answers 60s after stopping; nothing changed")
         time.sleep(0.3)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
-    kept = "(not moved yet)"
+    # named before the move: a move that fails halfway has already put part of the data there
+    kept = f"{aside_path(access, data_dir, stamp)} (and what is still in {data_dir})"
     try:
         kept = move_aside(access, data_dir, stamp)
         with igzip.open(artifact, "rb") as gz:
