@@ -355,6 +355,19 @@ class DockerAccess:
             with contextlib.suppress(Exception):
                 helper.remove(force=True)
 
+    def check_replaceable(self, data_dir: str) -> None:
+        """Before a data dir is replaced (nothing stopped yet): it must live on a volume or bind mount
+        of the container. Otherwise it is in the container's writable layer, which the helper
+        containers (volumes_from) cannot see: keeping the old data aside would silently do nothing."""
+        if not self.container:
+            return   # a named volume: mounted by definition
+        mounts = [m.get("Destination", "").rstrip("/") for m in self._container().attrs.get("Mounts", [])]
+        d = data_dir.rstrip("/")
+        if not any(d == m or d.startswith(m + "/") for m in mounts if m):
+            raise AccessError(f"{data_dir} is not on a volume or bind mount of container {self.container!r} "
+                              f"(mounts: {', '.join(sorted(mounts)) or 'none'}); its data lives in the container's "
+                              "own layer — put it on a volume (as the Coderz compose file does) to restore it here")
+
     def _path(self, path: str) -> str:
         """Path inside the helper (volume mode maps volume_path → /vol)."""
         if self.volume and not self.container:

@@ -161,6 +161,12 @@ def test_in_a_container_snapshot_comes_out_through_the_engine_and_restore_restar
     from coderz_backup.access_docker import DockerAccess
 
     assert DockerAccess(pc.name).run(["ls", "/prometheus/snapshots"], label="ls").strip() == ""
+    # a data_dir that is not on a volume/bind mount lives in the container's own layer, which the
+    # helper containers cannot see: refused before anything stops
+    unmounted = create("prometheus", cfg.model_copy(update={"data_dir": "/opt/tsdb"}))
+    with pytest.raises(RestoreError, match="/opt/tsdb is not on a volume or bind mount.*nothing changed"):
+        unmounted.restore(tmp_path / res.path)
+    assert pc.running
     detail = svc.restore(tmp_path / res.path)
     assert pc.running and detail.endswith("ready")
     after = _samples(pc.url, t0 - 120, t0)

@@ -64,6 +64,12 @@ def replace_data_dir(access: Access, artifact: Path, *, name: str, product: str,
                      answers: Callable[[], bool], health: Callable[[], str], health_timeout_s: float,
                      already_stopped: bool = False) -> str:
     """Stop, keep the old contents, extract ``artifact`` (gzip tar) into ``data_dir``, start, wait."""
+    check = getattr(access, "check_replaceable", None)
+    if check is not None:
+        try:
+            check(data_dir)
+        except CoderzBackupError as exc:
+            raise RestoreError(f"{name}: {exc}; nothing changed") from None
     try:
         stopped = access.stop_service(stop_command, timeout=300)
     except CoderzBackupError as exc:
