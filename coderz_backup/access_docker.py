@@ -258,7 +258,24 @@ def _api_msg(exc: Exception) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-class DockerAccess:
+class _ShellFileOps:
+    """File work as shell one-liners where the service runs (in its container, or behind a
+    command prefix) — through the subclass's ``shell(script, *args, label=)``."""
+
+    def remove_tree(self, path: str) -> None:
+        self.shell('rm -rf -- "$1"', path, label=f"rm -rf {path}")
+
+    def chown_like_parent(self, path: str) -> None:
+        """chown -R ``path`` to the owner of the folder itself (after an extract as root)."""
+        self.shell('chown -R "$(stat -c %u:%g "$1")" "$1"', path, label=f"chown {path}")
+
+    def move_contents(self, src: str, dest: str) -> None:
+        """Move everything inside ``src`` into a new folder ``dest`` (e.g. to keep the old data)."""
+        self.shell('mkdir -p "$2" && find "$1" -mindepth 1 -maxdepth 1 ! -path "$2" -exec mv -t "$2" -- {} +',
+                   src, dest, label=f"move {src} aside")
+
+
+class DockerAccess(_ShellFileOps):
     """Commands and files of a service that runs in a Docker container (see module docstring)."""
 
     def __init__(self, container: str | None, *, volume: str | None = None, helper_image: str | None = None,
@@ -556,18 +573,6 @@ class DockerAccess:
             raise AccessError(f"writing into {path} in {self.description} failed")
         return count
 
-    def remove_tree(self, path: str) -> None:
-        self.shell('rm -rf -- "$1"', path, label=f"rm -rf {path}")
-
-    def chown_like_parent(self, path: str) -> None:
-        """chown -R ``path`` to the owner of the folder itself (after an extract as root)."""
-        self.shell('chown -R "$(stat -c %u:%g "$1")" "$1"', path, label=f"chown {path}")
-
-    def move_contents(self, src: str, dest: str) -> None:
-        """Move everything inside ``src`` into a new folder ``dest`` (e.g. to keep the old data)."""
-        self.shell('mkdir -p "$2" && find "$1" -mindepth 1 -maxdepth 1 ! -path "$2" -exec mv -t "$2" -- {} +',
-                    src, dest, label=f"move {src} aside")
-
     @contextlib.contextmanager
     def frozen(self):
         """Pause the container (when it runs) so its files can be copied at one instant; always unpause."""
@@ -637,7 +642,7 @@ class DockerAccess:
 _ENV_LOADER = 'while IFS= read -r line && [ -n "$line" ]; do export "$line"; done; exec "$@"'
 
 
-class PrefixAccess(LocalAccess):
+class PrefixAccess(_ShellFileOps, LocalAccess):
     """Every command runs as ``prefix + argv`` (e.g. ``kubectl exec -i -n ns pod --``).
 
     Environment variables for the command (secrets) are written to its stdin as
@@ -710,21 +715,9 @@ class PrefixAccess(LocalAccess):
             return False
         return True
 
-    # file work happens on the far side, never on this host (LocalAccess's versions would)
-    def _sh(self, script: str, *args: str, label: str, timeout: float = 600) -> None:
+    def shell(self, script: str, *args: str, timeout: float = 600, label: str = "sh") -> None:
+        """Run a ``sh -c`` script on the far side (file work never happens on this host)."""
         self.run(["sh", "-c", script, "sh", *args], timeout=timeout, label=label)
-
-    def remove_tree(self, path: str) -> None:
-        self._sh('rm -rf -- "$1"', path, label=f"rm -rf {path}")
-
-    def chown_like_parent(self, path: str) -> None:
-        """chown -R ``path`` to the owner of the folder itself (after an extract as root)."""
-        self._sh('chown -R "$(stat -c %u:%g "$1")" "$1"', path, label=f"chown {path}")
-
-    def move_contents(self, src: str, dest: str) -> None:
-        """Move everything inside ``src`` into a new folder ``dest`` (e.g. to keep the old data)."""
-        self._sh('mkdir -p "$2" && find "$1" -mindepth 1 -maxdepth 1 ! -path "$2" -exec mv -t "$2" -- {} +',
-                 src, dest, label=f"move {src} aside")
 
     def tar_dir(self, path: str, out: BinaryIO, *, exclude: Sequence[str] = ()) -> int:
         argv = ["tar", "-C", path, "-cf", "-", *[f"--exclude=./{e}" for e in exclude], "."]
