@@ -143,6 +143,10 @@ class ArtifactWriter:
             raise ArtifactError(f"writing {self.relpath} failed: {exc.strerror}") from None
         self._fh.close()
         os.replace(self.partial, self.final)
+        if self.final.parent != self.root:
+            # a file in a subfolder (grafana/, elasticsearch/<index>/): make its rename durable
+            # too; the snapshot folder itself is fsynced when the snapshot is finished
+            _fsync_dirs(self.final.parent, self.root)
         self._done = True
         return FileRecord(self.relpath, self._bytes, self._sha.hexdigest(), self._raw)
 
@@ -201,3 +205,15 @@ def sha256_file(path: Path) -> tuple[int, str]:
             h.update(chunk)
             n += len(chunk)
     return n, h.hexdigest()
+
+
+def _fsync_dirs(folder: Path, root: Path) -> None:
+    """fsync ``folder`` and its parents up to (not including) ``root``: new entries survive a crash."""
+    while folder != root and root in folder.parents:
+        with contextlib.suppress(OSError):
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        folder = folder.parent
