@@ -522,7 +522,9 @@ class DockerAccess(_ShellFileOps):
         return count
 
     def untar_into(self, path: str, chunks: Iterable[bytes]) -> int:
-        """Check every member, then stream the archive into ``path`` with put_archive."""
+        """Stream the archive into ``path`` with put_archive, checking each member on the way: an
+        unsafe one stops the stream (members before it may have landed — callers verify a whole
+        archive with the same rules first, see services.datadir)."""
         errors = _errors()
         r, w = os.pipe()
         count = 0
