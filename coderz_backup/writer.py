@@ -26,6 +26,7 @@ from isal import isal_zlib
 
 from .access import Access, CHUNK
 from .errors import ArtifactError, IncompleteArtifactError, StoreError
+from .snapshot import fsync_dir
 
 __all__ = ["FileRecord", "StreamEnds", "ArtifactWriter", "write_stream", "write_command", "GZIP_LEVEL"]
 
@@ -210,10 +211,5 @@ def sha256_file(path: Path) -> tuple[int, str]:
 def _fsync_dirs(folder: Path, root: Path) -> None:
     """fsync ``folder`` and its parents up to (not including) ``root``: new entries survive a crash."""
     while folder != root and root in folder.parents:
-        with contextlib.suppress(OSError):
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fsync_dir(folder)
         folder = folder.parent
