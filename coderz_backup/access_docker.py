@@ -278,6 +278,8 @@ class _ShellFileOps:
 class DockerAccess(_ShellFileOps):
     """Commands and files of a service that runs in a Docker container (see module docstring)."""
 
+    settle_s = 3.0   # a started container without a health check must stay running this long
+
     def __init__(self, container: str | None, *, volume: str | None = None, helper_image: str | None = None,
                  volume_path: str | None = None, client=None):
         if not container and not volume:
@@ -624,12 +626,19 @@ class DockerAccess(_ShellFileOps):
             except _errors().APIError as exc:
                 raise AccessError(f"cannot start container {self.container!r}: {_api_msg(exc)}") from None
         deadline = time.monotonic() + timeout
+        running_since: float | None = None
         while True:
             c.reload()
             if c.status == "running":
                 health = (c.attrs.get("State", {}).get("Health") or {}).get("Status")
-                if health in (None, "healthy"):
+                if health == "healthy":
                     return True
+                if health is None:
+                    # no health check: "running" right after start says little (a process that
+                    # fails on start is running for a moment) — it must stay up for a while
+                    running_since = running_since or time.monotonic()
+                    if time.monotonic() - running_since >= self.settle_s:
+                        return True
             elif c.status in ("exited", "dead"):
                 raise AccessError(f"container {self.container!r} exited right after start "
                                   f"(exit code {c.attrs.get('State', {}).get('ExitCode')}); see `docker logs {self.container}`")
