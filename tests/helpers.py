@@ -115,3 +115,22 @@ def prefect_api(method: str, path: str, api: str | None = None, **kwargs):
             return resp
         time.sleep(min(0.25 * 2 ** attempt, 4))
     return resp
+
+
+def tar_bytes(members: list[tuple[str, str, str]]) -> bytes:
+    """(type, name, data-or-linkname) → an uncompressed tar."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for kind, name, data in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(data.encode())
+                tar.addfile(info, io.BytesIO(data.encode()))
+                continue
+            info.type = tarfile.SYMTYPE if kind == "sym" else tarfile.LNKTYPE if kind == "hard" else tarfile.DIRTYPE
+            info.linkname = data
+            tar.addfile(info)
+    return buf.getvalue()

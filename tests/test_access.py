@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from coderz_backup.access import LocalAccess
+from helpers import tar_bytes as _tar
 from coderz_backup.errors import ProducerError
 
 
@@ -81,25 +82,6 @@ def test_prefix_copy_that_exits_non_zero_never_lands_under_its_final_name(tmp_pa
     with ok.open_read(str(src)) as fh:
         write_stream(tmp_path / "out", "copy.rdb", iter(lambda: fh.read(CHUNK), b""), compress=False)
     assert (tmp_path / "out" / "copy.rdb").read_bytes() == src.read_bytes()
-
-
-def _tar(members: list[tuple[str, str, str]]) -> bytes:
-    """(type, name, data-or-linkname) → an uncompressed tar."""
-    import io
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for kind, name, data in members:
-            info = tarfile.TarInfo(name)
-            if kind == "file":
-                info.size = len(data.encode())
-                tar.addfile(info, io.BytesIO(data.encode()))
-                continue
-            info.type = tarfile.SYMTYPE if kind == "sym" else tarfile.LNKTYPE if kind == "hard" else tarfile.DIRTYPE
-            info.linkname = data
-            tar.addfile(info)
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize("members", [
