@@ -49,10 +49,14 @@ def pytest_configure(config):
     port = _free_port()
     log = open(_SESSION_DIR / "prefect-server.log", "wb")
     prefect_bin = Path(sys.executable).with_name("prefect")
+    # The scheduler service looks for deployments to schedule every 2 s instead of 60 s, so
+    # the schedule test sees the runs it creates from prefect.yaml quickly.
+    server_env = dict(os.environ, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
     _prefect_proc = subprocess.Popen(
         [str(prefect_bin), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=server_env,
     )
+    os.environ["CODERZ_TEST_PREFECT_LOG"] = str(_SESSION_DIR / "prefect-server.log")
     url = f"http://127.0.0.1:{port}/api"
     import httpx
 

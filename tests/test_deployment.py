@@ -287,3 +287,80 @@ def test_restore_deployment_pauses_for_the_typed_approval_and_completes_after_re
     assert final["type"] == "COMPLETED", (final, out[-3000:])
     assert redis_server.client().get("after-backup") is None  # back to the snapshot
     assert (stack.dest / "safety-backups").is_dir()
+
+
+# -- the 03:00 UTC schedule, as the real scheduler runs it ----------------------------------
+
+
+def _next_0300_utc(after):
+    import datetime as dt
+
+    first = after.replace(hour=3, minute=0, second=0, microsecond=0)
+    return first if first > after else first + dt.timedelta(days=1)
+
+
+def _runs_of(deployment_id: str, *, states: list[str] | None = None) -> list[dict]:
+    body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_ASC",
+            "limit": 50, "offset": 0}
+    if states:
+        body["flow_runs"]["state"] = {"type": {"any_": states}}
+    resp = prefect_api("POST", "flow_runs/filter", json=body)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def test_the_scheduler_creates_the_0300_utc_runs_and_a_worker_executes_a_scheduled_one(stack):
+    """The whole promise of the product: nobody acts, and a backup runs at 03:00 UTC.
+
+    Nothing here creates a run: the session server's own scheduler service (loop 2 s) has to,
+    from the schedule in the project's prefect.yaml. One of those runs is then moved to now
+    (only its scheduled time changes: it stays the scheduler's run) and a worker executes it.
+    """
+    import datetime as dt
+    import time
+
+    from prefect.client.schemas.objects import StateType
+
+    _forget(POOL, DEPLOYMENT)
+    setup()
+    deployed_at = dt.datetime.now(dt.timezone.utc)
+    res = _prefect(["--no-prompt", "deploy", "--all"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    with _client() as c:
+        dep = c.read_deployment_by_name(DEPLOYMENT)
+
+    deadline = time.monotonic() + 90
+    while not (runs := _runs_of(str(dep.id), states=["SCHEDULED"])) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert runs, ("the Prefect scheduler created no run of coderz-backup-daily within 90 s; server log:\n"
+                  + Path(os.environ["CODERZ_TEST_PREFECT_LOG"]).read_text(errors="replace")[-4000:])
+    assert len(runs) >= 3, runs  # the scheduler keeps at least 3 runs ahead (min_runs)
+    starts = [dt.datetime.fromisoformat(r["expected_start_time"].replace("Z", "+00:00")) for r in runs]
+    first = _next_0300_utc(deployed_at - dt.timedelta(seconds=5))
+    assert starts == [first + dt.timedelta(days=i) for i in range(len(runs))], starts
+    assert all(r["auto_scheduled"] for r in runs)
+    assert all(r["parameters"] == {"dest": None, "keep": None} for r in runs)
+
+    # move the first scheduled run to now: the same run (same id, still auto-scheduled)
+    run = runs[0]
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    resp = prefect_api("POST", f"flow_runs/{run['id']}/set_state", json={
+        "state": {"type": "SCHEDULED", "name": "Scheduled", "state_details": {"scheduled_time": now}},
+        "force": True})
+    assert resp.status_code in (200, 201) and resp.json()["status"] == "ACCEPT", resp.text
+
+    worker_env = dict(stack.env, CODERZ_BACKUP_CONFIG=str(stack.config))
+    worker = _prefect(["worker", "start", "--pool", POOL, "--run-once"], env=worker_env, timeout=400)
+    log = worker.stdout + worker.stderr
+    (stack.root / "worker.log").write_text(log)
+    assert worker.returncode == 0, log[-3000:]
+
+    with _client() as c:
+        done = c.read_flow_run(run["id"])
+        for sched in dep.schedules:  # the other 03:00 runs stay out of later tests
+            c.update_deployment_schedule(dep.id, sched.id, active=False)
+    assert done.state.type == StateType.COMPLETED, f"{done.state!r}\n{log[-3000:]}"
+    assert done.auto_scheduled and done.deployment_id == dep.id
+    m = stack.manifest()
+    assert m["status"] == "ok" and m["flow_run_id"] == run["id"]
+    assert (m["passed"], m["failed"]) == (4, 0)
