@@ -51,7 +51,9 @@ def pytest_configure(config):
     prefect_bin = Path(sys.executable).with_name("prefect")
     # The scheduler service looks for deployments to schedule every 2 s instead of 60 s, so
     # the schedule test sees the runs it creates from prefect.yaml quickly.
-    server_env = dict(os.environ, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
+    # PREFECT_UI_API_URL: the UI in the browser asks the API there (default port 4200).
+    server_env = dict(os.environ, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
+                      PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
     _prefect_proc = subprocess.Popen(
         [str(prefect_bin), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=server_env,

@@ -134,3 +134,27 @@ def tar_bytes(members: list[tuple[str, str, str]]) -> bytes:
             info.linkname = data
             tar.addfile(info)
     return buf.getvalue()
+
+
+CHROMIUM = "/usr/bin/chromium"   # Debian's package (scripts/test.sh installs it); never `playwright install`
+# As root, in a sandbox with no network: no sandboxing, no GPU, and none of Chromium's own
+# background connections (they are refused here, many at a time).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextlib.contextmanager
+def chromium(width: int = 1280, height: int = 900):
+    """A page in a real headless Chromium driven by Playwright (a fresh profile each time)."""
+    from playwright.sync_api import sync_playwright
+
+    if not os.access(CHROMIUM, os.X_OK):
+        raise RuntimeError(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium package")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            browser.close()

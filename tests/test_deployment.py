@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import decoded_subject, mail_parts, prefect_api, with_email
+from helpers import chromium, decoded_subject, mail_parts, prefect_api, with_email
 
 from coderz_backup.errors import AccessError, ConfigError
 from coderz_backup.setup import TEMPLATES_DIR, register_cli, run_cli, setup
@@ -235,9 +235,10 @@ def test_deploy_needs_the_pool_then_a_worker_runs_the_daily_backup(stack, smtp):
     assert {a["key"] for a in resp.json()} >= {"coderz-backup-report", "coderz-backup-artifacts"}
 
 
-def test_restore_deployment_pauses_for_the_typed_approval_and_completes_after_resume(stack, redis_server):
-    """`coderz-restore` through a real server and worker: the run pauses, a resume with the typed
-    input through the REST API (what the UI form sends) completes it."""
+def test_restore_deployment_pauses_and_an_operator_approves_it_in_the_prefect_ui(stack, redis_server):
+    """`coderz-restore` through a real server and worker, approved the way an operator does it:
+    the paused run opened in the Prefect UI in a real browser (Debian's chromium), Resume, the
+    form read (labels, help text, a one-line name field), the name typed, submitted."""
     import time
 
     stack.config.write_text(stack.config.read_text().replace(
@@ -276,10 +277,53 @@ def test_restore_deployment_pauses_for_the_typed_approval_and_completes_after_re
         else:
             pytest.fail("the restore run never paused for approval")
         assert redis_server.client().get("after-backup") == b"x"  # paused: nothing changed yet
-        resp = prefect_api("POST", f"flow_runs/{run_id}/resume",
-                           json={"run_input": {"approve": True, "snapshot": snapshot}})
-        assert resp.status_code == 201 and resp.json()["status"] == "ACCEPT", resp.text
-        out, _ = worker.communicate(timeout=300)
+
+        # what the UI renders the form from: the schema the server stores for the paused run
+        keys = state["state_details"]["run_input_keyset"]
+        schema = prefect_api("GET", f"flow_runs/{run_id}/input/{keys['schema']}").json()
+        assert schema["required"] == ["approve", "snapshot"]
+        assert schema["properties"]["approve"] == {
+            "title": "Approve", "type": "boolean",
+            "description": "Yes, overwrite the current data with this snapshot"}
+        assert schema["properties"]["snapshot"] == {
+            "title": "Snapshot", "type": "string",
+            "description": "Type the snapshot name (YYYY-MM-DD_HH-MM-SS) to confirm"}
+        plan = prefect_api("GET", f"flow_runs/{run_id}/input/{keys['description']}").json()
+        assert f"Restore plan: snapshot `{snapshot}`" in plan and "**redis** — `redis.rdb`" in plan
+
+        with chromium() as page:
+            ui = os.environ["PREFECT_API_URL"].removesuffix("/api")
+            # the V1 UI (where the flow-run links Prefect prints lead): labels and help text
+            page.goto(f"{ui}/runs/flow-run/{run_id}")
+            page.get_by_role("button", name="Resume").click()
+            dialog = page.get_by_role("dialog")
+            dialog.get_by_text("Type the snapshot name (YYYY-MM-DD_HH-MM-SS) to confirm").wait_for()
+            assert dialog.locator(".schema-form-property__label").all_inner_texts() == ["Approve", "Snapshot"]
+            assert dialog.get_by_text("Yes, overwrite the current data with this snapshot").is_visible()
+            page.keyboard.press("Escape")
+
+            # the V2 UI (the default from the UI's front page): approve it there
+            page.goto(f"{ui}/v2/runs/flow-run/{run_id}")
+            page.get_by_role("button", name="Open menu").click()
+            page.get_by_role("menuitem", name="Resume").click()
+            dialog = page.get_by_role("dialog")
+            dialog.get_by_text("Restore plan: snapshot").wait_for()
+            for text in ("What is overwritten", "Yes, overwrite the current data with this snapshot",
+                         "Type the snapshot name (YYYY-MM-DD_HH-MM-SS) to confirm"):
+                dialog.get_by_text(text).scroll_into_view_if_needed()
+                assert dialog.get_by_text(text).is_visible(), text
+            labels = dialog.locator("label").all_inner_texts()
+            assert labels == ["Approve", "Snapshot"], labels  # required: no "(Optional)"
+            # the plan fits the dialog: nothing in it scrolls or is cut off sideways
+            assert dialog.evaluate("d => [...d.querySelectorAll('*')].filter(e => e.scrollWidth > e.clientWidth + 1"
+                                   " && !e.classList.contains('sr-only')).map(e => e.tagName)") == []
+            box = dialog.get_by_role("textbox")
+            line = float(box.evaluate("e => parseFloat(getComputedStyle(e).lineHeight)"))
+            assert box.evaluate("e => e.clientHeight") < 2 * line + 20  # one line, not a multi-line box
+            box.fill(snapshot)
+            dialog.get_by_role("switch").click()
+            dialog.get_by_role("button", name="Resume").click()
+            out, _ = worker.communicate(timeout=300)
     finally:
         if worker.poll() is None:
             worker.kill()

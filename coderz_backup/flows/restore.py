@@ -41,7 +41,7 @@ from ..verify import verify_snapshot
 from .. import notify
 from .backup import _api_handlers, _emit, run_backup, send_mail
 
-__all__ = ["coderz_restore", "RestoreApproval", "SAFETY_DIR"]
+__all__ = ["coderz_restore", "RestoreApproval", "approval_form", "SAFETY_DIR"]
 
 log = logging.getLogger("coderz_backup.restore")
 
@@ -49,10 +49,22 @@ SAFETY_DIR = "safety-backups"
 
 
 class RestoreApproval(RunInput):
-    """The approval form (Prefect UI) / the CLI's confirmation."""
+    """The approval form (Prefect UI) / the CLI's confirmation.
 
-    approve: bool = Field(False, description="Yes, overwrite the current data with this snapshot")
-    snapshot: str = Field("", description="Type the snapshot name (YYYY-MM-DD_HH-MM-SS) to confirm")
+    Both fields are required (no defaults), so the UI labels them without "(Optional)", and
+    their titles and descriptions are what the form shows. The plan reaches the form through
+    :func:`approval_form`, which keeps these fields as they are: ``with_initial_data(field=…)``
+    would rebuild a field from its value alone and drop its description and requiredness.
+    """
+
+    approve: bool = Field(title="Approve", description="Yes, overwrite the current data with this snapshot")
+    snapshot: str = Field(title="Snapshot",
+                          description="Type the snapshot name (YYYY-MM-DD_HH-MM-SS) to confirm")
+
+
+def approval_form(plan: str) -> type[RestoreApproval]:
+    """The form the paused run waits for, with the plan shown above its fields."""
+    return RestoreApproval.with_initial_data(description=plan)
 
 
 @task(name="verify-snapshot", cache_policy=NO_CACHE)
@@ -124,6 +136,9 @@ def _start_containers(names: list[str]) -> list[str]:
 
 
 def _plan(snap, entries, cfg, lacking, safety: bool) -> str:
+    """The restore plan (markdown). One paragraph per artifact rather than a table: the plan
+    is shown above the approval form in the UI's Resume dialog (~30 em wide), where a table's
+    last column — what is overwritten — was cut off."""
     age = dt.datetime.now(dt.timezone.utc) - snap.when
     lines = [f"# Restore plan: snapshot `{snap.name}`", "",
              f"- Snapshot status: **{snap.status}**, taken {age.days} day(s) "
@@ -131,10 +146,10 @@ def _plan(snap, entries, cfg, lacking, safety: bool) -> str:
     if lacking:
         lines.append(f"- Not in this snapshot (left as they are): {', '.join(lacking)}")
     lines.append(f"- Safety backup first: {'yes, into ' + str(cfg.dest / SAFETY_DIR) if safety else '**no**'}")
-    lines += ["", "| service | artifact | size | what is overwritten |", "|---|---|---|---|"]
+    lines += ["", "## What is overwritten"]
     for e in entries:
         svc = create(e["service"], cfg.services[e["service"]])
-        lines.append(f"| {e['service']} | {e['path']} | {human_size(e['bytes'])} | {svc.restore_target()} |")
+        lines += ["", f"**{e['service']}** — `{e['path']}` ({human_size(e['bytes'])}): {svc.restore_target()}"]
     dependents = _dependents(cfg, list(dict.fromkeys(e["service"] for e in entries)))
     own = [c.container for c in (cfg.services[e["service"]] for e in entries) if c.container]
     if dependents or own:
@@ -254,9 +269,8 @@ def _wait_for_approval(name: str, plan: str, timeout_s: int) -> str | None:
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
 
-    form = RestoreApproval.with_initial_data(description=plan, approve=False, snapshot="")
     try:
-        answer = pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=1)
+        answer = pause_flow_run(wait_for_input=approval_form(plan), timeout=timeout_s, poll_interval=1)
     except FlowPauseTimeout:
         return f"approval timed out after {timeout_s}s"
     if not answer.approve:
