@@ -198,10 +198,15 @@ def test_deploy_needs_the_pool_then_a_worker_runs_the_daily_backup(stack, smtp):
 
     with_email(stack, smtp.port)
 
-    # 3. a manual run with a parameter; dest stays null → the config (via the worker's env) decides
-    res = _prefect(["deployment", "run", DEPLOYMENT, "--param", "keep=5"])
-    assert res.returncode == 0, res.stdout + res.stderr
-    run_id = re.search(r"UUID: ([0-9a-f-]{36})", res.stdout).group(1)
+    # 3. a manual run with a parameter, started twice: dest stays null → the config (via the
+    #    worker's env) decides; the deployment's concurrency limit (1, CANCEL_NEW) lets only one run
+    run_ids = []
+    for _ in range(2):
+        res = _prefect(["deployment", "run", DEPLOYMENT, "--param", "keep=5"])
+        assert res.returncode == 0, res.stdout + res.stderr
+        run_ids.append(re.search(r"UUID: ([0-9a-f-]{36})", res.stdout).group(1))
+    assert dep.global_concurrency_limit.limit == 1
+    assert dep.concurrency_options.collision_strategy.value == "CANCEL_NEW"
 
     # 4. a worker with the host's environment: config path + the secrets the config refers to
     worker_env = dict(stack.env, CODERZ_BACKUP_CONFIG=str(stack.config))
@@ -211,11 +216,16 @@ def test_deploy_needs_the_pool_then_a_worker_runs_the_daily_backup(stack, smtp):
     assert worker.returncode == 0, log[-3000:]
 
     with _client() as c:
-        run = c.read_flow_run(run_id)
-    assert run.state.type == StateType.COMPLETED, f"{run.state!r}; worker log {stack.root / 'worker.log'}:\n{log[-3000:]}"
+        runs = {rid: c.read_flow_run(rid) for rid in run_ids}
+    by_state = {r.state.type: r for r in runs.values()}
+    assert set(by_state) == {StateType.COMPLETED, StateType.CANCELLED}, \
+        f"{[r.state for r in runs.values()]!r}; worker log {stack.root / 'worker.log'}:\n{log[-3000:]}"
+    run, cancelled = by_state[StateType.COMPLETED], by_state[StateType.CANCELLED]
+    run_id = str(run.id)
+    assert cancelled.state.message == "Deployment concurrency limit reached."
     assert run.parameters == {"dest": None, "keep": 5}
 
-    [snap] = stack.snapshots()
+    [snap] = stack.snapshots()   # the cancelled run wrote nothing
     m = stack.manifest()
     assert m["snapshot"] == snap.name and m["status"] == "ok"
     assert (m["passed"], m["failed"]) == (4, 0)
@@ -224,7 +234,7 @@ def test_deploy_needs_the_pool_then_a_worker_runs_the_daily_backup(stack, smtp):
         assert secret not in log
         assert secret not in (snap / "backup.log").read_text()
 
-    # the mail and the report artifacts of that run
+    # the mail and the report artifacts of that run; the cancelled one sent nothing (no 🔴)
     [(rcpts, msg)] = smtp.messages
     assert decoded_subject(msg).startswith("✅ Coderz Backup — OK (") and "ops@coderz.local" in rcpts
     assert set(mail_parts(msg)) == {"text/plain", "text/html"}
