@@ -14,8 +14,10 @@ where they happen, with a message that says what failed, why, and what to do::
     ├── ArtifactError                 an artifact could not be produced
     │   ├── ProducerError             the producer exited non-zero / timed out
     │   └── IncompleteArtifactError   empty, truncated or without end marker
+    │   └── PartialBackupError        some artifacts of one service written, others failed
     ├── VerifyError                   an artifact on disk fails its checks
-    └── RestoreError                  a restore step failed
+    ├── RestoreError                  a restore step failed
+    └── RunFailed                     a run finished and reports failures (its flow's Failed state)
 
 Messages never contain secret values: secrets travel in process environments
 or library connection objects, never in argv or in text we build.
@@ -36,6 +38,8 @@ __all__ = [
     "IncompleteArtifactError",
     "VerifyError",
     "RestoreError",
+    "PartialBackupError",
+    "RunFailed",
 ]
 
 
@@ -103,3 +107,18 @@ class VerifyError(CoderzBackupError):
 
 class RestoreError(CoderzBackupError):
     """A restore step failed."""
+
+
+class RunFailed(CoderzBackupError):
+    """A backup or restore run finished, and some of it failed (the message says how much).
+
+    The data of the flow's ``Failed`` state: Prefect resolves a failed state into an exception,
+    so the summary travels inside one. ``summary`` is the run's summary dict.
+    """
+
+    def __init__(self, message: str, summary: dict | None = None):
+        super().__init__(message)
+        self.summary = summary or {}
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.summary))

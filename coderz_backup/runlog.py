@@ -90,16 +90,21 @@ def run_log(path: Path, *, extra_handlers: list[logging.Handler] = ()) -> Iterat
     old_level = ours.level
     if ours.level == logging.NOTSET or ours.level > logging.INFO:
         ours.setLevel(logging.INFO)
+    added: list[tuple[logging.Logger, logging.Handler]] = []
     for name in LOGGER_NAMES:
+        logger = logging.getLogger(name)
         for h in handlers:
-            if name == "coderz_backup" or h is handler:
-                logging.getLogger(name).addHandler(h)
+            if not (name == "coderz_backup" or h is handler):
+                continue
+            if h is not handler and any(type(x) is type(h) for x in logger.handlers):
+                continue  # an enclosing run log already sends there (a safety backup inside a restore)
+            logger.addHandler(h)
+            added.append((logger, h))
     try:
         yield handler
     finally:
-        for name in LOGGER_NAMES:
-            for h in handlers:
-                logging.getLogger(name).removeHandler(h)
+        for logger, h in added:
+            logger.removeHandler(h)
         ours.setLevel(old_level)
         handler.close()
         stream.close()

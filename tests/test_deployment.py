@@ -238,19 +238,13 @@ def test_deploy_needs_the_pool_then_a_worker_runs_the_daily_backup(stack, smtp):
     [(rcpts, msg)] = smtp.messages
     assert decoded_subject(msg).startswith("✅ Coderz Backup — OK (") and "ops@coderz.local" in rcpts
     assert set(mail_parts(msg)) == {"text/plain", "text/html"}
-    resp = prefect_api("POST", "artifacts/filter",
-                       json={"artifacts": {"flow_run_id": {"any_": [run_id]}}, "limit": 50, "offset": 0,
-                             "sort": "ID_DESC"})
-    resp.raise_for_status()
-    assert {a["key"] for a in resp.json()} >= {"coderz-backup-report", "coderz-backup-artifacts"}
+    assert {a["key"] for a in _artifacts(run_id)} >= {"coderz-backup-report", "coderz-backup-artifacts"}
 
 
 def test_restore_deployment_pauses_and_an_operator_approves_it_in_the_prefect_ui(stack, redis_server):
     """`coderz-restore` through a real server and worker, approved the way an operator does it:
     the paused run opened in the Prefect UI in a real browser (Debian's chromium), Resume, the
     form read (labels, help text, a one-line name field), the name typed, submitted."""
-    import time
-
     stack.config.write_text(stack.config.read_text().replace(
         f'data_dir = "{redis_server.data}"\n',
         f'data_dir = "{redis_server.data}"\nstart_command = {json.dumps(redis_server.start_command)}\n'))
@@ -278,14 +272,7 @@ def test_restore_deployment_pauses_and_an_operator_approves_it_in_the_prefect_ui
                               env=dict(worker_env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            state = prefect_api("GET", f"flow_runs/{run_id}").json()["state"]
-            if state and state["type"] == "PAUSED":
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("the restore run never paused for approval")
+        state = _wait_state(run_id, "PAUSED")
         assert redis_server.client().get("after-backup") == b"x"  # paused: nothing changed yet
 
         # what the UI renders the form from: the schema the server stores for the paused run
@@ -340,7 +327,74 @@ def test_restore_deployment_pauses_and_an_operator_approves_it_in_the_prefect_ui
     final = prefect_api("GET", f"flow_runs/{run_id}").json()["state"]
     assert final["type"] == "COMPLETED", (final, out[-3000:])
     assert redis_server.client().get("after-backup") is None  # back to the snapshot
-    assert (stack.dest / "safety-backups").is_dir()
+    [safety] = [p.name for p in (stack.dest / "safety-backups").iterdir() if p.name[0].isdigit()]
+
+    # the run's log in the UI: the safety backup's lines once each, no alarming traceback
+    messages = _run_log(run_id)
+    assert messages.count(f"safety backup {safety} done") == 1, messages
+    assert messages.count(f"latest -> {safety}") == 1, messages          # logged inside the safety backup
+    assert sum(m.startswith("redis: redis.rdb ok (") for m in messages) == 1, messages
+    assert not [m for m in messages if "Traceback" in m or "unexpected exception" in m], messages
+    # the safety backup's report has keys of its own: the nightly report stays the nightly one
+    keys = {a["key"] for a in _artifacts(run_id)}
+    assert {"coderz-restore-plan", "coderz-restore-report", "coderz-safety-backup-report",
+            "coderz-safety-backup-artifacts"} <= keys and not keys & {"coderz-backup-report",
+                                                                      "coderz-backup-artifacts"}, keys
+
+    # a rejected restore ends Cancelled, nothing changed, and its log has no engine traceback
+    redis_server.client().set("after-restore", "y")
+    res = _prefect(["deployment", "run", "coderz-restore/coderz-restore", "--param", f"snapshot={snapshot}"])
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", res.stdout).group(1)
+    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", POOL, "--run-once"], cwd=ROOT,
+                              env=dict(worker_env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_state(run_id, "PAUSED")
+        resp = prefect_api("POST", f"flow_runs/{run_id}/resume",
+                           json={"run_input": {"approve": False, "snapshot": snapshot}})
+        assert resp.status_code == 201 and resp.json()["status"] == "ACCEPT", resp.text
+        out, _ = worker.communicate(timeout=300)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    final = prefect_api("GET", f"flow_runs/{run_id}").json()["state"]
+    assert final["type"] == "CANCELLED", (final, out[-3000:])
+    assert final["message"] == "restore rejected by the operator; nothing was changed"
+    assert redis_server.client().get("after-restore") == b"y"
+    messages = _run_log(run_id)
+    assert not [m for m in messages if "Traceback" in m or "unexpected exception" in m], messages
+    assert "CancelledRun" not in out and "Traceback" not in out, out[-3000:]
+
+
+def _wait_state(run_id: str, state_type: str, timeout: float = 240) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = prefect_api("GET", f"flow_runs/{run_id}").json()["state"]
+        if state and state["type"] == state_type:
+            return state
+        time.sleep(0.5)
+    pytest.fail(f"flow run {run_id} never reached {state_type}")
+
+
+def _run_log(run_id: str) -> list[str]:
+    """The messages of a flow run's log, as the UI shows them (oldest first)."""
+    import time
+
+    time.sleep(1)  # the last records are shipped in batches
+    resp = prefect_api("POST", "logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
+                                                    "sort": "TIMESTAMP_ASC", "limit": 200, "offset": 0})
+    resp.raise_for_status()
+    return [entry["message"] for entry in resp.json()]
+
+
+def _artifacts(run_id: str) -> list[dict]:
+    resp = prefect_api("POST", "artifacts/filter",
+                       json={"artifacts": {"flow_run_id": {"any_": [run_id]}}, "limit": 50, "offset": 0,
+                             "sort": "ID_DESC"})
+    resp.raise_for_status()
+    return resp.json()
 
 
 # -- the 03:00 UTC schedule, as the real scheduler runs it ----------------------------------

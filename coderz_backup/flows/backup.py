@@ -38,7 +38,7 @@ from prefect.states import Failed
 from .. import __version__
 from .. import notify, sizecheck
 from ..config import Config, ServiceConfig, load
-from ..errors import ConfigError, CoderzBackupError, PartialBackupError, SecretError
+from ..errors import ConfigError, CoderzBackupError, PartialBackupError, RunFailed, SecretError
 from ..report import render_report
 from ..rotation import rotate
 from ..runlog import run_log
@@ -141,20 +141,21 @@ def size_check(results: list[ArtifactResult], snapshot_dir: str, min_bytes: dict
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
-def publish_report(manifest: dict, snapshot_path: str) -> None:
-    """The run's report as Prefect artifacts (markdown + one table row per artifact)."""
+def publish_report(manifest: dict, snapshot_path: str, key: str = "coderz-backup") -> None:
+    """The run's report as Prefect artifacts ``<key>-report`` (markdown) and ``<key>-artifacts``
+    (one table row per artifact)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from ..report import human_size
 
     create_markdown_artifact(
-        key="coderz-backup-report",
+        key=f"{key}-report",
         markdown=f"# Coderz backup {manifest['snapshot']} — {manifest['status']}\n\n"
                  f"Snapshot: `{snapshot_path}`\n\n```\n{render_report(manifest)}\n```\n",
         description=f"Backup report for snapshot {manifest['snapshot']}",
     )
     create_table_artifact(
-        key="coderz-backup-artifacts",
+        key=f"{key}-artifacts",
         table=[{"artifact": a["path"], "service": a["service"], "status": a["status"],
                 "size": human_size(a["bytes"]) if a["status"] == "ok" else "", "bytes": a["bytes"],
                 "duration_s": a["duration_s"], "attempts": a["attempts"], "error": a["error"] or "",
@@ -285,7 +286,9 @@ def coderz_backup(
     return run_backup(cfg, only=only)
 
 
-def run_backup(cfg: Config, *, only: list[str] | None = None):
+def run_backup(cfg: Config, *, only: list[str] | None = None, report_key: str = "coderz-backup"):
+    """The backup itself (inside a flow run). ``report_key`` names the report artifacts: the
+    nightly ones are ``coderz-backup-*``, a restore's safety backup publishes its own."""
     services = cfg.enabled_services(only)
     store = SnapshotStore(cfg.dest)
     store.prepare()
@@ -296,14 +299,15 @@ def run_backup(cfg: Config, *, only: list[str] | None = None):
         started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         snap = store.begin(started)
         with run_log(snap.path / "backup.log", extra_handlers=_api_handlers()):
-            summary, final_path = _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous)
+            summary, final_path = _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous,
+                                                   report_key)
             _emit("finished", summary=summary, path=str(final_path))
     if summary["status"] == "ok":
         return summary
     total = summary["passed"] + summary["failed"]
     msg = (f"{summary['failed']} of {total} artifacts failed" if summary["passed"]
            else f"no usable snapshot: {summary['failed']} of {total} artifacts failed")
-    return Failed(message=msg, data=summary)
+    return Failed(message=msg, data=RunFailed(msg, summary))
 
 
 def _api_handlers() -> list[logging.Handler]:
@@ -316,7 +320,7 @@ def _api_handlers() -> list[logging.Handler]:
         return []
 
 
-def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous):
+def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous, report_key):
     log.info("coderz-backup %s on %s: snapshot %s into %s (keep %s days, flow run %s)",
              __version__, socket.gethostname(), snap.name, cfg.dest,
              cfg.keep_days or "∞", rt_flow_run.id)
@@ -416,7 +420,7 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
         log.error("no usable artifact: %s kept for its log, `latest` not moved", final)
     deleted = rotate(store, keep_days=cfg.keep_days, current=snap.name, current_usable=usable)
     try:
-        publish_report(manifest, str(final))
+        publish_report(manifest, str(final), report_key)
     except Exception as exc:  # noqa: BLE001 - the UI report is a convenience, the snapshot is done
         log.warning("could not publish the report to Prefect: %s", exc)
     mail = _mail_outcome(cfg, manifest, str(final))

@@ -32,7 +32,7 @@ from prefect.states import Cancelled, Failed
 from pydantic import Field
 
 from ..config import load
-from ..errors import ConfigError, CoderzBackupError, RestoreError, VerifyError
+from ..errors import ConfigError, CoderzBackupError, RestoreError, RunFailed, VerifyError
 from ..report import human_size
 from ..runlog import run_log
 from ..services import REGISTRY, create
@@ -46,6 +46,7 @@ __all__ = ["coderz_restore", "RestoreApproval", "approval_form", "SAFETY_DIR"]
 log = logging.getLogger("coderz_backup.restore")
 
 SAFETY_DIR = "safety-backups"
+SAFETY_REPORT_KEY = "coderz-safety-backup"   # its report artifacts: never mistaken for the nightly one
 
 
 class RestoreApproval(RunInput):
@@ -230,7 +231,8 @@ def coderz_restore(
         if restart_problems:
             problems.append(f"container(s) not running again: {'; '.join(restart_problems)}")
         undo = (f"; undo with: {_undo_command(config, cfg, safety)}" if safety and failed else "")
-        return Failed(message="; ".join(problems) + undo, data=summary)
+        message = "; ".join(problems) + undo
+        return Failed(message=message, data=RunFailed(message, summary))
     return summary
 
 
@@ -283,8 +285,8 @@ def _wait_for_approval(name: str, plan: str, timeout_s: int) -> str | None:
 def _safety_backup(cfg, services: list[str]) -> str:
     safety_cfg = cfg.model_copy(update={"dest": cfg.dest / SAFETY_DIR, "email": None})
     log.info("safety backup of %s into %s", ", ".join(services), safety_cfg.dest)
-    outcome = run_backup(safety_cfg, only=services)
-    summary = outcome if isinstance(outcome, dict) else (outcome.data if hasattr(outcome, "data") else None)
+    outcome = run_backup(safety_cfg, only=services, report_key=SAFETY_REPORT_KEY)
+    summary = outcome if isinstance(outcome, dict) else getattr(getattr(outcome, "data", None), "summary", None)
     if not isinstance(summary, dict) or summary.get("status") != "ok":
         raise RestoreError("the safety backup of the current state failed, so nothing was restored "
                            f"({getattr(outcome, 'message', '')}); fix it or restore with --no-safety-backup")
