@@ -57,6 +57,28 @@ def _wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None, 
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
 
 
+def stop_pidfile(pidfile: Path, sig: int = signal.SIGTERM, timeout: float = 30) -> bool:
+    """Signal the process in ``pidfile`` (first line) and wait until it is gone (SIGKILL after
+    ``timeout``). False when there was nothing to stop."""
+    try:
+        pid = int(Path(pidfile).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    for s, wait in ((sig, timeout), (signal.SIGKILL, 5)):
+        try:
+            os.kill(pid, s)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.1)
+    return True
+
+
 class PostgresServer:
     """A throwaway PostgreSQL cluster (runs as the ``postgres`` OS user when we are root)."""
 
@@ -285,6 +307,7 @@ class EtcdServer:
         self.peer_url = f"http://127.0.0.1:{self.peer_port}"
         self.proc: subprocess.Popen | None = None
         self.token: str | None = None
+        self.pidfile = self.base / "etcd.pid"
 
     def argv(self) -> list[str]:
         return ["etcd", "--name", self.name, "--data-dir", str(self.data),
@@ -292,7 +315,21 @@ class EtcdServer:
                 "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
                 "--initial-cluster", f"{self.name}={self.peer_url}", "--initial-cluster-state", "new"]
 
-    def start(self) -> EtcdServer:
+    @property
+    def start_command(self) -> list[str]:
+        """Start it detached with a pid file (what a host's restore config would run)."""
+        return ["sh", "-c", f'setsid "$@" >>{self.base / "etcd.log"} 2>&1 </dev/null & echo $! > {self.pidfile}',
+                "sh", *self.argv()]
+
+    @property
+    def stop_command(self) -> list[str]:
+        return ["sh", "-c", f'kill "$(cat {self.pidfile})"']
+
+    def start(self, detached: bool = False) -> EtcdServer:
+        if detached:  # outlives this process; stopped by stop_command / stop_pidfile
+            subprocess.run(self.start_command, check=True)
+            self.wait_ready()
+            return self
         self.proc = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL,
                                      stderr=open(self.base / "etcd.log", "ab"), start_new_session=True)
         self.wait_ready(lambda: self.proc.poll() is not None)
@@ -313,7 +350,9 @@ class EtcdServer:
         raise RuntimeError(f"etcd on {self.url} not ready within {timeout}s")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        if self.proc is None:
+            stop_pidfile(self.pidfile)
+        elif self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)
@@ -408,38 +447,25 @@ def _wait_scraped(prom: "PrometheusServer", timeout: float = 30) -> None:
         time.sleep(0.5)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m coderz_backup.sandbox",
-                                description="Start a sandbox of real servers (PostgreSQL ×2 databases, Redis, "
-                                            "Prometheus, etcd, a k3s SQLite datastore, a configs tree), back it up through flow coderz-backup, stop it.")
-    p.add_argument("--dest", default=None, help="snapshot destination (default: a folder under --workdir)")
-    p.add_argument("--workdir", default=None, help="where the sandbox lives (default: a new temp dir)")
-    p.add_argument("--keep-running", action="store_true", help="leave the servers running afterwards")
-    args = p.parse_args(argv)
+# where each server of a sandbox keeps its pid (for --stop from another process)
+_PIDFILES = (("etcd-apisix/etcd.pid", signal.SIGTERM), ("prometheus/prometheus.pid", signal.SIGTERM),
+             ("redis/redis.pid", signal.SIGTERM), ("postgres/pgdata/postmaster.pid", signal.SIGINT))
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="coderz-sandbox-"))
-    work.mkdir(parents=True, exist_ok=True)
-    work.chmod(0o755)  # the postgres OS user must reach its cluster dir
-    dest = Path(args.dest) if args.dest else work / "snapshots"
-    configs = work / "opt" / "coderz" / "configs"
-    os.environ.update(DEMO_PASSWORDS)
-    pg = PostgresServer(work / "postgres")
-    rd = RedisServer(work / "redis", password=DEMO_PASSWORDS["REDIS_PASSWORD"])
-    prom = PrometheusServer(work / "prometheus")
-    etcd = EtcdServer(work / "etcd-apisix")
-    k3s = work / "rancher" / "k3s"
-    print(f"sandbox in {work}: starting PostgreSQL 15 on 127.0.0.1:{pg.port}, Redis on 127.0.0.1:{rd.port}, "
-          f"Prometheus on {prom.url}, etcd on {etcd.url}, a k3s SQLite datastore in {k3s}")
-    try:
-        pg.start()
-        rd.start()
-        prom.start()
-        etcd.start()
-        _demo_data(pg, rd, configs)
-        _demo_cluster(etcd, k3s)
-        _wait_scraped(prom)
-        cfg = work / "coderz-backup.toml"
-        cfg.write_text(f"""\
+
+def stop_sandbox(work: Path) -> list[str]:
+    """Stop the servers of the sandbox in ``work`` (started with --keep-running); what was stopped."""
+    return [rel.split("/")[0] for rel, sig in _PIDFILES if stop_pidfile(Path(work) / rel, sig)]
+
+
+def _config(work: Path, dest: Path, pg: "PostgresServer", rd: "RedisServer", prom: "PrometheusServer",
+            etcd: "EtcdServer", configs: Path, k3s: Path) -> str:
+    """A config for the sandbox whose every service can also be restored (start/stop commands,
+    data dirs): the README's restore paths, CLI and UI, end Completed on it."""
+    import json
+
+    q = json.dumps  # a JSON array of strings is a TOML array (same string escapes)
+    return f"""\
+# coderz-backup config of the sandbox in {work} (python -m coderz_backup.sandbox)
 dest = "{dest}"
 keep_days = 7
 retries = 1
@@ -466,11 +492,14 @@ kind = "redis"
 port = {rd.port}
 password = "env:REDIS_PASSWORD"
 data_dir = "{rd.data}"
+start_command = {q(rd.start_command)}
 
 [services.prometheus]
 kind = "prometheus"
 url = "{prom.url}"
 data_dir = "{prom.data}"
+stop_command = {q(prom.stop_command)}
+start_command = {q(prom.start_command)}
 
 [services.configs]
 kind = "configs"
@@ -480,22 +509,80 @@ exclude = ["cache"]
 [services.etcd-k3s]
 kind = "k3s"
 data_dir = "{k3s}"
+# no k3s server runs in the sandbox (only its SQLite datastore): nothing to stop or start
+stop_command = ["true"]
+start_command = ["true"]
 
 [services.etcd-apisix]
 kind = "etcd"
 endpoint = "{etcd.url}"
-""")
+data_dir = "{etcd.data}"
+name = "{etcd.name}"
+peer_url = "{etcd.peer_url}"
+stop_command = {q(etcd.stop_command)}
+start_command = {q(etcd.start_command)}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m coderz_backup.sandbox",
+                                description="Start a sandbox of real servers (PostgreSQL ×2 databases, Redis, "
+                                            "Prometheus, etcd, a k3s SQLite datastore, a configs tree), back it up "
+                                            "through flow coderz-backup, stop it.")
+    p.add_argument("--dest", default=None, help="snapshot destination (default: a folder under --workdir)")
+    p.add_argument("--workdir", default=None, help="where the sandbox lives (default: a new temp dir)")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave the servers running afterwards (for a worker, a restore, the UI)")
+    p.add_argument("--stop", action="store_true", help="stop the servers of the sandbox in --workdir and exit")
+    args = p.parse_args(argv)
+
+    if args.stop:
+        if not args.workdir:
+            p.error("--stop needs --workdir (the sandbox to stop)")
+        stopped = stop_sandbox(Path(args.workdir))
+        print(f"stopped: {', '.join(stopped)}" if stopped else f"nothing running in {args.workdir}")
+        return 0
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="coderz-sandbox-"))
+    work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o755)  # the postgres OS user must reach its cluster dir
+    dest = Path(args.dest) if args.dest else work / "snapshots"
+    configs = work / "opt" / "coderz" / "configs"
+    os.environ.update(DEMO_PASSWORDS)
+    pg = PostgresServer(work / "postgres")
+    rd = RedisServer(work / "redis", password=DEMO_PASSWORDS["REDIS_PASSWORD"])
+    prom = PrometheusServer(work / "prometheus")
+    etcd = EtcdServer(work / "etcd-apisix")
+    k3s = work / "rancher" / "k3s"
+    print(f"sandbox in {work}: starting PostgreSQL 15 on 127.0.0.1:{pg.port}, Redis on 127.0.0.1:{rd.port}, "
+          f"Prometheus on {prom.url}, etcd on {etcd.url}, a k3s SQLite datastore in {k3s}")
+    try:
+        pg.start()
+        rd.start()
+        prom.start()
+        etcd.start(detached=True)
+        _demo_data(pg, rd, configs)
+        _demo_cluster(etcd, k3s)
+        _wait_scraped(prom)
+        cfg = work / "coderz-backup.toml"
+        cfg.write_text(_config(work, dest, pg, rd, prom, etcd, configs, k3s))
         print(f"config: {cfg}\n")
         from .cli import main as cli_main
 
         rc = cli_main(["backup", "--config", str(cfg)])
         print(f"\ncoderz-backup backup exited {rc}; try: coderz-backup list --config {cfg}")
+        if args.keep_running:
+            env = " ".join(f"{k}={v}" for k, v in DEMO_PASSWORDS.items())
+            print(f"""
+The servers keep running. A Prefect worker backs this sandbox up (and restores it) with:
+  CODERZ_BACKUP_CONFIG={cfg} {env} \\
+    prefect worker start --pool coderz-backup
+A restore from the CLI: CODERZ_BACKUP_CONFIG={cfg} {env} coderz-backup restore
+Stop the servers:      python -m coderz_backup.sandbox --stop --workdir {work}""")
         return rc
     finally:
         if not args.keep_running:
-            etcd.stop()
-            prom.stop()
-            rd.stop()
+            stop_sandbox(work)
             pg.stop()
 
 
