@@ -239,6 +239,13 @@ def test_deploy_needs_the_pool_then_a_worker_runs_the_daily_backup(stack, smtp):
     assert decoded_subject(msg).startswith("✅ Coderz Backup — OK (") and "ops@coderz.local" in rcpts
     assert set(mail_parts(msg)) == {"text/plain", "text/html"}
     assert {a["key"] for a in _artifacts(run_id)} >= {"coderz-backup-report", "coderz-backup-artifacts"}
+    # the task runs under the names the README gives (no suffix added by Prefect)
+    resp = prefect_api("POST", "task_runs/filter", json={"task_runs": {}, "flow_runs": {"id": {"any_": [run_id]}},
+                                                         "limit": 50, "offset": 0})
+    resp.raise_for_status()
+    assert sorted(t["name"] for t in resp.json()) == sorted(
+        ["backup-postgres-prefect", "backup-postgres-coderapi", "backup-redis", "backup-configs", "size-check",
+         "publish-report", "send-mail"])
 
 
 def test_restore_deployment_pauses_and_an_operator_approves_it_in_the_prefect_ui(stack, redis_server):

@@ -128,7 +128,7 @@ def backup_service(name: str, service_config: Any, snapshot_dir: str) -> list[Ar
     return results
 
 
-@task(name="size-check", cache_policy=NO_CACHE)
+@task(name="size-check", task_run_name="size-check", cache_policy=NO_CACHE)
 def size_check(results: list[ArtifactResult], snapshot_dir: str, min_bytes: dict[str, int], cfg: Any,
                previous: Any) -> tuple[list[ArtifactResult], list[dict]]:
     """Minimum sizes and shrinkage against the previous ok snapshot (see coderz_backup.sizecheck)."""
@@ -140,7 +140,7 @@ def size_check(results: list[ArtifactResult], snapshot_dir: str, min_bytes: dict
     return results, [f.as_dict() for f in findings]
 
 
-@task(name="publish-report", cache_policy=NO_CACHE)
+@task(name="publish-report", task_run_name="publish-report", cache_policy=NO_CACHE)
 def publish_report(manifest: dict, snapshot_path: str, key: str = "coderz-backup") -> None:
     """The run's report as Prefect artifacts ``<key>-report`` (markdown) and ``<key>-artifacts``
     (one table row per artifact)."""

@@ -68,7 +68,7 @@ def approval_form(plan: str) -> type[RestoreApproval]:
     return RestoreApproval.with_initial_data(description=plan)
 
 
-@task(name="verify-snapshot", cache_policy=NO_CACHE)
+@task(name="verify-snapshot", task_run_name="verify-snapshot", cache_policy=NO_CACHE)
 def verify_task(snap, cfg, services: list[str]) -> list[dict]:
     checks = verify_snapshot(snap, cfg, only=services)
     for c in checks:
