@@ -229,3 +229,44 @@ def test_a_hand_edited_manifest_of_an_old_snapshot_does_not_stop_the_nightly_run
     res = run_cli(["backup", "--config", str(stack.config)], stack.env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert stack.manifest()["status"] == "ok"
+
+
+def test_a_partial_run_ends_failed_with_its_summary_and_without_the_engines_traceback():
+    """What a worker's engine does with the flow's final state: it turns it back into an exception
+    (raised, logged with its traceback as "Engine execution exited with unexpected exception").
+    Our Failed state resolves to our own RunFailed (not Prefect's TypeError about a dict), and
+    that record is dropped from the run's log; a real surprise keeps its traceback."""
+    import logging
+    import sys
+
+    from prefect.exceptions import CancelledRun
+    from prefect.states import Cancelled, Failed
+
+    from coderz_backup.errors import RunFailed
+    from coderz_backup.flows import ENGINE_EXIT
+
+    state = Failed(message="1 of 4 artifacts failed", data=RunFailed("1 of 4 artifacts failed", {"status": "partial"}))
+    exc = state.result(raise_on_failure=False)
+    assert isinstance(exc, RunFailed) and exc.summary == {"status": "partial"}
+    assert str(exc) == "1 of 4 artifacts failed"
+
+    run_log = logging.getLogger("prefect.flow_runs")
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record)
+
+    cancelled = Cancelled(message="nothing changed").result(raise_on_failure=False)
+    assert isinstance(cancelled, CancelledRun)
+    handler = Keep()
+    run_log.addHandler(handler)
+    try:
+        for outcome in (exc, cancelled, ValueError("bug")):
+            try:
+                raise outcome
+            except BaseException:
+                run_log.error(ENGINE_EXIT, exc_info=sys.exc_info())
+    finally:
+        run_log.removeHandler(handler)
+    assert [type(r.exc_info[1]) for r in seen] == [ValueError]
