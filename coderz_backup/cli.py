@@ -69,14 +69,18 @@ def _parser() -> argparse.ArgumentParser:
     ls.set_defaults(list=True)
 
     v = sub.add_parser("verify", help="check every artifact of a snapshot",
-                       description="Check every artifact of a snapshot (default latest): size and sha256 "
+                       description="Check a snapshot (default latest): first the signature of its manifest "
+                                   "(this host's key or trusted_keys), then every artifact's size and sha256 "
                                    "against the manifest, then its format (gzip, pg_dump trailer, RDB CRC-64, "
-                                   "tar members). Exit 0 all verified, 1 a check failed, 2 not found / bad input.")
+                                   "tar members). Exit 0 all verified, 1 a check failed, 2 not found / bad input "
+                                   "/ not signed by a trusted key.")
     v.add_argument("snapshot", nargs="?", default="latest", metavar="SNAPSHOT",
                    help="snapshot name YYYY-MM-DD_HH-MM-SS or latest (default)")
     _common(v)
     v.add_argument("--dest", metavar="D", help="snapshot destination")
     v.add_argument("--json", action="store_true", help="machine-readable output")
+    v.add_argument("--allow-unsigned", action="store_true",
+                   help="accept a snapshot without a signature (made before signed manifests), with a warning")
 
     r = sub.add_parser("restore", help="restore a snapshot (asks to confirm first)",
                        description="Run flow `coderz-restore`: verify the snapshot, show the plan, ask the "
@@ -95,9 +99,21 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--yes", action="store_true", help="approve without asking (for scripts)")
     r.add_argument("--no-safety-backup", action="store_true",
                    help="do not back up the current state first (no undo)")
+    r.add_argument("--allow-unsigned", action="store_true",
+                   help="restore a snapshot without a signature (made before signed manifests); warned about in "
+                        "the log, the plan and the report")
     r.add_argument("--timeout", metavar="S", type=_positive_seconds, default=3600,
                    help="give up when not approved within S seconds (default 3600)")
     r.add_argument("--verbose", "-v", action="store_true", help="also show Prefect's own log lines")
+
+    k = sub.add_parser("key", help="this host's snapshot signing key")
+    ksub = k.add_subparsers(dest="key_command", metavar="SUBCOMMAND")
+    ksub.required = True
+    ks = ksub.add_parser("show", help="print the public key (for trusted_keys on another host)",
+                         description="Print this host's public signing key (ed25519:…), creating the key on first "
+                                     "use. Keep a copy: a replacement host lists it in trusted_keys to restore "
+                                     "this host's snapshots.")
+    _common(ks)
 
     c = sub.add_parser("config", help="configuration commands")
     csub = c.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
@@ -137,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "config":
             return cmd_config_check(args)
+        if args.command == "key":
+            return cmd_key_show(args)
         if args.command == "verify":
             return cmd_verify(args)
         if args.command == "restore":
@@ -165,6 +183,19 @@ def cmd_config_check(args) -> int:
     enabled = cfg.enabled_services()
     print(f"✓ {cfg.source}: valid — dest {cfg.dest}, keep {cfg.keep_days} days, "
           f"{len(enabled)} service(s): {', '.join(enabled)}")
+    return EXIT_OK
+
+
+# -- key show -------------------------------------------------------------------------
+def cmd_key_show(args) -> int:
+    from .signing import load_signer
+
+    cfg = load(args.config)
+    created = not cfg.signing_key.startswith("prefect-secret:") and not os.path.exists(cfg.signing_key)
+    signer = load_signer(cfg.signing_key)
+    print(signer.public_key)
+    print(f"({'created now: ' if created else ''}private key {signer.where}; list the line above in "
+          "trusted_keys of a host that must restore this host's snapshots)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -287,16 +318,19 @@ def cmd_backup(args) -> int:
 # -- verify -----------------------------------------------------------------------------
 def cmd_verify(args) -> int:
     from .snapshot import SnapshotStore
-    from .verify import verify_snapshot
+    from .verify import authenticate_snapshot, verify_snapshot
 
     cfg = load(args.config, dest=args.dest)
     snap = SnapshotStore(cfg.dest).get(args.snapshot)
-    checks = verify_snapshot(snap, cfg)
+    auth = authenticate_snapshot(snap, cfg, allow_unsigned=args.allow_unsigned)  # refused → exit 2
+    checks = verify_snapshot(snap, cfg, authenticity=auth)
     if args.json:
         print(json.dumps({"snapshot": snap.name, "ok": all(c.ok for c in checks),
+                          "signed": auth.signed, "signing_key": auth.key,
                           "artifacts": [c.as_dict() for c in checks]}, indent=2))
     else:
         print(f"Snapshot {snap.name} ({snap.status}), {snap.path}")
+        print(f"{'✓' if auth.signed else '⚠'} manifest.json — {auth.describe()}")
         for c in checks:
             print(f"{'✓' if c.ok else '✗'} {c.path} — {c.detail}")
         bad = sum(not c.ok for c in checks)
@@ -314,6 +348,9 @@ def cmd_restore(args) -> int:
     cfg = load(args.config, dest=args.dest)
     snap = SnapshotStore(cfg.dest).get(args.snapshot)  # bad names refused before anything else
     from .flows.restore import select_entries
+    from .verify import authenticate_snapshot
+
+    authenticate_snapshot(snap, cfg, allow_unsigned=args.allow_unsigned)  # not trusted: exit 2, asked nothing
 
     select_entries(cfg, snap, args.only)   # bad --only, no manifest, nothing to restore: exit 2, asked nothing
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
@@ -345,7 +382,7 @@ def cmd_restore(args) -> int:
             box["state"] = coderz_restore(snapshot=snap.name, only=args.only, config=args.config, dest=args.dest,
                                           safety_backup=not args.no_safety_backup,
                                           approval_timeout_s=args.timeout, auto_approve=args.yes,
-                                          return_state=True)
+                                          allow_unsigned=args.allow_unsigned, return_state=True)
         finally:
             plan_ready.set()
 

@@ -43,6 +43,7 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH = Path("/opt/coderz/backup/coderz-backup.toml")
 DEFAULT_DEST = Path("/opt/coderz/backup/snapshots")
+DEFAULT_SIGNING_KEY = "/opt/coderz/backup/keys/signing.key"
 DEFAULT_KEEP_DAYS = 7
 
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -440,7 +441,21 @@ class Config(_Model):
     docker: bool = Field(False, description="the built-in default services run as the Coderz Stack's Docker "
                                            "containers (coderz-postgres, coderz-redis, …); no effect on "
                                            "[services.*] tables you write yourself")
+    signing_key: str = Field(DEFAULT_SIGNING_KEY, description="this host's Ed25519 signing key: a file "
+                             "(created on first use, mode 0600; env CODERZ_BACKUP_SIGNING_KEY) or "
+                             "prefect-secret:NAME; never on the backup medium")
+    trusted_keys: list[str] = Field(default_factory=list, description="public keys (ed25519:…) of other hosts "
+                                    "whose snapshots this host accepts; its own key always")
     source: str = Field("<defaults>", description="where this config came from (for messages)")
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        from .signing import parse_public_key
+
+        for key in v:
+            parse_public_key(key)   # ValueError says what is wrong with it
+        return v
 
     @field_validator("services")
     @classmethod
@@ -556,6 +571,8 @@ def load(
 
     if env.get("CODERZ_BACKUP_DEST"):
         merged["dest"] = env["CODERZ_BACKUP_DEST"]
+    if env.get("CODERZ_BACKUP_SIGNING_KEY"):
+        merged["signing_key"] = env["CODERZ_BACKUP_SIGNING_KEY"]
     if dest is not None:
         merged["dest"] = str(dest)
     if "KEEP_DAYS" in env and keep is None:

@@ -16,6 +16,7 @@ where they happen, with a message that says what failed, why, and what to do::
     │   └── IncompleteArtifactError   empty, truncated or without end marker
     │   └── PartialBackupError        some artifacts of one service written, others failed
     ├── VerifyError                   an artifact on disk fails its checks
+    │   └── SignatureError            a snapshot is unsigned, signed by an unknown key, or altered
     ├── RestoreError                  a restore step failed
     └── RunFailed                     a run finished and reports failures (its flow's Failed state)
 
@@ -40,6 +41,7 @@ __all__ = [
     "RestoreError",
     "PartialBackupError",
     "RunFailed",
+    "SignatureError",
 ]
 
 
@@ -103,6 +105,11 @@ class PartialBackupError(ArtifactError):
 
 class VerifyError(CoderzBackupError):
     """An artifact on disk does not pass its checks."""
+
+
+class SignatureError(VerifyError):
+    """A snapshot's manifest is not signed by a key this host trusts (or was altered after):
+    it is refused before anything in it is looked at."""
 
 
 class RestoreError(CoderzBackupError):

@@ -72,9 +72,14 @@ def parse_snapshot_name(name: str) -> dt.datetime | None:
 
 @dataclass
 class SnapshotInfo:
+    """A finished snapshot. ``manifest`` is parsed from exactly ``manifest_bytes``, the bytes
+    whose signature :func:`coderz_backup.signing.authenticate` checks (read once, so what is
+    checked is what is used)."""
+
     name: str
     path: Path
     manifest: dict | None
+    manifest_bytes: bytes | None = None
 
     @property
     def status(self) -> str:
@@ -176,9 +181,15 @@ class SnapshotStore:
         os.chmod(path, 0o700)
         return InProgress(name, path)
 
-    def finish(self, snap: InProgress, manifest: dict, *, make_latest: bool) -> Path:
-        """Write the manifest, rename to the final name, and (optionally) move ``latest``."""
-        write_json_atomic(snap.path / MANIFEST, manifest)
+    def finish(self, snap: InProgress, manifest: dict, *, make_latest: bool, signer=None) -> Path:
+        """Write the manifest (and its signature), rename to the final name, and (optionally)
+        move ``latest``."""
+        data = manifest_bytes(manifest)
+        write_bytes_atomic(snap.path / MANIFEST, data)
+        if signer is not None:
+            from .signing import SIGNATURE_FILE
+
+            write_bytes_atomic(snap.path / SIGNATURE_FILE, signer.signature_document(data))
         fsync_dir(snap.path)
         final = self.dest / snap.name
         os.rename(snap.path, final)
@@ -208,7 +219,7 @@ class SnapshotStore:
         out = []
         for entry in self.dest.iterdir():
             if parse_snapshot_name(entry.name) and entry.is_dir() and not entry.is_symlink():
-                out.append(SnapshotInfo(entry.name, entry, read_manifest(entry)))
+                out.append(_info(entry))
         out.sort(key=lambda s: s.name, reverse=True)
         return out
 
@@ -237,24 +248,48 @@ class SnapshotStore:
         path = self.dest / name
         if not path.is_dir() or path.is_symlink():
             raise SnapshotNotFoundError(f"no snapshot {name} in {self.dest}")
-        return SnapshotInfo(name, path, read_manifest(path))
+        return _info(path)
 
 
-def read_manifest(folder: Path) -> dict | None:
+MAX_MANIFEST_BYTES = 64 << 20   # a manifest lists files; anything bigger is not one of ours
+
+
+def _info(folder: Path) -> SnapshotInfo:
+    raw = read_manifest_bytes(folder)
+    return SnapshotInfo(folder.name, folder, _parse_manifest(raw), raw)
+
+
+def read_manifest_bytes(folder: Path) -> bytes | None:
+    """The bytes of ``folder/manifest.json`` (not through a link), or None."""
     try:
-        with open(folder / MANIFEST, encoding="utf-8") as fh:
-            data = json.load(fh)
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
+        fd = os.open(folder / MANIFEST, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
         return None
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(MAX_MANIFEST_BYTES + 1)
+    return data if len(data) <= MAX_MANIFEST_BYTES else None
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def _parse_manifest(raw: bytes | None) -> dict | None:
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    """The manifest as written (and signed)."""
+    return (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, ensure_ascii=False)
-        fh.write("\n")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

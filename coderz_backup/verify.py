@@ -1,5 +1,6 @@
-"""Verify a snapshot: every artifact's bytes and sha256 against the manifest, then its
-own format checks (gzip + pg_dump trailer, RDB CRC-64, safe tar members …)."""
+"""Verify a snapshot: first the manifest's signature (:func:`authenticate_snapshot`), then every
+artifact's bytes and sha256 against the manifest, then its own format checks (gzip + pg_dump
+trailer, RDB CRC-64, safe tar members …)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,26 @@ from dataclasses import asdict, dataclass
 from .config import KIND_MODELS, Config
 from .errors import CoderzBackupError, VerifyError
 from .services import REGISTRY
+from .signing import Authenticity, authenticate, load_signer
 from .snapshot import SnapshotInfo
 from .writer import sha256_file
 
-__all__ = ["ArtifactCheck", "verify_artifact", "verify_snapshot"]
+__all__ = ["ArtifactCheck", "authenticate_snapshot", "own_public_key", "verify_artifact", "verify_snapshot"]
+
+
+def own_public_key(cfg: Config) -> str | None:
+    """This host's public key, or None when it has no signing key yet (nothing it signed exists)."""
+    from pathlib import Path
+
+    if not cfg.signing_key.startswith("prefect-secret:") and not Path(cfg.signing_key).exists():
+        return None
+    return load_signer(cfg.signing_key, create=False).public_key
+
+
+def authenticate_snapshot(snap: SnapshotInfo, cfg: Config, *, allow_unsigned: bool = False) -> Authenticity:
+    """The signature check every reader of a snapshot starts with (SignatureError: refused)."""
+    return authenticate(snap.path, snap.manifest_bytes, own_key=own_public_key(cfg), trusted=cfg.trusted_keys,
+                        allow_unsigned=allow_unsigned)
 
 
 @dataclass
@@ -55,9 +72,12 @@ def verify_artifact(snap: SnapshotInfo, entry: dict, cfg: Config | None = None) 
     return f"sha256 ok; {svc.verify(path)}"
 
 
-def verify_snapshot(snap: SnapshotInfo, cfg: Config | None = None, only: list[str] | None = None
-                    ) -> list[ArtifactCheck]:
-    """Check every ok artifact of ``snap`` (or those of the ``only`` services)."""
+def verify_snapshot(snap: SnapshotInfo, cfg: Config | None = None, only: list[str] | None = None, *,
+                    authenticity: Authenticity) -> list[ArtifactCheck]:
+    """Check every ok artifact of ``snap`` (or those of the ``only`` services). ``authenticity``
+    is what :func:`authenticate_snapshot` returned for it: no artifact is looked at before."""
+    if not isinstance(authenticity, Authenticity):
+        raise TypeError("verify_snapshot needs the snapshot's Authenticity (authenticate_snapshot first)")
     if snap.manifest is None:
         raise VerifyError(f"{snap.path}: manifest.json is missing or unreadable")
     out = []

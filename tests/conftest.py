@@ -46,6 +46,8 @@ def pytest_configure(config):
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["PREFECT_LOGGING_TO_API_BATCH_INTERVAL"] = "0.3"
     os.environ.pop("PREFECT_API_URL", None)
+    # the host's snapshot signing key of the test session (never /opt/coderz/backup/keys here)
+    os.environ["CODERZ_BACKUP_SIGNING_KEY"] = str(_SESSION_DIR / "keys" / "signing.key")
     port = _free_port()
     log = open(_SESSION_DIR / "prefect-server.log", "wb")
     prefect_bin = Path(sys.executable).with_name("prefect")

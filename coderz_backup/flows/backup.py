@@ -43,6 +43,7 @@ from ..report import render_report
 from ..rotation import rotate
 from ..runlog import run_log
 from ..services import REGISTRY, ArtifactResult, create, expected_artifacts
+from ..signing import load_signer
 from ..snapshot import SnapshotStore
 
 __all__ = ["coderz_backup", "backup_service", "add_listener", "remove_listener", "section_title"]
@@ -290,6 +291,7 @@ def run_backup(cfg: Config, *, only: list[str] | None = None, report_key: str = 
     """The backup itself (inside a flow run). ``report_key`` names the report artifacts: the
     nightly ones are ``coderz-backup-*``, a restore's safety backup publishes its own."""
     services = cfg.enabled_services(only)
+    signer = load_signer(cfg.signing_key)  # an unusable key stops the run before anything is written
     store = SnapshotStore(cfg.dest)
     store.prepare()
     with store.lock():
@@ -300,7 +302,7 @@ def run_backup(cfg: Config, *, only: list[str] | None = None, report_key: str = 
         snap = store.begin(started)
         with run_log(snap.path / "backup.log", extra_handlers=_api_handlers()):
             summary, final_path = _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous,
-                                                   report_key)
+                                                   report_key, signer)
             _emit("finished", summary=summary, path=str(final_path))
     if summary["status"] == "ok":
         return summary
@@ -320,7 +322,7 @@ def _api_handlers() -> list[logging.Handler]:
         return []
 
 
-def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous, report_key):
+def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous, report_key, signer):
     log.info("coderz-backup %s on %s: snapshot %s into %s (keep %s days, flow run %s)",
              __version__, socket.gethostname(), snap.name, cfg.dest,
              cfg.keep_days or "∞", rt_flow_run.id)
@@ -402,6 +404,7 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
         "host": socket.gethostname(),
         "keep_days": cfg.keep_days,
         "flow_run_id": str(rt_flow_run.id) if rt_flow_run.id else None,
+        "signing_key": signer.public_key,   # manifest.json.sig beside this file is its signature
         "size_check": {"findings": findings, "free_bytes_before": preflight["free_bytes"],
                        "estimate_bytes": preflight["estimate_bytes"],
                        "compared_with": previous.name if previous else None},
@@ -413,7 +416,7 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
     usable = status in ("ok", "partial")
     log.info("snapshot %s: status %s — %d passed, %d failed, %d skipped, %d bytes",
              snap.name, status, passed, failed, skipped, manifest["total_bytes"])
-    final = store.finish(snap, manifest, make_latest=usable)
+    final = store.finish(snap, manifest, make_latest=usable, signer=signer)
     if usable:
         log.info("latest -> %s", snap.name)
     else:

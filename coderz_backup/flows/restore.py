@@ -37,7 +37,7 @@ from ..report import human_size
 from ..runlog import run_log
 from ..services import REGISTRY, create
 from ..snapshot import SnapshotStore
-from ..verify import verify_snapshot
+from ..verify import authenticate_snapshot, verify_snapshot
 from .. import notify
 from .backup import _api_handlers, _emit, run_backup, send_mail
 
@@ -69,8 +69,8 @@ def approval_form(plan: str) -> type[RestoreApproval]:
 
 
 @task(name="verify-snapshot", task_run_name="verify-snapshot", cache_policy=NO_CACHE)
-def verify_task(snap, cfg, services: list[str]) -> list[dict]:
-    checks = verify_snapshot(snap, cfg, only=services)
+def verify_task(snap, cfg, services: list[str], authenticity) -> list[dict]:
+    checks = verify_snapshot(snap, cfg, only=services, authenticity=authenticity)
     for c in checks:
         (log.info if c.ok else log.error)("verify %s: %s", c.path, c.detail)
     bad = [c for c in checks if not c.ok]
@@ -136,7 +136,7 @@ def _start_containers(names: list[str]) -> list[str]:
     return problems
 
 
-def _plan(snap, entries, cfg, lacking, safety: bool) -> str:
+def _plan(snap, entries, cfg, lacking, safety: bool, auth=None) -> str:
     """The restore plan (markdown). One paragraph per artifact rather than a table: the plan
     is shown above the approval form in the UI's Resume dialog (~30 em wide), where a table's
     last column — what is overwritten — was cut off."""
@@ -144,6 +144,8 @@ def _plan(snap, entries, cfg, lacking, safety: bool) -> str:
     lines = [f"# Restore plan: snapshot `{snap.name}`", "",
              f"- Snapshot status: **{snap.status}**, taken {age.days} day(s) "
              f"{age.seconds // 3600} hour(s) ago, folder `{snap.path}`"]
+    if auth is not None:
+        lines.append(f"- Authenticity: {auth.describe()}" if auth.signed else f"- ⚠ **{auth.describe()}**")
     if lacking:
         lines.append(f"- Not in this snapshot (left as they are): {', '.join(lacking)}")
     lines.append(f"- Safety backup first: {'yes, into ' + str(cfg.dest / SAFETY_DIR) if safety else '**no**'}")
@@ -169,6 +171,7 @@ def coderz_restore(
     safety_backup: bool = True,
     approval_timeout_s: int = 3600,
     auto_approve: bool = False,
+    allow_unsigned: bool = False,
 ):
     """Restore services from a snapshot after a typed approval.
 
@@ -180,18 +183,22 @@ def coderz_restore(
         safety_backup: back up the current state of the affected services first.
         approval_timeout_s: how long to wait for the approval before giving up (nothing changed).
         auto_approve: skip the approval (the CLI's --yes).
+        allow_unsigned: accept a snapshot without a signature (older than signed manifests), warned about.
     """
     cfg = load(config, dest=dest)
     store = SnapshotStore(cfg.dest)
     snap = store.get(snapshot)  # refuses anything that is not a snapshot name
+    auth = authenticate_snapshot(snap, cfg, allow_unsigned=allow_unsigned)  # before anything in it is used
     entries, lacking = select_entries(cfg, snap, only)
 
     with store.lock():
         with run_log(snap.path / "restore.log", extra_handlers=_api_handlers()):
             log.info("restore of snapshot %s requested (flow run %s): %s", snap.name, rt_flow_run.id,
                      ", ".join(a["service"] for a in entries))
-            verify_task(snap, cfg, [a["service"] for a in entries])
-            plan = _plan(snap, entries, cfg, lacking, safety_backup)
+            if not auth.signed:
+                log.warning("snapshot %s is UNSIGNED: accepted only because allow_unsigned is set", snap.name)
+            verify_task(snap, cfg, [a["service"] for a in entries], auth)
+            plan = _plan(snap, entries, cfg, lacking, safety_backup, auth)
             _publish("coderz-restore-plan", plan, f"Restore plan for {snap.name}")
             _emit("restore-plan", plan=plan, snapshot=snap.name, flow_run_id=str(rt_flow_run.id))
 
@@ -219,7 +226,7 @@ def coderz_restore(
                             "detail": f"not restored (nothing of it changed): {exc}"} for s in services]
             finally:
                 restart_problems = _start_containers(stopped)   # whatever was stopped runs again
-            report = _report(snap, results, safety, cfg, stopped, restart_problems, config)
+            report = _report(snap, results, safety, cfg, stopped, restart_problems, config, auth)
             _publish("coderz-restore-report", report, f"Restore report for {snap.name}")
             if cfg.email is not None:
                 _mail(cfg, snap.name, results, report)
@@ -318,8 +325,12 @@ def _restore_all(cfg, snap, entries) -> list[dict]:
 RESTART_HINT = "cd /opt/coderz && docker compose restart"
 
 
-def _report(snap, results, safety, cfg, stopped=(), restart_problems=(), config: str | None = None) -> str:
-    lines = [f"# Restore of snapshot `{snap.name}`", "", "| service | result | detail | health |", "|---|---|---|---|"]
+def _report(snap, results, safety, cfg, stopped=(), restart_problems=(), config: str | None = None,
+            auth=None) -> str:
+    lines = [f"# Restore of snapshot `{snap.name}`", ""]
+    if auth is not None and not auth.signed:
+        lines += [f"⚠ **{auth.describe()}**", ""]
+    lines += ["| service | result | detail | health |", "|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['service']} | {r['status']} | {r['detail']} | {r['health'] or '—'} |")
     if stopped:
