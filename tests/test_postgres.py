@@ -178,3 +178,81 @@ def test_password_never_in_process_argv(make_db, tmp_path):
         svc.backup(tmp_path)
     assert any(b"pg_dump" in c for c in seen), "the watcher never saw pg_dump running"
     assert not any(b"argv-secret-8472" in c for c in seen)
+
+
+# -- a dump is code: psql never runs a meta-command from it ----------------------------------
+
+
+def _dump_with(src, tmp_path, transform) -> Path:
+    """A real dump of ``src``, rewritten by ``transform`` (text → text) as an attacker would."""
+    svc = PostgresService("postgres-app", src.service_config(), LocalAccess())
+    svc.backup(tmp_path)
+    dump = tmp_path / "postgres-app.sql.gz"
+    with gzip.open(dump, "rt") as fh:
+        text = fh.read()
+    with gzip.open(dump, "wt") as fh:
+        fh.write(transform(text))
+    return dump
+
+
+@pytest.mark.parametrize("where", ["line", "mid-line", "after-unrestrict"])
+def test_a_dump_with_a_shell_escape_never_runs_it_and_changes_nothing(make_db, tmp_path, where):
+    src = make_db()
+    _fill(src, rows=50)
+    marker = tmp_path / f"pwned-{where}"
+    import re as _re
+
+    def inject(text: str) -> str:
+        key = _re.search(r"^\\restrict (\S+)$", text, _re.M).group(1)
+        evil = {"line": f"\\! touch {marker}\n",
+                "mid-line": f"SELECT 1; \\! touch {marker}\n",
+                "after-unrestrict": f"\\unrestrict {key}\n\\! touch {marker}\n"}[where]
+        return text.replace("SET statement_timeout = 0;\n", "SET statement_timeout = 0;\n" + evil, 1)
+
+    dump = _dump_with(src, tmp_path, inject)
+    svc = PostgresService("postgres-app", src.service_config(), LocalAccess())
+    if where == "mid-line":   # not a line of its own: only psql's \restrict can tell, at restore time
+        svc.verify(dump)
+    else:
+        with pytest.raises(VerifyError, match="psql meta-command outside COPY data at line"):
+            svc.verify(dump)
+    with src.connect() as c:
+        c.execute("INSERT INTO items VALUES (9999, 'after the backup', 1, '{}')")
+    before = _snapshot_of(src)
+    with pytest.raises((RestoreError, VerifyError)):
+        svc.restore(dump)
+    assert not marker.exists()
+    assert _snapshot_of(src)[0] == before[0]        # the database was not touched
+    with src.connect() as c:
+        assert c.execute("SELECT count(*) FROM pg_database WHERE datname LIKE %s",
+                         (f"{src.name}__coderz%",)).fetchone()[0] == 0
+
+
+def test_data_that_looks_like_meta_commands_round_trips_exactly(make_db, pg_target, tmp_path):
+    """COPY data is data: a row that pg_dump writes as the line ``\\restrict abc`` (a carriage
+    return, then 'estrict abc') or ``\\\\! rm`` comes back byte for byte."""
+    src = make_db()
+    values = ["\restrict abc", "\\! rm -rf /", "\\unrestrict x", "COPY x FROM stdin;", "\\.", "plain"]
+    with src.connect() as c:
+        c.execute("CREATE TABLE tricky (v text)")
+        for v in values:
+            c.execute("INSERT INTO tricky VALUES (%s)", (v,))
+    svc = PostgresService("postgres-app", src.service_config(), LocalAccess())
+    svc.backup(tmp_path)
+    dump = tmp_path / "postgres-app.sql.gz"
+    with gzip.open(dump, "rt") as fh:
+        assert "\n\\restrict abc\n" in fh.read()      # what the stream filter must leave alone
+    assert "no psql meta-commands" in svc.verify(dump)
+    dst = make_db(server=pg_target, name=src.name, user=src.user)
+    PostgresService("postgres-app", dst.service_config(), LocalAccess()).restore(dump)
+    with dst.connect() as c:
+        assert sorted(r[0] for r in c.execute("SELECT v FROM tricky")) == sorted(values)
+
+
+def test_psql_without_restrict_is_refused_before_anything_changes():
+    from coderz_backup.services.postgres import psql_can_restrict
+
+    assert psql_can_restrict("psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)")
+    assert psql_can_restrict("psql (PostgreSQL) 18.1") and psql_can_restrict("psql (PostgreSQL) 16.10")
+    assert not psql_can_restrict("psql (PostgreSQL) 15.13") and not psql_can_restrict("psql (PostgreSQL) 12.22")
+    assert not psql_can_restrict("")

@@ -9,12 +9,23 @@ Restore is all-or-nothing: the dump is loaded with ``ON_ERROR_STOP`` in one
 transaction into a fresh database ``<db>__coderz_restore``; only when that succeeded
 is the old database swapped out (renamed, then dropped). A failing restore leaves the
 current database untouched.
+
+A dump is code psql runs as the restoring user, and its meta-commands (``\\! cmd``, ``\\o
+|cmd``, ``\\copy … program``) run on this host. So psql never gets a dump as it is: the
+stream starts with a ``\\restrict`` of a fresh random key of our own (psql then refuses every
+meta-command but ``\\unrestrict <that key>``, wherever in a line it stands), and pg_dump's own
+``\\restrict``/``\\unrestrict`` lines are taken out (:func:`psql_stream`). ``verify`` refuses
+a dump with any other meta-command at the start of a line outside COPY data, so verify and
+restore agree on such a dump; psql needs the ``\\restrict`` command (15.14+, 16.10+, 17.6+,
+13.22+, 14.19+, 18+), an older one is refused before anything changes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
+import secrets
 import time
 from pathlib import Path
 from typing import ClassVar, Iterator
@@ -58,6 +69,68 @@ def read_gzip_chunks(path: Path) -> Iterator[bytes]:
                 yield chunk
     except ARCHIVE_ERRORS as exc:  # truncated / bad CRC / not gzip / damaged deflate data
         raise VerifyError(f"{path.name}: gzip stream is damaged ({exc})") from None
+
+
+# pg_dump's own lines that psql reads as commands: \restrict / \unrestrict around the dump,
+# COPY … FROM stdin; … \. around table data (a data line is never a command).
+_COMMAND_LINE = re.compile(rb"^(?:\\[^\n]*|COPY [^\n]* FROM stdin;)$", re.M)
+_RESTRICT = re.compile(rb"^\\(?:un)?restrict [A-Za-z0-9]+$")
+# first releases whose psql has \restrict (CVE-2025-8714 fix)
+_RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
+
+
+def psql_stream(chunks, key: str | None = None):
+    """The dump as psql may get it: with ``key``, our own ``\\restrict key`` comes first; pg_dump's
+    own ``\\restrict``/``\\unrestrict`` lines are dropped; any other meta-command at the start
+    of a line outside COPY data raises VerifyError (the stream stops there). Without ``key`` it
+    only checks (verify). Untouched otherwise, streamed in whole lines."""
+    if key is not None:
+        yield f"\\restrict {key}\n".encode()
+    in_copy = False
+    lines_before = 0
+    for chunk in _whole_lines(chunks):
+        out, pos = [], 0
+        for m in _COMMAND_LINE.finditer(chunk):
+            line = m.group(0)
+            if in_copy:
+                in_copy = line != b"\\."
+                continue
+            if line.startswith(b"COPY "):
+                in_copy = True
+                continue
+            if _RESTRICT.match(line):
+                out.append(chunk[pos:m.start()])
+                pos = m.end() + 1          # the line and its newline
+                continue
+            line_no = lines_before + chunk.count(b"\n", 0, m.start()) + 1
+            raise VerifyError(f"the dump holds a psql meta-command outside COPY data at line {line_no} "
+                              f"({line[:40].decode('utf-8', 'replace')!r}): pg_dump writes none; refused, "
+                              "nothing was run")
+        out.append(chunk[pos:])
+        lines_before += chunk.count(b"\n")
+        yield b"".join(out)
+
+
+def _whole_lines(chunks):
+    """Re-cut ``chunks`` so that every piece ends at a newline (the last one may not)."""
+    carry = b""
+    for chunk in chunks:
+        data = carry + chunk
+        cut = data.rfind(b"\n") + 1
+        carry = data[cut:]
+        if cut:
+            yield data[:cut]
+    if carry:
+        yield carry
+
+
+def psql_can_restrict(version_output: str) -> bool:
+    """Whether ``psql --version`` names a release with ``\\restrict``."""
+    m = re.search(r"\b(\d+)\.(\d+)", version_output)
+    if not m:
+        return False
+    major, minor = int(m.group(1)), int(m.group(2))
+    return major >= 18 or minor >= _RESTRICT_SINCE.get(major, 10 ** 6)
 
 
 class PostgresService(BaseService):
@@ -122,10 +195,15 @@ class PostgresService(BaseService):
         if raw == 0:
             raise VerifyError(f"{artifact.name}: empty dump")
         try:
+            for _ in psql_stream(read_gzip_chunks(artifact)):
+                pass
+        except VerifyError as exc:
+            raise VerifyError(f"{artifact.name}: {exc}") from None
+        try:
             check_dump(StreamEnds(bytes(head), tail, raw))
         except IncompleteArtifactError as exc:
             raise VerifyError(f"{artifact.name}: {exc}") from None
-        return f"gzip intact, pg_dump header and trailer present ({raw} bytes of SQL)"
+        return f"gzip intact, pg_dump header and trailer present, no psql meta-commands ({raw} bytes of SQL)"
 
     # -- restore ------------------------------------------------------------
     def restore_target(self) -> str:
@@ -142,6 +220,11 @@ class PostgresService(BaseService):
         """Load ``artifact`` into ``database`` (default: the configured one), all or nothing."""
         self.verify(artifact)
         c = self.config
+        version = self.access.run([c.psql, "--version"], timeout=30, label="psql --version")
+        if not psql_can_restrict(version):
+            raise RestoreError(f"{self.name}: {version.strip() or c.psql} cannot restrict meta-commands "
+                               "(\\restrict: psql 13.22+, 14.19+, 15.14+, 16.10+, 17.6+); a dump is not run "
+                               "as this user without it. Nothing was changed; update the PostgreSQL client")
         target = database or c.database
         staging = f"{target}__coderz_restore"
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
@@ -163,7 +246,8 @@ class PostgresService(BaseService):
         argv = [c.psql, *self._conn_args(), "--dbname", staging, "-X", "-q",
                 "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"]
         try:
-            self.access.feed(argv, read_gzip_chunks(artifact), env=self._env(), timeout=c.timeout_s,
+            self.access.feed(argv, psql_stream(read_gzip_chunks(artifact), secrets.token_hex(24)),
+                             env=self._env(), timeout=c.timeout_s,
                              label=f"psql restore into {staging}")
         except (ArtifactError, VerifyError) as exc:
             with self._connect("postgres") as conn:
