@@ -137,3 +137,115 @@ def test_restore_refuses_unsafe_archives_and_writes_nothing(tmp_path, members):
     assert not (tmp_path / "escape.txt").exists()
     with pytest.raises(VerifyError):
         svc.verify(evil)
+
+
+# -- confinement: a hostile archive writes nothing outside the configured paths ---------------
+
+CONF = "/opt/coderz/configs"
+
+
+def _archive(path, members):
+    """members: (kind, name, data-or-linkname) with kind file | dir | sym | hard."""
+    import gzip
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for kind, name, data in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(data.encode())
+                tar.addfile(info, io.BytesIO(data.encode()))
+                continue
+            info.type = {"dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE}[kind]
+            info.mode = 0o755 if kind == "dir" else 0o644
+            info.linkname = data or ""
+            tar.addfile(info)
+    path.write_bytes(gzip.compress(buf.getvalue()))
+
+
+def _svc():
+    return ConfigsService("configs", ConfigsConfig(kind="configs", paths=[CONF]), LocalAccess())
+
+
+BASE = [("dir", "opt/coderz/configs", None), ("file", "opt/coderz/configs/app.yml", "new\n")]
+
+
+@pytest.mark.parametrize("extra, why", [
+    ([("dir", "etc", None), ("file", "etc/cron.d", "* * * * * root sh -c evil\n")], "not under the configured paths"),
+    ([("file", "opt/coderz/configs-other/x", "x")], "not under the configured paths"),
+    ([("hard", "opt/coderz/configs/h", "etc/shadow")], "must point to a file earlier in the same archive"),
+    ([("hard", "opt/coderz/configs/h", "opt/coderz/configs/later"), ("file", "opt/coderz/configs/later", "x")],
+     "must point to a file earlier"),
+    ([("sym", "opt/coderz/configs/up", "../../../etc")], "outside the configured path"),
+    ([("sym", "opt/coderz/configs/abs", "/etc/passwd")], "outside the configured path"),
+    ([("sym", "opt/coderz/configs/l", "."), ("file", "opt/coderz/configs/l/x", "x")], "through the symlink"),
+    ([("file", "opt/coderz/configs/nodir/x", "x")], "its folder is not in the archive before it"),
+])
+def test_verify_and_restore_refuse_the_same_hostile_archives_and_nothing_changes(tmp_path, extra, why):
+    evil = tmp_path / "configs.tar.gz"
+    _archive(evil, BASE + extra)
+    target = tmp_path / "root"
+    (target / "etc").mkdir(parents=True)
+    (target / "etc" / "shadow").write_text("root:secret\n")
+    conf = target / CONF.lstrip("/")
+    conf.mkdir(parents=True)
+    (conf / "app.yml").write_text("old\n")
+    before = _listing(tmp_path)
+    with pytest.raises(VerifyError, match=why):
+        _svc().verify(evil)
+    with pytest.raises(RestoreError, match=f"nothing changed.*{why}"):
+        _svc().restore(evil, target=target)
+    assert _listing(tmp_path) == before
+
+
+def test_restore_never_writes_through_links_already_on_disk(tmp_path):
+    """What is at a member's place on this host is replaced, never written through: a symlink
+    to a file elsewhere, a file hard-linked to one elsewhere, a folder that is a symlink."""
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "target.txt").write_text("keep me\n")
+    (outside / "hard.txt").write_text("keep me too\n")
+    (outside / "dir" / "f").write_text("untouched\n")
+    target = tmp_path / "root"
+    conf = target / CONF.lstrip("/")
+    conf.mkdir(parents=True)
+    os.symlink(outside / "target.txt", conf / "app.yml")
+    os.link(outside / "hard.txt", conf / "hard.yml")
+    os.symlink(outside / "dir", conf / "sub")
+    evil = tmp_path / "configs.tar.gz"
+    _archive(evil, BASE + [("file", "opt/coderz/configs/hard.yml", "restored\n"),
+                           ("dir", "opt/coderz/configs/sub", None), ("file", "opt/coderz/configs/sub/f", "restored\n"),
+                           ("hard", "opt/coderz/configs/copy.yml", "opt/coderz/configs/app.yml")])
+    before = _listing(outside)
+    assert "entries" in _svc().verify(evil)
+    _svc().restore(evil, target=target)
+    assert _listing(outside) == before
+    assert not (conf / "app.yml").is_symlink() and (conf / "app.yml").read_text() == "new\n"
+    assert (conf / "hard.yml").read_text() == "restored\n" and os.stat(conf / "hard.yml").st_nlink == 1
+    assert not (conf / "sub").is_symlink() and (conf / "sub" / "f").read_text() == "restored\n"
+    assert os.path.samefile(conf / "copy.yml", conf / "app.yml")   # the archive's own hard link
+
+
+def test_an_absolute_link_inside_the_configured_path_verifies_and_restores(tmp_path):
+    """verify == restore also for what is allowed: a link into the same configured path."""
+    evil = tmp_path / "configs.tar.gz"
+    _archive(evil, BASE + [("sym", "opt/coderz/configs/current.yml", "/opt/coderz/configs/app.yml"),
+                           ("sym", "opt/coderz/configs/rel.yml", "app.yml")])
+    target = tmp_path / "root"
+    target.mkdir()
+    assert "4 entries" in _svc().verify(evil)
+    _svc().restore(evil, target=target)
+    assert os.readlink(target / "opt/coderz/configs/current.yml") == "/opt/coderz/configs/app.yml"
+
+
+def test_a_file_where_the_archive_has_a_folder_is_refused_before_anything_is_written(tmp_path):
+    target = tmp_path / "root"
+    conf = target / CONF.lstrip("/")
+    conf.mkdir(parents=True)
+    (conf / "sub").write_text("a file here\n")
+    evil = tmp_path / "configs.tar.gz"
+    _archive(evil, BASE + [("dir", "opt/coderz/configs/sub", None), ("file", "opt/coderz/configs/sub/f", "x")])
+    before = _listing(tmp_path)
+    with pytest.raises(RestoreError, match="nothing changed.*is a file on this host, the archive has a folder"):
+        _svc().restore(evil, target=target)
+    assert _listing(tmp_path) == before

@@ -5,9 +5,18 @@ Each configured absolute path is stored under its own path without the leading `
 mtimes, streamed through the writer (tar stream mode, never the whole tree in memory).
 Excludes are glob patterns matched against each entry's name and its full path.
 
-Restore is path-safe: every member is checked before anything is written (no absolute
-paths, no ``..``, no links pointing out of the target, no device files), then the
-archive is extracted into the target root (``/`` by default) keeping modes and owners.
+Restore is confined. One member check, the same in ``verify`` and both restore passes, that
+depends only on the archive and the configured ``paths`` (:meth:`ConfigsService._members`):
+every member lies under one of the configured paths, inside a folder the archive itself
+created before; no absolute names, no ``..``, no device files; a symlink points (as text,
+in archive coordinates) inside the same configured path; a hard link only to a regular file
+the archive holds earlier; nothing passes through or replaces a symlink of the archive. So a
+snapshot that verifies also restores. Restore checks every member first (pass 1, also
+against what is on disk: a file where a folder is, a configured path that links outside the
+restore root), and only then extracts into ``restore_root`` (``/`` by default) keeping modes
+and owners, never writing through what is already there: an existing symlink or file at a
+member's place is removed first (a hard link on disk to a file elsewhere is never written
+into), a configured path that is itself a link on this host is left as the host has it.
 """
 
 from __future__ import annotations
@@ -89,13 +98,18 @@ class ConfigsService(BaseService):
                                           details={"entries": count, "files": files, "excluded": excluded,
                                                    "paths": list(self.config.paths)})]
 
-    # -- verify -------------------------------------------------------------
-    def _members(self, artifact: Path, root: str):
+    # -- the one member check ------------------------------------------------
+    def _roots(self) -> list[str]:
+        """The configured paths in archive coordinates (no leading /)."""
+        return [os.path.normpath(p).lstrip("/") for p in self.config.paths]
+
+    def _members(self, artifact: Path):
+        """Every member of ``artifact``, checked (VerifyError at the first unsafe one)."""
+        check = MemberCheck(self._roots())
         try:
             with igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
-                links: set[str] = set()
                 for member in tar:
-                    check_member(member, root, links)
+                    check(member)
                     if member.isfile():
                         f = tar.extractfile(member)
                         while f and f.read(1 << 20):
@@ -107,7 +121,7 @@ class ConfigsService(BaseService):
             raise VerifyError(f"{artifact.name}: archive is damaged ({exc})") from None
 
     def verify(self, artifact: Path) -> str:
-        n = sum(1 for _ in self._members(artifact, "/restore-check"))
+        n = sum(1 for _ in self._members(artifact))
         if n == 0:
             raise VerifyError(f"{artifact.name}: archive is empty")
         return f"gzip and tar intact, {n} entries, all paths safe"
@@ -128,21 +142,104 @@ class ConfigsService(BaseService):
     def restore(self, artifact: Path, *, target: str | Path | None = None, **_: object) -> str:
         """Extract into ``target`` (default: the config's restore_root, ``/``), after checking every member."""
         root = os.path.realpath(target or self.config.restore_root)
+        roots = {os.path.join(root, r) for r in self._roots()}
         try:
-            n = sum(1 for _ in self._members(artifact, root))  # pass 1: nothing written yet
-        except VerifyError as exc:
+            n = 0
+            for member in self._members(artifact):  # pass 1: nothing written yet
+                _check_on_disk(member, root, roots)
+                n += 1
+        except (VerifyError, tarfile.FilterError) as exc:
             raise RestoreError(f"{self.name}: refusing to restore, nothing changed: {exc}") from None
 
-        links: set[str] = set()
+        check = MemberCheck(self._roots())
 
-        def _safe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
-            check_member(member, dest, links)
+        def _place(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+            check(member)
+            _clear_the_way(member, os.path.join(dest, member.name.rstrip("/")), roots)
             return member  # keep modes and owners as archived
 
         try:
             with igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
-                tar.extractall(root, numeric_owner=True, filter=_safe)
-        except ARCHIVE_ERRORS as exc:
+                tar.extractall(root, numeric_owner=True, filter=_place)
+        except (ARCHIVE_ERRORS, tarfile.FilterError) as exc:
             raise RestoreError(f"{self.name}: extraction into {root} failed: {exc}") from None
         log.info("%s: restored %d entries into %s", self.name, n, root)
         return f"{n} entries restored into {root}"
+
+
+class MemberCheck:
+    """The member check of one configs archive (verify and restore use this one).
+
+    Pure: it looks only at the archive's own members, in order, and the configured paths
+    (``roots``, archive coordinates), never at the disk — so its answer is the same wherever
+    it runs. Raises tarfile.FilterError for the first unsafe member.
+    """
+
+    def __init__(self, roots: list[str]):
+        self.roots = roots
+        self.dirs: set[str] = set()      # folders the archive created so far
+        self.files: set[str] = set()     # regular files it holds so far (hard-link targets)
+        self.links: set[str] = set()     # its symlinks (nothing may go through or replace one)
+
+    def _root_of(self, name: str) -> str | None:
+        return next((r for r in self.roots if name == r or name.startswith(r + "/")), None)
+
+    def __call__(self, member: tarfile.TarInfo) -> None:
+        name = os.path.normpath(member.name.rstrip("/"))
+        probe = member
+        if member.issym() and member.linkname.startswith("/"):
+            # tarfile's data filter refuses every absolute link; one into the same configured
+            # path (checked below) is an ordinary config tree's, checked as its relative form
+            probe = member.replace(linkname=os.path.relpath(member.linkname, "/" + os.path.dirname(name)),
+                                   deep=False)
+        check_member(probe, "/", self.links)   # absolute names, .., devices, archive link tricks
+        root = self._root_of(name)
+        if root is None:
+            raise tarfile.OutsideDestinationError(
+                member, f"/{name} (not under the configured paths {', '.join('/' + r for r in self.roots)})")
+        if name == root:
+            if member.issym() or member.islnk():
+                raise tarfile.OutsideDestinationError(member, f"/{name} (a configured path archived as a link)")
+        elif os.path.dirname(name) not in self.dirs:
+            raise tarfile.OutsideDestinationError(
+                member, f"/{name} (its folder is not in the archive before it)")
+        if member.issym():
+            text = member.linkname
+            where = os.path.normpath(text.lstrip("/") if text.startswith("/")
+                                     else os.path.join(os.path.dirname(name), text))
+            if not (where == root or where.startswith(root + "/")):
+                raise tarfile.LinkOutsideDestinationError(member, f"/{where} (outside the configured path /{root})")
+        elif member.islnk():
+            target = os.path.normpath(member.linkname.rstrip("/"))
+            if target not in self.files:
+                raise tarfile.LinkOutsideDestinationError(
+                    member, f"/{target} (a hard link must point to a file earlier in the same archive)")
+        if member.isdir():
+            self.dirs.add(name)
+        elif member.isfile():
+            self.files.add(name)
+
+
+def _check_on_disk(member: tarfile.TarInfo, root: str, roots: set[str]) -> None:
+    """Pass 1 of a restore: what on this host would make the extraction fail half-way."""
+    path = os.path.join(root, member.name.rstrip("/"))
+    if path in roots:
+        if os.path.islink(path):
+            real = os.path.realpath(path)
+            if not (root == "/" or real == root or real.startswith(root.rstrip("/") + "/")):
+                raise VerifyError(f"{path} is a link to {real}, outside the restore root {root}")
+        return
+    if member.isdir() and os.path.lexists(path) and not os.path.islink(path) and not os.path.isdir(path):
+        raise VerifyError(f"{path} is a file on this host, the archive has a folder there; move it away")
+    if not member.isdir() and os.path.isdir(path) and not os.path.islink(path):
+        raise VerifyError(f"{path} is a folder on this host, the archive has a file there; move it away")
+
+
+def _clear_the_way(member: tarfile.TarInfo, path: str, roots: set[str]) -> None:
+    """Never write through what is there: a symlink (except a configured path's own, which the
+    host made) or a file at the member's place is removed first, so writing it cannot follow
+    a link or change a file that is hard-linked elsewhere."""
+    if path in roots and os.path.islink(path):
+        return
+    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+        os.unlink(path)
