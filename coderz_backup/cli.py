@@ -289,7 +289,10 @@ def _prepare_prefect(verbose: bool) -> None:
 
 def cmd_backup(args) -> int:
     cfg: Config = load(args.config, dest=args.dest, keep=args.keep)  # fail fast on bad config
-    cfg.enabled_services(args.only)  # unknown --only names → ConfigError, exit 2
+    services = cfg.enabled_services(args.only)  # unknown --only names → ConfigError, exit 2
+    missing = secret_problems(cfg, services)
+    if missing:   # before Prefect starts: a backup that cannot log in is not worth 20 s of start-up
+        raise ConfigError(cfg.source, missing)
     _prepare_prefect(args.verbose)
     from .flows.backup import add_listener, coderz_backup, remove_listener
 

@@ -17,7 +17,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Mapping, Union
+from typing import Annotated, Any, ClassVar, Iterable, Literal, Mapping, Union
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -514,11 +514,13 @@ def _problems_from(exc: ValidationError, data: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def secret_problems(config: Config) -> list[str]:
-    """Secret references of enabled services that cannot be resolved right now."""
+def secret_problems(config: Config, services: Iterable[str] | None = None) -> list[str]:
+    """Secret references that cannot be resolved right now: of the enabled services (or of
+    ``services``), and of the mail."""
     problems = []
+    wanted = set(services) if services is not None else None
     for name, svc in config.services.items():
-        if not svc.enabled:
+        if (not svc.enabled) if wanted is None else name not in wanted:
             continue
         for key, ref in svc.secret_fields().items():
             if ref is not None and ref.get_secret_value().startswith("env:"):
@@ -530,6 +532,20 @@ def secret_problems(config: Config) -> list[str]:
         if raw.startswith("env:") and raw[4:] not in os.environ:
             problems.append(f"email.password: environment variable {raw[4:]} is not set")
     return problems
+
+
+def _raw_secret_problems(data: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+    """Unset ``env:`` references in the not-yet-validated tables (enabled services, email)."""
+    out = []
+    tables = [(f"services.{n}", t) for n, t in (data.get("services") or {}).items()
+              if isinstance(t, Mapping) and t.get("enabled", True) is not False]
+    if isinstance(data.get("email"), Mapping):
+        tables.append(("email", data["email"]))
+    for where, table in tables:
+        for key, value in table.items():
+            if isinstance(value, str) and value.startswith("env:") and value[4:] not in env:
+                out.append(f"{where}.{key}: environment variable {value[4:]} is not set")
+    return out
 
 
 def load(
@@ -597,6 +613,7 @@ def load(
         config = Config.model_validate({**merged, "source": source})
     except ValidationError as exc:
         problems.extend(p for p in _problems_from(exc, merged) if not (p.startswith("services: ") and "service names must" in p))
+        problems.extend(_raw_secret_problems(merged, env))  # failing anyway: every problem at once
         raise ConfigError(source, problems) from None
     if problems:
         raise ConfigError(source, problems)

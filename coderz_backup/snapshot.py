@@ -40,6 +40,8 @@ __all__ = [
     "DELETING_PREFIX",
     "fsync_dir",
     "IN_PROGRESS_PREFIX",
+    "SAFETY_DIR",
+    "stores_around",
     "SnapshotStore",
     "SnapshotInfo",
     "InProgress",
@@ -54,6 +56,14 @@ DELETING_PREFIX = ".deleting-"   # rotation renames a snapshot to this before re
 LOCK_NAME = ".coderz-backup.lock"
 LATEST = "latest"
 MANIFEST = "manifest.json"
+SAFETY_DIR = "safety-backups"   # <dest>/safety-backups: a restore's safety backups, a store of its own
+
+
+def stores_around(snapshot_dir: Path) -> list[Path]:
+    """The snapshot stores a snapshot folder being written lives in: its destination, and for a
+    safety backup also the destination that holds ``safety-backups`` (never to be archived)."""
+    dest = Path(snapshot_dir).parent
+    return [dest, dest.parent] if dest.name == SAFETY_DIR else [dest]
 
 
 def snapshot_name(when: dt.datetime) -> str:
@@ -109,6 +119,8 @@ class SnapshotStore:
     # -- preparation and lock -----------------------------------------------
     def prepare(self) -> None:
         """Create the destination if needed and prove it is writable."""
+        if self.dest.exists() and not self.dest.is_dir():
+            raise StoreError(f"destination {self.dest} is a file, not a folder; choose another with --dest")
         try:
             self.dest.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
@@ -239,6 +251,11 @@ class SnapshotStore:
         if name == LATEST:
             resolved = self.latest_name()
             if resolved is None:
+                link = self.dest / LATEST
+                if link.is_symlink():
+                    raise SnapshotNotFoundError(
+                        f"{link} points to {os.readlink(link)!r}, which is not a snapshot of {self.dest} "
+                        "(changed by hand?); name the snapshot instead (coderz-backup list)")
                 raise SnapshotNotFoundError(f"{self.dest} has no `latest` snapshot yet")
             name = resolved
         if not parse_snapshot_name(name):

@@ -273,3 +273,29 @@ def test_a_partial_run_ends_failed_with_its_summary_and_without_the_engines_trac
     finally:
         run_log.removeHandler(handler)
     assert [type(r.exc_info[1]) for r in seen] == [ValueError]
+
+
+def test_what_is_actually_wrong_is_what_the_message_says(stack, tmp_path):
+    """A destination that is a file; an unset secret (found before Prefect starts, listed with
+    the schema problems); a `latest` link changed by hand."""
+    afile = tmp_path / "not-a-folder"
+    afile.write_text("x")
+    res = run_cli(["backup", "--dest", str(afile), "--config", str(stack.config)], stack.env)
+    assert res.returncode == 2 and f"destination {afile} is a file, not a folder" in res.stderr, res.stderr
+
+    env = {k: v for k, v in stack.env.items() if k != "T_REDIS"}
+    res = run_cli(["backup", "--config", str(stack.config)], env)
+    assert res.returncode == 2, res.stderr
+    assert "services.redis.password: environment variable T_REDIS is not set" in res.stderr
+    assert "Beginning flow run" not in res.stderr and not stack.dest.exists()   # Prefect never started
+    res = run_cli(["backup", "--only", "configs", "--config", str(stack.config)], env)
+    assert res.returncode == 0, res.stderr                   # the secret of a service not backed up is not needed
+    broken = stack.config.read_text().replace("retries = 1", "retries = -3")
+    (tmp_path / "broken.toml").write_text(broken)
+    res = run_cli(["config", "check", "--config", str(tmp_path / "broken.toml")], env)
+    assert res.returncode == 2 and "retries" in res.stderr and "T_REDIS is not set" in res.stderr, res.stderr
+
+    (stack.dest / "latest").unlink()
+    (stack.dest / "latest").symlink_to("../../etc")
+    res = run_cli(["verify", "--config", str(stack.config)], stack.env)
+    assert res.returncode == 2 and "points to '../../etc', which is not a snapshot of" in res.stderr, res.stderr

@@ -249,3 +249,27 @@ def test_a_file_where_the_archive_has_a_folder_is_refused_before_anything_is_wri
     with pytest.raises(RestoreError, match="nothing changed.*is a file on this host, the archive has a folder"):
         _svc().restore(evil, target=target)
     assert _listing(tmp_path) == before
+
+
+def test_a_destination_inside_a_configured_path_is_left_out_and_said_so(tmp_path, caplog):
+    """dest = /opt/coderz/configs/backups (or its safety-backups): the archive must not take in
+    the snapshots, tonight's half-written dump included."""
+    import logging
+
+    conf = tmp_path / "configs"
+    conf.mkdir()
+    (conf / "app.yml").write_text("a: 1\n")
+    dest = conf / "backups"
+    for into in (dest / ".in-progress-2026-03-06_03-00-00", dest / "safety-backups" / ".in-progress-x"):
+        into.mkdir(parents=True)
+        (into / "postgres.sql.gz").write_bytes(b"half-written")
+        (dest / "2026-03-05_03-00-00").mkdir(exist_ok=True)
+        (dest / "2026-03-05_03-00-00" / "redis.rdb").write_bytes(b"yesterday")
+        svc = ConfigsService("configs", ConfigsConfig(kind="configs", paths=[str(conf)]), LocalAccess())
+        with caplog.at_level(logging.WARNING):
+            [res] = svc.backup(into)
+        with tarfile.open(into / "configs.tar.gz") as tar:
+            names = tar.getnames()
+        assert str(conf / "app.yml").lstrip("/") in names
+        assert not [n for n in names if "backups" in n], names
+        assert f"the snapshot destination {dest} is inside the configured path {conf}" in caplog.text

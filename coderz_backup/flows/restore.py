@@ -36,7 +36,7 @@ from ..errors import ConfigError, CoderzBackupError, RestoreError, RunFailed, Ve
 from ..report import human_size
 from ..runlog import run_log
 from ..services import REGISTRY, create
-from ..snapshot import SnapshotStore
+from ..snapshot import SAFETY_DIR, SnapshotStore
 from ..verify import authenticate_snapshot, verify_snapshot
 from .. import notify
 from .backup import _api_handlers, _emit, run_backup, send_mail
@@ -45,7 +45,6 @@ __all__ = ["coderz_restore", "RestoreApproval", "approval_form", "SAFETY_DIR"]
 
 log = logging.getLogger("coderz_backup.restore")
 
-SAFETY_DIR = "safety-backups"
 SAFETY_REPORT_KEY = "coderz-safety-backup"   # its report artifacts: never mistaken for the nightly one
 
 

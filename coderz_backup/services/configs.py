@@ -33,6 +33,7 @@ from isal import igzip
 from ..access import ARCHIVE_ERRORS, check_member
 from ..config import ConfigsConfig
 from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, VerifyError
+from ..snapshot import stores_around
 from ..writer import ArtifactWriter
 from .base import ArtifactResult, BaseService
 
@@ -62,10 +63,11 @@ class ConfigsService(BaseService):
         if missing:
             raise ArtifactError(f"{self.name}: configured path(s) do not exist: {', '.join(missing)}")
         count = files = excluded = 0
+        own = self._own_stores(into)
 
         def _filter(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
             nonlocal count, files, excluded
-            if self._excluded("/" + info.name):
+            if self._excluded("/" + info.name) or any(info.name == o or info.name.startswith(o + "/") for o in own):
                 excluded += 1
                 return None
             count += 1
@@ -97,6 +99,22 @@ class ConfigsService(BaseService):
         return [ArtifactResult.from_files(self.name, self.kind, self.artifact_path, [rec],
                                           details={"entries": count, "files": files, "excluded": excluded,
                                                    "paths": list(self.config.paths)})]
+
+    def _own_stores(self, into: Path) -> list[str]:
+        """Archive names of the snapshot destination(s) when they lie inside a configured path:
+        a configs tree holding the backups would take in every earlier snapshot and tonight's
+        half-written dump, and grow each night. They are left out, and the log says so."""
+        out = []
+        for store in stores_around(into):
+            real = os.path.realpath(store)
+            for path in self.config.paths:
+                base = os.path.realpath(path)
+                if real == base or real.startswith(base.rstrip("/") + "/"):
+                    arc = (path.rstrip("/") + real[len(base):]).lstrip("/")
+                    log.warning("%s: the snapshot destination %s is inside the configured path %s; it is left "
+                                "out of %s", self.name, store, path, self.artifact_path)
+                    out.append(arc)
+        return out
 
     # -- the one member check ------------------------------------------------
     def _roots(self) -> list[str]:
