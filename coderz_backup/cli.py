@@ -8,6 +8,7 @@ unusable, crash). list / config check: 0 · 2 bad input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ from typing import Sequence
 
 from . import __version__
 from .config import Config, load, secret_problems
-from .errors import CoderzBackupError, ConfigError
+from .errors import CoderzBackupError, ConfigError, OrchestratorError
 from .report import human_size, render_report
 
 EXIT_OK, EXIT_PARTIAL, EXIT_UNUSABLE = 0, 1, 2
@@ -268,23 +269,43 @@ class _Progress:
                           file=sys.stderr)
 
 
-def _prepare_prefect(verbose: bool) -> None:
+@contextlib.contextmanager
+def _prefect_session(verbose: bool):
+    """The Prefect API for this command (bounded: see coderz_backup.orchestrator), then Prefect."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from .orchestrator import prefect_api
+
+    with prefect_api():
+        import logging
+
+        import prefect.main  # noqa: F401 - sets up Prefect's logging, adjusted below
+
+        if not verbose:
+            for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", ""):
+                for h in logging.getLogger(name).handlers:
+                    if type(h).__name__ == "PrefectConsoleHandler":
+                        h.setLevel(logging.WARNING)
+        yield
+
+
+def _mail_orchestrator_down(cfg: Config, reason: str) -> None:
+    """The 🔴 mail for a run whose flow could not start: sent here, without Prefect's API."""
+    import datetime as dt
     import logging
 
-    import prefect.main  # noqa: F401 - sets up Prefect's logging, adjusted below
-    from prefect.client.orchestration import get_client
+    from . import mail, notify
 
-    # The embedded API starts on first use; start it from this thread before tasks run
-    # in worker threads (a race there can orphan a server process).
-    with get_client(sync_client=True) as client:
-        client.hello()
-    if not verbose:
-        for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", ""):
-            for h in logging.getLogger(name).handlers:
-                if type(h).__name__ == "PrefectConsoleHandler":
-                    h.setLevel(logging.WARNING)
+    if cfg.email is None:
+        return
+    log = logging.getLogger("coderz_backup.cli")
+    if cfg.email.block:
+        print("✗ the failure mail cannot be sent: [email] uses a saved block, and loading it needs the "
+              "Prefect API", file=sys.stderr)
+        return
+    subject, html, text = notify.crash_bodies(dt.datetime.now(dt.timezone.utc), reason, dest=str(cfg.dest))
+    sent = mail.send_with_retries(cfg.email, subject, html, text, log)
+    print(f"Mail: {'sent: ' + subject if sent else 'failed (see above)'}", file=sys.stderr)
 
 
 def cmd_backup(args) -> int:
@@ -293,16 +314,21 @@ def cmd_backup(args) -> int:
     missing = secret_problems(cfg, services)
     if missing:   # before Prefect starts: a backup that cannot log in is not worth 20 s of start-up
         raise ConfigError(cfg.source, missing)
-    _prepare_prefect(args.verbose)
-    from .flows.backup import add_listener, coderz_backup, remove_listener
-
-    progress = _Progress(live=sys.stderr.isatty())
-    add_listener(progress)
     try:
-        state = coderz_backup(dest=args.dest, keep=args.keep, only=args.only, config=args.config,
-                              return_state=True)
-    finally:
-        remove_listener(progress)
+        with _prefect_session(args.verbose):
+            from .flows.backup import add_listener, coderz_backup, remove_listener
+
+            progress = _Progress(live=sys.stderr.isatty())
+            add_listener(progress)
+            try:
+                state = coderz_backup(dest=args.dest, keep=args.keep, only=args.only, config=args.config,
+                                      return_state=True)
+            finally:
+                remove_listener(progress)
+    except OrchestratorError as exc:
+        print(f"✗ backup did not run: {exc}", file=sys.stderr)
+        _mail_orchestrator_down(cfg, str(exc))
+        return EXIT_UNUSABLE
     if progress.summary is None:
         err = state.result(raise_on_failure=False) if state.is_failed() or state.is_crashed() else None
         msg = str(err) if isinstance(err, BaseException) else (state.message or state.name)
@@ -361,7 +387,11 @@ def cmd_restore(args) -> int:
         print("✗ restore needs a confirmation: run it on a terminal to type the snapshot name, or pass --yes. "
               "Nothing was changed.", file=sys.stderr)
         return EXIT_NOT_APPROVED
-    _prepare_prefect(args.verbose)
+    with _prefect_session(args.verbose):   # OrchestratorError: exit 2, nothing changed
+        return _restore_flow(args, snap)
+
+
+def _restore_flow(args, snap) -> int:
     from .flows.backup import add_listener, remove_listener
     from .flows.restore import coderz_restore
 

@@ -11,6 +11,7 @@ where they happen, with a message that says what failed, why, and what to do::
     │   └── LockHeldError             another run holds the destination lock
     ├── SnapshotNotFoundError         no such snapshot / unsafe snapshot name
     ├── AccessError                   a command or file cannot be reached
+    │   └── OrchestratorError         the Prefect API is unreachable, failing or silent
     ├── ArtifactError                 an artifact could not be produced
     │   ├── ProducerError             the producer exited non-zero / timed out
     │   └── IncompleteArtifactError   empty, truncated or without end marker
@@ -34,6 +35,7 @@ __all__ = [
     "LockHeldError",
     "SnapshotNotFoundError",
     "AccessError",
+    "OrchestratorError",
     "ArtifactError",
     "ProducerError",
     "IncompleteArtifactError",
@@ -77,6 +79,11 @@ class SnapshotNotFoundError(CoderzBackupError):
 
 class AccessError(CoderzBackupError):
     """A command, file or container could not be reached."""
+
+
+class OrchestratorError(AccessError):
+    """The Prefect API cannot be used (refused, erroring, silent, or the embedded one did not
+    start): the flow cannot run at all."""
 
 
 class ArtifactError(CoderzBackupError):

@@ -36,7 +36,7 @@ from prefect.runtime import task_run as rt_task_run
 from prefect.states import Failed
 
 from .. import __version__
-from .. import notify, sizecheck
+from .. import mail, notify, sizecheck
 from ..config import Config, ServiceConfig, load
 from ..errors import ConfigError, CoderzBackupError, PartialBackupError, RunFailed, SecretError
 from ..report import render_report
@@ -168,56 +168,9 @@ def publish_report(manifest: dict, snapshot_path: str, key: str = "coderz-backup
 @task(name="send-mail", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 15])
 def send_mail(email_cfg: Any, subject: str, html: str, text: str) -> str:
     """Send one alert mail through prefect-email (retried; never changes the backup's outcome)."""
-    _send(email_cfg, subject, html, text)
+    mail.send(email_cfg, subject, html, text)
     log.info("mail sent to %s: %s", ", ".join(email_cfg.to), subject)
     return subject
-
-
-def _credentials(email_cfg):
-    from prefect_email import EmailServerCredentials
-
-    from ..config import resolve_secret
-
-    if email_cfg.block:
-        return EmailServerCredentials.load(email_cfg.block, _sync=True)
-    kwargs = dict(smtp_server=email_cfg.smtp_host, smtp_port=email_cfg.smtp_port, smtp_type=email_cfg.smtp_type)
-    if email_cfg.username:  # leave unset without AUTH: setting it against such a server fails
-        kwargs.update(username=email_cfg.username,
-                      password=resolve_secret(email_cfg.password, what="email.password") or "")
-    return EmailServerCredentials(**kwargs)
-
-
-def _send(email_cfg, subject: str, html: str, text: str) -> None:
-    import anyio
-    from prefect_email import email_send_message
-
-    if not email_cfg.to:
-        raise ConfigError("email", ["email.to: no recipients configured"])
-    credentials = _credentials(email_cfg)
-    outcome: list[BaseException | None] = []
-
-    def _attempt() -> None:
-        try:
-            anyio.run(lambda: email_send_message.fn(
-                subject=subject, msg=html, msg_plain=text, email_server_credentials=credentials,
-                email_from=email_cfg.from_, email_to=list(email_cfg.to)))
-            outcome.append(None)
-        except BaseException as exc:  # handed to the caller below
-            outcome.append(exc)
-
-    # prefect-email opens smtplib connections without a timeout: a server that accepts and
-    # never answers would hang the run (and the 03:00 schedule behind it) forever. The attempt
-    # runs in a daemon thread that is abandoned after timeout_s.
-    sender = threading.Thread(target=_attempt, name="coderz-send-mail", daemon=True)
-    sender.start()
-    sender.join(email_cfg.timeout_s)
-    if not outcome:
-        where = (f"the SMTP server of block {email_cfg.block!r}" if email_cfg.block
-                 else f"SMTP server {email_cfg.smtp_host}:{email_cfg.smtp_port}")
-        raise TimeoutError(f"{where} did not finish within "
-                           f"{email_cfg.timeout_s:g}s (email.timeout_s)")
-    if outcome[0] is not None:
-        raise outcome[0]
 
 
 def _mail_outcome(cfg: Config, manifest: dict, snapshot_path: str) -> str:
@@ -254,16 +207,8 @@ def _alert_hook(flow, flow_run, state) -> None:
     when = flow_run.start_time or flow_run.expected_start_time or dt.datetime.now(dt.timezone.utc)
     subject, html, text = notify.crash_bodies(when, state.message or state.name, flow_run=flow_run.name,
                                               dest=str(cfg.dest))
-    for attempt in range(cfg.email.retries + 1):
-        try:
-            _send(cfg.email, subject, html, text)
-            _mailed_runs.add(run_id)
-            log.info("failure mail sent: %s", subject)
-            return
-        except Exception as exc:  # noqa: BLE001 - a hook must not raise
-            log.error("failure mail attempt %d failed: %s", attempt + 1, exc)
-            if attempt < cfg.email.retries:
-                time.sleep((cfg.email.retry_delay_s or [0])[min(attempt, len(cfg.email.retry_delay_s or [0]) - 1)])
+    if mail.send_with_retries(cfg.email, subject, html, text, log):
+        _mailed_runs.add(run_id)
 
 
 # -- the flow -----------------------------------------------------------------------

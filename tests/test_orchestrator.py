@@ -1,0 +1,144 @@
+"""The CLI and its Prefect API: the embedded server (the README's main job) and an API that is
+down, failing or silent. Nothing may hang, and nothing may be left running."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from helpers import decoded_subject, run_cli, with_email
+
+
+def _servers_of(home) -> list[psutil.Process]:
+    """Prefect API processes started for PREFECT_HOME ``home``."""
+    out = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "prefect.server.api.server:create_app" in " ".join(proc.info["cmdline"] or []) and \
+                    proc.environ().get("PREFECT_HOME") == str(home):
+                out.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """One PREFECT_HOME for the embedded-API tests (its database is built once, ~20 s)."""
+    return tmp_path_factory.mktemp("embedded") / "prefect-home"
+
+
+def _embedded_env(stack, home) -> dict:
+    env = {k: v for k, v in stack.env.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(home)
+    return env
+
+
+def test_backup_on_the_embedded_api_leaves_nothing_running(stack, home):
+    env = _embedded_env(stack, home)
+    # as `coderz-backup backup | tee backup.txt` would: the pipe must end when the CLI ends
+    proc = subprocess.Popen([sys.executable, "-m", "coderz_backup", "backup", "--config", str(stack.config)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert "║ ✓ Passed : 4" in out
+    assert stack.manifest()["flow_run_id"]
+    assert (home / "prefect.db").exists()          # the run went to the embedded API
+    assert _servers_of(home) == []
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_cli_stops_its_embedded_server_and_releases_the_callers_pipe(stack, home, how):
+    env = _embedded_env(stack, home)
+    proc = subprocess.Popen([sys.executable, "-m", "coderz_backup", "backup", "--config", str(stack.config)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not _servers_of(home) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert _servers_of(home), "the embedded server never started"
+    proc.send_signal(how)
+    eof = threading.Event()
+    threading.Thread(target=lambda: (proc.stdout.read(), eof.set()), daemon=True).start()
+    # EOF: no process left behind holds the caller's pipe (a `| tee`, cron's capture would hang)
+    released = eof.wait(60)
+    proc.wait(timeout=60)
+    leftover = _servers_of(home)
+    for p in leftover:   # never leave one behind for the rest of the suite
+        p.kill()
+    assert released, f"the caller's pipe is still held open by {leftover}"
+    if how == signal.SIGTERM:
+        assert proc.returncode != 0
+    deadline = time.monotonic() + 20
+    while _servers_of(home) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _servers_of(home) == []
+
+
+class _Silent:
+    """Accepts connections and never answers (a black-holed API)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.conns.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+
+class _Erroring(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        self.send_response(500)
+        self.end_headers()
+        self.wfile.write(b"Internal Server Error")
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.mark.parametrize("api", ["dead", "erroring", "silent"])
+def test_an_unusable_api_is_exit_2_with_one_clear_line_and_the_red_mail(stack, smtp, api):
+    from coderz_backup.sandbox import free_port
+
+    with_email(stack, smtp.port)
+    keep = None
+    if api == "dead":
+        port = free_port()
+    elif api == "silent":
+        keep = _Silent()
+        port = keep.port
+    else:
+        keep = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Erroring)
+        threading.Thread(target=keep.serve_forever, daemon=True).start()
+        port = keep.server_address[1]
+    url = f"http://127.0.0.1:{port}/api"
+    env = dict(stack.env, PREFECT_API_URL=url, CODERZ_BACKUP_API_TIMEOUT_S="2")
+    start = time.monotonic()
+    res = run_cli(["backup", "--config", str(stack.config)], env, timeout=120)
+    assert time.monotonic() - start < 60
+    assert res.returncode == 2, res.stdout + res.stderr
+    [line] = [ln for ln in res.stderr.splitlines() if ln.startswith("✗")]
+    assert line.startswith(f"✗ backup did not run: the Prefect API at PREFECT_API_URL={url} is not usable: ")
+    assert {"dead": "cannot connect", "erroring": "/health answered HTTP 500",
+            "silent": "no answer within 2s"}[api] in line
+    assert "Traceback" not in res.stderr
+    [(rcpts, msg)] = smtp.messages
+    assert decoded_subject(msg).startswith("🔴 Coderz Backup FAILED on ")
+    assert "PREFECT_API_URL" in msg.get_body(("plain",)).get_content()
+    assert not stack.dest.exists()
