@@ -84,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="accept a snapshot without a signature (made before signed manifests), with a warning")
 
     r = sub.add_parser("restore", help="restore a snapshot (asks to confirm first)",
-                       description="Run flow `coderz-restore`: verify the snapshot, show the plan, ask the "
+                       description="Run flow `coderz-restore`: check the snapshot's signature (this host's key "
+                                   "or trusted_keys), verify it, show the plan, ask the "
                                    "operator to type the snapshot name (or take --yes), back up the current "
                                    "state into <dest>/safety-backups, then restore: containers that must be "
                                    "down (a service's own, its stop_containers) are stopped, the services "
@@ -286,7 +287,19 @@ def _prefect_session(verbose: bool):
                 for h in logging.getLogger(name).handlers:
                     if type(h).__name__ == "PrefectConsoleHandler":
                         h.setLevel(logging.WARNING)
-        yield
+        try:
+            yield
+        finally:  # ship the last log lines and events while the API is still there
+            _drain_prefect()
+
+
+def _drain_prefect() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=10)
 
 
 def _mail_orchestrator_down(cfg: Config, reason: str) -> None:

@@ -470,6 +470,7 @@ dest = "{dest}"
 keep_days = 7
 retries = 1
 retry_delay_s = [2]
+signing_key = "{work / 'keys' / 'signing.key'}"   # the sandbox's own (a host's lives in /opt/coderz/backup/keys)
 
 [services.postgres-prefect]
 kind = "postgres"
