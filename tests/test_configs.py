@@ -145,22 +145,12 @@ CONF = "/opt/coderz/configs"
 
 
 def _archive(path, members):
-    """members: (kind, name, data-or-linkname) with kind file | dir | sym | hard."""
+    """members: (kind, name, data-or-linkname) with kind file | dir | sym | hard, gzipped."""
     import gzip
 
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for kind, name, data in members:
-            info = tarfile.TarInfo(name)
-            if kind == "file":
-                info.size = len(data.encode())
-                tar.addfile(info, io.BytesIO(data.encode()))
-                continue
-            info.type = {"dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE}[kind]
-            info.mode = 0o755 if kind == "dir" else 0o644
-            info.linkname = data or ""
-            tar.addfile(info)
-    path.write_bytes(gzip.compress(buf.getvalue()))
+    from helpers import tar_bytes
+
+    path.write_bytes(gzip.compress(tar_bytes([(k, n, d or "") for k, n, d in members])))
 
 
 def _svc():

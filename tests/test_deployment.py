@@ -55,6 +55,17 @@ def _forget(pool: str, deployment: str | None = None) -> None:
             pass
 
 
+def _worker_run_once(stack) -> str:
+    """`prefect worker start --pool coderz-backup --run-once` with the host's environment (config
+    path + the secrets the config refers to); its log, also in worker.log."""
+    worker_env = dict(stack.env, CODERZ_BACKUP_CONFIG=str(stack.config))
+    worker = _prefect(["worker", "start", "--pool", POOL, "--run-once"], env=worker_env, timeout=400)
+    log = worker.stdout + worker.stderr
+    (stack.root / "worker.log").write_text(log)
+    assert worker.returncode == 0, log[-3000:]
+    return log
+
+
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="coderz-backup")
     register_cli(parser.add_subparsers(dest="command"))
@@ -209,11 +220,7 @@ def test_deploy_needs_the_pool_then_a_worker_runs_the_daily_backup(stack, smtp):
     assert dep.concurrency_options.collision_strategy.value == "CANCEL_NEW"
 
     # 4. a worker with the host's environment: config path + the secrets the config refers to
-    worker_env = dict(stack.env, CODERZ_BACKUP_CONFIG=str(stack.config))
-    worker = _prefect(["worker", "start", "--pool", POOL, "--run-once"], env=worker_env, timeout=400)
-    log = worker.stdout + worker.stderr
-    (stack.root / "worker.log").write_text(log)
-    assert worker.returncode == 0, log[-3000:]
+    log = _worker_run_once(stack)
 
     with _client() as c:
         runs = {rid: c.read_flow_run(rid) for rid in run_ids}
@@ -464,11 +471,7 @@ def test_the_scheduler_creates_the_0300_utc_runs_and_a_worker_executes_a_schedul
         "force": True})
     assert resp.status_code in (200, 201) and resp.json()["status"] == "ACCEPT", resp.text
 
-    worker_env = dict(stack.env, CODERZ_BACKUP_CONFIG=str(stack.config))
-    worker = _prefect(["worker", "start", "--pool", POOL, "--run-once"], env=worker_env, timeout=400)
-    log = worker.stdout + worker.stderr
-    (stack.root / "worker.log").write_text(log)
-    assert worker.returncode == 0, log[-3000:]
+    log = _worker_run_once(stack)
 
     with _client() as c:
         done = c.read_flow_run(run["id"])
