@@ -165,11 +165,14 @@ class Authenticity:
     key: str | None = None     # the public key that signed it
     own: bool = False          # signed by this host's key
 
-    def describe(self) -> str:
+    def describe(self, short: bool = False) -> str:
+        """One line for verify, the plan and the report (``short``: the key abbreviated, so the
+        line wraps in the UI's narrow approval dialog)."""
         if not self.signed:
             return ("UNSIGNED — accepted only because of --allow-unsigned; nothing vouches that this host "
                     "wrote it")
-        return f"signature ok ({'this host' if self.own else 'trusted key'} {self.key})"
+        key = f"{self.key[:20]}…" if short and self.key else self.key
+        return f"signature ok ({'this host' if self.own else 'trusted key'} {key})"
 
 
 def authenticate(folder: Path, manifest_bytes: bytes | None, *, own_key: str | None, trusted: list[str],

@@ -301,6 +301,7 @@ def test_restore_deployment_pauses_and_an_operator_approves_it_in_the_prefect_ui
             "description": "Type the snapshot name (YYYY-MM-DD_HH-MM-SS) to confirm"}
         plan = prefect_api("GET", f"flow_runs/{run_id}/input/{keys['description']}").json()
         assert f"Restore plan: snapshot `{snapshot}`" in plan and "**redis** — `redis.rdb`" in plan
+        assert "- Authenticity: signature ok (this host ed25519:" in plan
 
         with chromium() as page:
             ui = os.environ["PREFECT_API_URL"].removesuffix("/api")
@@ -396,11 +397,21 @@ def _run_log(run_id: str) -> list[str]:
     """The messages of a flow run's log, as the UI shows them (oldest first)."""
     import time
 
-    time.sleep(1)  # the last records are shipped in batches
-    resp = prefect_api("POST", "logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
-                                                    "sort": "TIMESTAMP_ASC", "limit": 200, "offset": 0})
-    resp.raise_for_status()
-    return [entry["message"] for entry in resp.json()]
+    def read() -> list[str]:
+        resp = prefect_api("POST", "logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
+                                                        "sort": "TIMESTAMP_ASC", "limit": 200, "offset": 0})
+        resp.raise_for_status()
+        return [entry["message"] for entry in resp.json()]
+
+    # the last records arrive in batches: read until two reads 1.5 s apart agree (at most 20 s)
+    messages, deadline = read(), time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(1.5)
+        again = read()
+        if again == messages:
+            break
+        messages = again
+    return messages
 
 
 def _artifacts(run_id: str) -> list[dict]:

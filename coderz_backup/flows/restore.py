@@ -144,7 +144,7 @@ def _plan(snap, entries, cfg, lacking, safety: bool, auth=None) -> str:
              f"- Snapshot status: **{snap.status}**, taken {age.days} day(s) "
              f"{age.seconds // 3600} hour(s) ago, folder `{snap.path}`"]
     if auth is not None:
-        lines.append(f"- Authenticity: {auth.describe()}" if auth.signed else f"- ⚠ **{auth.describe()}**")
+        lines.append(f"- Authenticity: {auth.describe(short=True)}" if auth.signed else f"- ⚠ **{auth.describe()}**")
     if lacking:
         lines.append(f"- Not in this snapshot (left as they are): {', '.join(lacking)}")
     lines.append(f"- Safety backup first: {'yes, into ' + str(cfg.dest / SAFETY_DIR) if safety else '**no**'}")
