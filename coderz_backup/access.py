@@ -308,7 +308,7 @@ class LocalAccess:
             raise AccessError(f"{path}: no such folder to restore into")
         root = os.path.realpath(path)
         count = 0
-        links: set[str] = set()
+        links = SeenMembers()
 
         def _safe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
             nonlocal count
@@ -377,6 +377,15 @@ def tar_of_file(path: str | Path, arcname: str, *, mode: int = 0o600) -> Iterato
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, isal_zlib.error)
 
 
+class SeenMembers(set):
+    """Per-archive state for :func:`check_member`: the archive's symlinks (the set itself) and
+    the regular files it held so far (``files``, the only allowed hard-link targets)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: set[str] = set()
+
+
 def check_member(member: tarfile.TarInfo, root: str, links: set[str] | None = None) -> None:
     """Raise tarfile.FilterError when ``member`` could write outside ``root``.
 
@@ -386,7 +395,9 @@ def check_member(member: tarfile.TarInfo, root: str, links: set[str] | None = No
     alone (before Python 3.11.13 its realpath checks can be bypassed with symlink chains
     deeper than PATH_MAX, CVE-2025-4517), link targets are also checked as text. With
     ``links`` (one set per archive) a member may not pass through, replace or hard-link to a
-    symlink that came earlier in the same archive.
+    symlink that came earlier in the same archive. With a :class:`SeenMembers` a hard link must
+    point to a regular file that came earlier in the same archive (never to a file that was
+    already on disk: writing the member after it would change that file).
     """
     name = member.name.rstrip("/")
     if name.startswith("/"):
@@ -414,6 +425,12 @@ def check_member(member: tarfile.TarInfo, root: str, links: set[str] | None = No
             raise tarfile.LinkOutsideDestinationError(member, member.linkname)
         if member.issym():
             links.add(name)
+        if isinstance(links, SeenMembers):
+            if member.islnk() and os.path.normpath(member.linkname.rstrip("/")) not in links.files:
+                raise tarfile.LinkOutsideDestinationError(
+                    member, f"{member.linkname} (a hard link must point to a file earlier in the same archive)")
+            if member.isfile():
+                links.files.add(os.path.normpath(name))
     tarfile.data_filter(member, root)
 
 

@@ -43,7 +43,7 @@ import time
 import uuid
 from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
 
-from .access import CHUNK, ChunkReader, CommandStream, LocalAccess, check_member
+from .access import CHUNK, ChunkReader, CommandStream, LocalAccess, SeenMembers, check_member
 from .errors import AccessError, ProducerError
 
 __all__ = ["DockerAccess", "PrefixAccess", "docker_client"]
@@ -538,7 +538,7 @@ class DockerAccess(_ShellFileOps):
                 with os.fdopen(w, "wb", buffering=CHUNK) as wf, \
                         tarfile.open(fileobj=ChunkReader(chunks), mode="r|") as src, \
                         tarfile.open(fileobj=wf, mode="w|", format=tarfile.PAX_FORMAT) as dst:
-                    links: set[str] = set()
+                    links = SeenMembers()
                     for member in src:
                         check_member(member, "/restore-check", links)
                         dst.addfile(member, src.extractfile(member) if member.isfile() else None)
@@ -758,7 +758,7 @@ class PrefixAccess(_ShellFileOps, LocalAccess):
                     with os.fdopen(w, "wb", buffering=CHUNK) as wf, \
                             tarfile.open(fileobj=ChunkReader(chunks), mode="r|") as src, \
                             tarfile.open(fileobj=wf, mode="w|", format=tarfile.PAX_FORMAT) as dst:
-                        links: set[str] = set()
+                        links = SeenMembers()
                         for member in src:
                             check_member(member, "/restore-check", links)
                             dst.addfile(member, src.extractfile(member) if member.isfile() else None)

@@ -111,3 +111,26 @@ def test_untar_keeps_ordinary_relative_links(tmp_path):
                                                    ("file", "releases/v2/app.conf", "a=1"),
                                                    ("sym", "current", "releases/v2")])])
     assert n == 4 and (root / "current" / "app.conf").read_text() == "a=1"
+
+
+def test_a_data_dir_tarball_never_hard_links_to_a_file_it_did_not_bring(tmp_path):
+    """A hard link to a file already in the folder (e.g. the old data kept inside a container's
+    data dir), followed by a member of the same name, would rewrite that file: refused before
+    it is written; a hard link to a file of the same archive is fine."""
+    from helpers import tar_bytes
+
+    from coderz_backup.access import LocalAccess
+    from coderz_backup.errors import AccessError
+
+    root = tmp_path / "data"
+    (root / ".coderz-old-20260306").mkdir(parents=True)
+    victim = root / ".coderz-old-20260306" / "wal"
+    victim.write_text("the old data\n")
+    evil = tar_bytes([("hard", "wal", ".coderz-old-20260306/wal"), ("file", "wal", "overwritten\n")])
+    with pytest.raises(AccessError, match="a hard link must point to a file earlier in the same archive"):
+        LocalAccess().untar_into(str(root), [evil])
+    assert victim.read_text() == "the old data\n" and not (root / "wal").exists()
+
+    ok = tar_bytes([("file", "a", "x\n"), ("hard", "b", "a")])
+    assert LocalAccess().untar_into(str(root), [ok]) == 2
+    assert os.path.samefile(root / "a", root / "b")

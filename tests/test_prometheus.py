@@ -6,6 +6,7 @@ Also through Docker: the same module streams the snapshot folder out of a
 
 from __future__ import annotations
 
+import json
 import tarfile
 import time
 
@@ -182,3 +183,23 @@ def test_a_prometheus_without_any_data_gives_an_ok_empty_snapshot(tmp_path):
         srv.stop()
     assert res.status == "ok" and res.details["blocks"] == 0 and "no samples" in res.details["note"]
     assert "no TSDB block" in svc.verify(tmp_path / "snap" / res.path)
+
+
+@pytest.mark.parametrize("member", [("sym", "01HZZZZZZZZZZZZZZZZZZZZZZZ/chunks", "/etc"),
+                                    ("sym", "01HZZZZZZZZZZZZZZZZZZZZZZZ/up", "../../.."),
+                                    ("hard", "01HZZZZZZZZZZZZZZZZZZZZZZZ/index", "../outside")])
+def test_verify_refuses_what_the_restore_would_refuse(tmp_path, member):
+    """verify == restore: a snapshot tarball with a link out of the data dir fails verify, not
+    half-way through a restore."""
+    import gzip
+
+    from helpers import tar_bytes
+
+    from coderz_backup.services.prometheus import read_blocks
+
+    meta = json.dumps({"ulid": "01HZZZZZZZZZZZZZZZZZZZZZZZ", "minTime": 0, "maxTime": 1})
+    evil = tmp_path / "prometheus-snapshot.tar.gz"
+    evil.write_bytes(gzip.compress(tar_bytes([("dir", "01HZZZZZZZZZZZZZZZZZZZZZZZ", ""),
+                                              ("file", "01HZZZZZZZZZZZZZZZZZZZZZZZ/meta.json", meta), member])))
+    with pytest.raises(VerifyError, match="unsafe member"):
+        read_blocks(evil)

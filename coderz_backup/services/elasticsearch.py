@@ -60,7 +60,7 @@ from typing import Any, ClassVar
 import httpx
 from isal import igzip
 
-from ..access import ARCHIVE_ERRORS, CHUNK, check_member
+from ..access import ARCHIVE_ERRORS, CHUNK, SeenMembers, check_member
 from ..config import ElasticsearchConfig, resolve_secret
 from ..errors import (
     AccessError,
@@ -583,7 +583,7 @@ class ElasticsearchService(BaseService):
         n = 0
         try:
             with igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
-                links: set[str] = set()
+                links = SeenMembers()
                 for member in tar:
                     check_member(member, "/restore-check", links)
                     if member.isfile():

@@ -54,7 +54,7 @@ from typing import Any, ClassVar
 import httpx
 from isal import igzip
 
-from ..access import ARCHIVE_ERRORS, CHUNK, LocalAccess, check_member
+from ..access import ARCHIVE_ERRORS, CHUNK, LocalAccess, SeenMembers, check_member
 from ..config import GrafanaConfig, resolve_secret
 from ..errors import (
     AccessError,
@@ -577,7 +577,7 @@ class GrafanaService(BaseService):
         try:
             with tempfile.TemporaryDirectory(prefix="coderz-grafana-verify-") as tmp, \
                     igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
-                links: set[str] = set()
+                links = SeenMembers()
                 for member in tar:
                     check_member(member, "/restore-check", links)
                     if member.isfile():

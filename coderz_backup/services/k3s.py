@@ -41,7 +41,7 @@ from typing import ClassVar
 
 from isal import igzip
 
-from ..access import ARCHIVE_ERRORS, CHUNK, LocalAccess, check_member
+from ..access import ARCHIVE_ERRORS, CHUNK, LocalAccess, SeenMembers, check_member
 from ..errors import (AccessError, ArtifactError, CoderzBackupError, IncompleteArtifactError, ProducerError,
                       RestoreError, VerifyError)
 from ..writer import ArtifactWriter, write_stream
@@ -187,7 +187,7 @@ class K3sService(BaseService):
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 with igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
-                    links: set[str] = set()
+                    links = SeenMembers()
                     for member in tar:
                         check_member(member, "/restore-check", links)
                         names.add(member.name)

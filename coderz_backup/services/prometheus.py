@@ -41,7 +41,7 @@ from typing import ClassVar
 import httpx
 from isal import igzip
 
-from ..access import ARCHIVE_ERRORS, CHUNK
+from ..access import ARCHIVE_ERRORS, CHUNK, SeenMembers, check_member
 from ..errors import AccessError, ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
 from ..writer import ArtifactWriter
 from .base import ArtifactResult, BaseService
@@ -62,12 +62,17 @@ def read_blocks(artifact: Path, *, allow_empty: bool = False) -> dict[str, dict]
     """
     blocks: dict[str, dict] = {}
     dirs: set[str] = set()
+    seen = SeenMembers()
     try:
         with igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
             for member in tar:
                 name = member.name[2:] if member.name.startswith("./") else member.name
                 if name.startswith("/") or ".." in name.split("/"):
                     raise VerifyError(f"{artifact.name}: unsafe member {member.name!r}")
+                try:   # the same member check the restore applies (untar_into): verify == restore
+                    check_member(member, "/restore-check", seen)
+                except tarfile.FilterError as exc:
+                    raise VerifyError(f"{artifact.name}: unsafe member: {exc}") from None
                 top = name.split("/")[0]
                 if ULID.match(top):
                     dirs.add(top)
