@@ -57,7 +57,7 @@ def test_backup_on_the_embedded_api_leaves_nothing_running(stack, home):
     assert _servers_of(home) == []
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_a_killed_cli_stops_its_embedded_server_and_releases_the_callers_pipe(stack, home, how):
     env = _embedded_env(stack, home)
     proc = subprocess.Popen([sys.executable, "-m", "coderz_backup", "backup", "--config", str(stack.config)],
