@@ -253,6 +253,13 @@ def test_deploy_needs_the_pool_then_a_worker_runs_the_daily_backup(stack, smtp):
     assert sorted(t["name"] for t in resp.json()) == sorted(
         ["backup-postgres-prefect", "backup-postgres-coderapi", "backup-redis", "backup-configs", "size-check",
          "publish-report", "send-mail"])
+    # the service tasks ran concurrently: together they took longer than the span they ran in
+    import datetime as dt
+
+    spans = [(dt.datetime.fromisoformat(t["start_time"]), dt.datetime.fromisoformat(t["end_time"]))
+             for t in resp.json() if t["name"].startswith("backup-")]
+    wall = max(e for _, e in spans) - min(b for b, _ in spans)
+    assert sum(((e - b) for b, e in spans), dt.timedelta()) > wall, spans
 
 
 def test_restore_deployment_pauses_and_an_operator_approves_it_in_the_prefect_ui(stack, redis_server):
