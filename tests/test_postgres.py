@@ -256,3 +256,21 @@ def test_psql_without_restrict_is_refused_before_anything_changes():
     assert psql_can_restrict("psql (PostgreSQL) 18.1") and psql_can_restrict("psql (PostgreSQL) 16.10")
     assert not psql_can_restrict("psql (PostgreSQL) 15.13") and not psql_can_restrict("psql (PostgreSQL) 12.22")
     assert not psql_can_restrict("")
+
+
+def test_the_psql_stream_is_the_same_however_the_dump_is_cut():
+    """Chunk boundaries anywhere (inside a line, inside COPY data, at its end) change nothing."""
+    from coderz_backup.services.postgres import psql_stream
+
+    dump = (b"--\n-- PostgreSQL database dump\n--\n\n\\restrict K1\n\nSET x = 0;\n"
+            b"COPY public.t (v) FROM stdin;\n\\restrict abc\n\\\\! rm\nplain\n\\.\n"
+            b"CREATE INDEX i ON public.t (v);\nCOPY public.u (v) FROM stdin;\n1\n\\.\n"
+            b"\n--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict K1\n")
+    whole = b"".join(psql_stream([dump], "OURS"))
+    assert whole.startswith(b"\\restrict OURS\n") and b"K1" not in whole
+    assert b"\n\\restrict abc\n\\\\! rm\n" in whole                       # COPY data kept as it is
+    assert whole.replace(b"\\restrict OURS\n", b"", 1) == dump.replace(b"\\restrict K1\n", b"").replace(
+        b"\\unrestrict K1\n", b"")
+    for size in (1, 2, 3, 7, 13, 64):
+        pieces = [dump[i:i + size] for i in range(0, len(dump), size)]
+        assert b"".join(psql_stream(pieces, "OURS")) == whole, size
