@@ -246,18 +246,27 @@ def test_deploy_needs_the_pool_then_a_worker_runs_the_daily_backup(stack, smtp):
     assert decoded_subject(msg).startswith("✅ Coderz Backup — OK (") and "ops@coderz.local" in rcpts
     assert set(mail_parts(msg)) == {"text/plain", "text/html"}
     assert {a["key"] for a in _artifacts(run_id)} >= {"coderz-backup-report", "coderz-backup-artifacts"}
-    # the task runs under the names the README gives (no suffix added by Prefect)
-    resp = prefect_api("POST", "task_runs/filter", json={"task_runs": {}, "flow_runs": {"id": {"any_": [run_id]}},
-                                                         "limit": 50, "offset": 0})
-    resp.raise_for_status()
-    assert sorted(t["name"] for t in resp.json()) == sorted(
+    # the task runs under the names the README gives (no suffix added by Prefect); the server
+    # records task-run states from events, a moment after the run: read until all are final
+    import datetime as dt
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        resp = prefect_api("POST", "task_runs/filter", json={"task_runs": {},
+                                                             "flow_runs": {"id": {"any_": [run_id]}},
+                                                             "limit": 50, "offset": 0})
+        resp.raise_for_status()
+        tasks = resp.json()
+        if (len(tasks) >= 7 and all(t["end_time"] for t in tasks)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert sorted(t["name"] for t in tasks) == sorted(
         ["backup-postgres-prefect", "backup-postgres-coderapi", "backup-redis", "backup-configs", "size-check",
          "publish-report", "send-mail"])
     # the service tasks ran concurrently: together they took longer than the span they ran in
-    import datetime as dt
-
     spans = [(dt.datetime.fromisoformat(t["start_time"]), dt.datetime.fromisoformat(t["end_time"]))
-             for t in resp.json() if t["name"].startswith("backup-")]
+             for t in tasks if t["name"].startswith("backup-")]
     wall = max(e for _, e in spans) - min(b for b, _ in spans)
     assert sum(((e - b) for b, e in spans), dt.timedelta()) > wall, spans
 
