@@ -198,18 +198,23 @@ class PostgresService(BaseService):
         head = bytearray()
         tail = b""
         raw = 0
-        for chunk in read_gzip_chunks(artifact):
-            if len(head) < 4096:
-                head += chunk[: 4096 - len(head)]
-            tail = (tail + chunk)[-65536:]
-            raw += len(chunk)
-        if raw == 0:
-            raise VerifyError(f"{artifact.name}: empty dump")
+
+        def _tap(chunks):   # one decompression for both checks: the ends, and the meta-commands
+            nonlocal head, tail, raw
+            for chunk in chunks:
+                if len(head) < 4096:
+                    head += chunk[: 4096 - len(head)]
+                tail = (tail + chunk)[-65536:]
+                raw += len(chunk)
+                yield chunk
+
         try:
-            for _ in psql_stream(read_gzip_chunks(artifact)):
+            for _ in psql_stream(_tap(read_gzip_chunks(artifact))):
                 pass
         except VerifyError as exc:
-            raise VerifyError(f"{artifact.name}: {exc}") from None
+            raise VerifyError(str(exc) if str(exc).startswith(artifact.name) else f"{artifact.name}: {exc}") from None
+        if raw == 0:
+            raise VerifyError(f"{artifact.name}: empty dump")
         try:
             check_dump(StreamEnds(bytes(head), tail, raw))
         except IncompleteArtifactError as exc:
