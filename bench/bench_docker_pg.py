@@ -43,7 +43,7 @@ def main() -> int:
     import docker_engine as de
     from pydantic import SecretStr
 
-    from coderz_backup.config import PostgresConfig
+    from coderz_backup.services.postgres import PostgresConfig
     from coderz_backup.services import create
 
     why = de.availability()

@@ -51,7 +51,7 @@ def child_main(port: int, out_dir: str, pg_dump: str, result_file: str) -> int:
     from pydantic import SecretStr
 
     from coderz_backup.access import LocalAccess
-    from coderz_backup.config import PostgresConfig
+    from coderz_backup.services.postgres import PostgresConfig
     from coderz_backup.services.postgres import PostgresService
 
     imported = time.monotonic()

@@ -14,7 +14,7 @@ where they happen, with a message that says what failed, why, and what to do::
     │   └── OrchestratorError         the Prefect API is unreachable, failing or silent
     ├── ArtifactError                 an artifact could not be produced
     │   ├── ProducerError             the producer exited non-zero / timed out
-    │   └── IncompleteArtifactError   empty, truncated or without end marker
+    │   ├── IncompleteArtifactError   empty, truncated or without end marker
     │   └── PartialBackupError        some artifacts of one service written, others failed
     ├── VerifyError                   an artifact on disk fails its checks
     │   └── SignatureError            a snapshot is unsigned, signed by an unknown key, or altered
@@ -48,7 +48,21 @@ __all__ = [
 
 
 class CoderzBackupError(Exception):
-    """Base of every error coderz-backup raises on purpose."""
+    """Base of every error coderz-backup raises on purpose.
+
+    A service backup that fails carries, for the report, what its last attempt achieved —
+    set by :func:`~coderz_backup.services.base.backup_each` and the backup task, read by the
+    flow (attributes, not constructor arguments, so every subclass keeps its own signature
+    and the exception pickles like any other):
+
+    - ``attempts``: how many attempts were made (None: not known);
+    - ``results``: the ArtifactResults written (or skipped) by the last attempt;
+    - ``failed``: each failed artifact path → its own reason.
+    """
+
+    attempts: int | None = None
+    results: tuple = ()
+    failed: dict = {}   # never mutated: replaced as a whole
 
 
 class ConfigError(CoderzBackupError):
@@ -99,15 +113,8 @@ class IncompleteArtifactError(ArtifactError):
 
 
 class PartialBackupError(ArtifactError):
-    """Some artifacts of a service were written, others failed (the message says which and why).
-
-    ``results`` holds the written (and skipped) ArtifactResults, ``failed`` maps each failed
-    artifact path to its error. Attributes are set after construction so the exception
-    survives pickling like any other.
-    """
-
-    results: list = []
-    failed: dict = {}
+    """Some artifacts of a service were written, others failed (the message says which and why);
+    ``results`` and ``failed`` (see :class:`CoderzBackupError`) say which."""
 
 
 class VerifyError(CoderzBackupError):

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass
 from .config import KIND_MODELS, Config
 from .errors import CoderzBackupError, VerifyError
 from .services import REGISTRY
+from .reader import SnapshotReader
 from .signing import Authenticity, authenticate, load_signer
 from .snapshot import SnapshotInfo
-from .writer import sha256_file
 
 __all__ = ["ArtifactCheck", "authenticate_snapshot", "own_public_key", "verify_artifact", "verify_snapshot"]
 
@@ -53,23 +53,27 @@ def _service_for(entry: dict, cfg: Config | None):
     return cls(name=entry["service"], config=svc_cfg, access=None)
 
 
-def verify_artifact(snap: SnapshotInfo, entry: dict, cfg: Config | None = None) -> str:
-    """Raise VerifyError unless the artifact matches the manifest and passes its format check."""
-    path = snap.path / entry["path"]
-    files = entry.get("files") or []
-    targets = [(snap.path / f["path"], f) for f in files] if files else [(path, entry)]
-    for file_path, rec in targets:
-        if not file_path.is_file() or file_path.is_symlink():
-            raise VerifyError(f"{rec['path']}: missing from {snap.path}")
-        size, digest = sha256_file(file_path)
-        if size != rec.get("bytes"):
-            raise VerifyError(f"{rec['path']}: {size} bytes on disk, the manifest says {rec.get('bytes')}")
-        if digest != rec.get("sha256"):
-            raise VerifyError(f"{rec['path']}: sha256 differs from the manifest (the file was changed or damaged)")
+def verify_artifact(snap: SnapshotInfo, entry: dict, cfg: Config | None = None,
+                    reader: SnapshotReader | None = None) -> str:
+    """Raise VerifyError unless the artifact matches the manifest and passes its format check.
+
+    Every file is read once, through the reader: first its presence and size (nothing read),
+    then the service's format check reading the decoded bytes (sha256 compared at each file's
+    end), then the sha256 of any file the check did not read. A format error on bytes that
+    differ from the manifest is reported as that difference."""
+    reader = reader or SnapshotReader(snap.path, snap.manifest or {})
+    reader.presence(entry)
     svc = _service_for(entry, cfg)
     if svc is None:
+        reader.check(entry)
         return "sha256 matches the manifest (no format check for this kind in this version)"
-    return f"sha256 ok; {svc.verify(path)}"
+    try:
+        detail = svc.verify(reader.artifact(entry))
+    except VerifyError:
+        reader.check(entry, again=False)   # changed bytes are the cause to report
+        raise
+    reader.check(entry, again=False)
+    return f"sha256 ok; {detail}"
 
 
 def verify_snapshot(snap: SnapshotInfo, cfg: Config | None = None, only: list[str] | None = None, *,
@@ -81,11 +85,13 @@ def verify_snapshot(snap: SnapshotInfo, cfg: Config | None = None, only: list[st
     if snap.manifest is None:
         raise VerifyError(f"{snap.path}: manifest.json is missing or unreadable")
     out = []
+    reader = SnapshotReader(snap.path, snap.manifest)
     for entry in snap.manifest.get("artifacts", []):
         if entry.get("status") != "ok" or (only and entry["service"] not in only):
             continue
         try:
-            out.append(ArtifactCheck(entry["service"], entry["path"], True, verify_artifact(snap, entry, cfg)))
+            out.append(ArtifactCheck(entry["service"], entry["path"], True,
+                                     verify_artifact(snap, entry, cfg, reader)))
         except CoderzBackupError as exc:
             out.append(ArtifactCheck(entry["service"], entry["path"], False, str(exc)))
         except OSError as exc:

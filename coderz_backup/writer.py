@@ -2,8 +2,11 @@
 
 Every artifact is written through :class:`ArtifactWriter`::
 
-    producer chunks → [gzip (isal)] → sha256 + byte count → <dir>/.<name>.partial
-                                                         → fsync, 0600, rename to <name>
+    producer chunks → codec chain (gzip for *.gz) → sha256 + byte count → <dir>/.<name>.partial
+                                                                       → fsync, 0600, rename to <name>
+
+The codec chain follows from the artifact's name (:func:`coderz_backup.codecs.chain_for`);
+:mod:`coderz_backup.reader` undoes the same chain when the artifact is read back.
 
 It keeps only the first and last few KiB of the *uncompressed* stream so a check can
 look for completeness markers (pg_dump's header and trailer, an RDB's CRC), so memory
@@ -22,15 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from isal import isal_zlib
-
 from .access import Access, CHUNK
+from .codecs import GZIP_LEVEL, chain_for
 from .errors import ArtifactError, IncompleteArtifactError, StoreError
 from .snapshot import fsync_dir
 
 __all__ = ["FileRecord", "StreamEnds", "ArtifactWriter", "write_stream", "write_command", "GZIP_LEVEL"]
 
-GZIP_LEVEL = 1  # isal level 1: ~1.5 GB/s on a pg_dump stream, ratio close to zlib-6
 _KEEP = 64 * 1024
 
 
@@ -64,10 +65,11 @@ class ArtifactWriter:
     """A file-like sink for one artifact; see the module docstring.
 
     ``observe`` (optional) is called with every uncompressed chunk, e.g. to compute a
-    CRC over the stream without a second read.
+    CRC over the stream without a second read. ``compress`` states what the caller expects
+    of the name's codec chain (a ``.gz`` name is compressed); a mismatch is a programming error.
     """
 
-    def __init__(self, root: Path, relpath: str, *, compress: bool, check: Check | None = None,
+    def __init__(self, root: Path, relpath: str, *, compress: bool | None = None, check: Check | None = None,
                  observe: Callable[[bytes], None] | None = None):
         self.root = Path(root)
         self.relpath = relpath
@@ -84,7 +86,11 @@ class ArtifactWriter:
         self._raw = 0
         self._head = bytearray()
         self._tail = bytearray()
-        self._z = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31) if compress else None
+        chain = chain_for(relpath)
+        if compress is not None and compress != bool(chain):
+            raise ValueError(f"{relpath}: compress={compress} does not match its name's codecs "
+                             f"({', '.join(c.name for c in chain) or 'none'})")
+        self._encoders = [c.encoder() for c in chain]
         try:
             fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as exc:
@@ -111,7 +117,9 @@ class ArtifactWriter:
                 del self._tail[: len(self._tail) - _KEEP]
         if self.observe:
             self.observe(data)
-        self._emit(self._z.compress(data) if self._z else data)
+        for enc in self._encoders:
+            data = enc.compress(data)
+        self._emit(data)
         return n
 
     def _emit(self, out: bytes) -> None:
@@ -127,13 +135,20 @@ class ArtifactWriter:
     def flush(self) -> None:  # tarfile calls it; data goes out on close
         pass
 
+    def _flush_encoders(self) -> bytes:
+        """The rest of every layer, each layer's remainder passed through the layers after it."""
+        out = b""
+        for i, enc in enumerate(self._encoders):
+            out = enc.compress(out) + enc.flush() if i else enc.flush()
+        return out
+
     def ends(self) -> StreamEnds:
         return StreamEnds(bytes(self._head), bytes(self._tail[-_KEEP:]), self._raw)
 
     def commit(self) -> FileRecord:
         """Finish the file: check it, fsync, rename into place."""
-        if self._z:
-            self._emit(self._z.flush())
+        if self._encoders:
+            self._emit(self._flush_encoders())
         if self._raw == 0:
             raise IncompleteArtifactError(f"{self.relpath}: the producer wrote nothing (empty output)")
         if self.check:
@@ -162,7 +177,7 @@ class ArtifactWriter:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, root: Path, relpath: str, *, compress: bool, check: Check | None = None,
+    def open(cls, root: Path, relpath: str, *, compress: bool | None = None, check: Check | None = None,
              observe: Callable[[bytes], None] | None = None) -> Iterator["ArtifactWriter"]:
         """Context manager form: aborts on exception. Call :meth:`commit` inside."""
         w = cls(root, relpath, compress=compress, check=check, observe=observe)
@@ -172,7 +187,7 @@ class ArtifactWriter:
             w.abort()  # no-op after commit()
 
 
-def write_stream(root: Path, relpath: str, chunks: Iterable[bytes], *, compress: bool,
+def write_stream(root: Path, relpath: str, chunks: Iterable[bytes], *, compress: bool | None = None,
                  check: Check | None = None, observe: Callable[[bytes], None] | None = None) -> FileRecord:
     """Write an iterable of chunks as one artifact."""
     with ArtifactWriter.open(root, relpath, compress=compress, check=check, observe=observe) as w:
@@ -181,7 +196,7 @@ def write_stream(root: Path, relpath: str, chunks: Iterable[bytes], *, compress:
         return w.commit()
 
 
-def write_command(access: Access, argv: list[str], root: Path, relpath: str, *, compress: bool,
+def write_command(access: Access, argv: list[str], root: Path, relpath: str, *, compress: bool | None = None,
                   check: Check | None = None, env: dict[str, str] | None = None,
                   timeout: float | None = None, label: str | None = None) -> FileRecord:
     """Run a producer command through ``access`` and write its stdout as one artifact.
@@ -195,17 +210,6 @@ def write_command(access: Access, argv: list[str], root: Path, relpath: str, *, 
                 w.write(chunk)
             cmd.finish()
         return w.commit()
-
-
-def sha256_file(path: Path) -> tuple[int, str]:
-    """Byte count and sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            h.update(chunk)
-            n += len(chunk)
-    return n, h.hexdigest()
 
 
 def _fsync_dirs(folder: Path, root: Path) -> None:

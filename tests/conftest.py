@@ -120,7 +120,7 @@ class PgDatabase:
         return self.server.connect(self.name, self.user, self.password)
 
     def service_config(self, **over):
-        from coderz_backup.config import PostgresConfig
+        from coderz_backup.services.postgres import PostgresConfig
         from pydantic import SecretStr
 
         data = dict(kind="postgres", host="127.0.0.1", port=self.server.port, user=self.user,

@@ -23,7 +23,9 @@ from pydantic import SecretStr
 from standins.apisix import ApisixStandin
 
 from coderz_backup.access import LocalAccess
-from coderz_backup.config import ApisixConfig, EtcdConfig, load
+from coderz_backup.config import load
+from coderz_backup.services.apisix import ApisixConfig
+from coderz_backup.services.etcd import EtcdConfig
 from coderz_backup.errors import (
     ArtifactError,
     IncompleteArtifactError,

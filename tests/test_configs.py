@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from coderz_backup.access import LocalAccess
-from coderz_backup.config import ConfigsConfig
+from coderz_backup.services.configs import ConfigsConfig
 from coderz_backup.errors import ArtifactError, RestoreError, VerifyError
 from coderz_backup.services.configs import ConfigsService
 

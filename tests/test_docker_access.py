@@ -18,7 +18,7 @@ from isal import igzip
 from pydantic import SecretStr
 
 from coderz_backup.access_docker import DockerAccess
-from coderz_backup.config import EtcdConfig, PostgresConfig, RedisConfig
+from coderz_backup.services.etcd import EtcdConfig, PostgresConfig, RedisConfig
 from coderz_backup.errors import AccessError, ArtifactError, ProducerError
 from coderz_backup.services import create
 from coderz_backup.writer import write_command
@@ -245,7 +245,7 @@ def test_grafana_db_is_copied_consistently_out_of_a_busy_container(docker_servic
 
     from standins.grafana import GrafanaStandin
 
-    from coderz_backup.config import GrafanaConfig
+    from coderz_backup.services.grafana import GrafanaConfig
 
     writer = ('mkdir -p /tmp/grafana/plugins && echo plugin > /tmp/grafana/plugins/p.txt && '
               'sqlite3 /tmp/grafana/grafana.db "CREATE TABLE a (n INTEGER); CREATE TABLE b (n INTEGER);" && '

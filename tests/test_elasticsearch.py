@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from standins.elasticsearch import EsStandin
 
 from coderz_backup.access import LocalAccess
-from coderz_backup.config import ElasticsearchConfig
+from coderz_backup.services.elasticsearch import ElasticsearchConfig
 from coderz_backup.errors import (
     ArtifactError,
     IncompleteArtifactError,
@@ -33,7 +33,7 @@ from coderz_backup.errors import (
     VerifyError,
 )
 from coderz_backup.sandbox import free_port
-from coderz_backup.services import PLANNED, REGISTRY, expected_artifacts
+from coderz_backup.services import REGISTRY, expected_artifacts
 from coderz_backup.services.elasticsearch import ElasticsearchService
 
 REGISTRY_HOST = os.environ.get("CODERZ_TEST_REGISTRY")
@@ -217,7 +217,7 @@ def _exported(folder: Path, index: str) -> dict[str, dict]:
 
 
 def test_registered_with_the_product_artifact_names():
-    assert REGISTRY["elasticsearch"] is ElasticsearchService and "elasticsearch" not in PLANNED
+    assert REGISTRY["elasticsearch"] is ElasticsearchService
     cfg = ElasticsearchConfig(kind="elasticsearch")
     assert expected_artifacts("elasticsearch", cfg) == ["elasticsearch/", "elasticsearch-data.tar.gz"]
 

@@ -18,7 +18,7 @@ from helpers import watch_argv
 from pydantic import SecretStr
 
 from coderz_backup.access import LocalAccess
-from coderz_backup.config import EtcdConfig
+from coderz_backup.services.etcd import EtcdConfig
 from coderz_backup.errors import (
     ArtifactError,
     IncompleteArtifactError,
@@ -187,7 +187,10 @@ def test_restore_uses_etcdutl_where_it_exists(etcd_plain, tmp_path):
     finally:
         new.stop()
     [argv] = calls.read_text().splitlines()
-    assert argv.startswith(f"snapshot restore {tmp_path / res.path} --data-dir {tmp_path / 'new' / 'restored-data'}")
+    # it reads a private, checked copy of the snapshot (never the file on the backup medium), gone afterwards
+    copy, rest = argv.removeprefix("snapshot restore ").split(" ", 1)
+    assert Path(copy).name == "etcd-apisix.snapshot" and Path(copy).parent != tmp_path and not Path(copy).exists()
+    assert rest.startswith(f"--data-dir {tmp_path / 'new' / 'restored-data'}")
 
 
 def test_verify_and_restore_reject_truncated_and_flipped_snapshots(etcd_plain, tmp_path):

@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from standins.grafana import GrafanaStandin
 
 from coderz_backup.access import LocalAccess
-from coderz_backup.config import GrafanaConfig
+from coderz_backup.services.grafana import GrafanaConfig
 from coderz_backup.errors import (
     ArtifactError,
     IncompleteArtifactError,
@@ -37,7 +37,7 @@ from coderz_backup.errors import (
     VerifyError,
 )
 from coderz_backup.sandbox import free_port
-from coderz_backup.services import PLANNED, REGISTRY, expected_artifacts
+from coderz_backup.services import REGISTRY, expected_artifacts
 from coderz_backup.services.grafana import GrafanaService, safe_name
 
 REGISTRY_HOST = os.environ.get("CODERZ_TEST_REGISTRY")
@@ -231,7 +231,7 @@ def _files_under(root: Path) -> list[str]:
 
 
 def test_registered_with_two_artifacts():
-    assert REGISTRY["grafana"] is GrafanaService and "grafana" not in PLANNED
+    assert REGISTRY["grafana"] is GrafanaService
     cfg = GrafanaConfig(kind="grafana")
     assert expected_artifacts("grafana", cfg) == ["grafana/dashboards/", "grafana/grafana-data.tar.gz"]
 

@@ -24,7 +24,7 @@ import pytest
 from isal import igzip
 
 from coderz_backup.access_docker import PrefixAccess
-from coderz_backup.config import K3sConfig
+from coderz_backup.services.k3s import K3sConfig
 from coderz_backup.errors import ArtifactError, RestoreError, VerifyError
 from coderz_backup.services import create, expected_artifacts
 from coderz_backup.services.k3s import SQLITE_ARTIFACT, K3sService

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from isal import igzip
 
-from coderz_backup.config import PrometheusConfig
+from coderz_backup.services.prometheus import PrometheusConfig
 from coderz_backup.errors import ArtifactError, RestoreError, StoreError, VerifyError
 from coderz_backup.sandbox import PrometheusServer, free_port
 from coderz_backup.services import create

@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from coderz_backup.access import LocalAccess
-from coderz_backup.config import RedisConfig
+from coderz_backup.services.redis import RedisConfig
 from coderz_backup.errors import ArtifactError, VerifyError
 from coderz_backup.sandbox import RedisServer
 from coderz_backup.services.redis import RedisService, crc64

@@ -8,6 +8,16 @@ from ..runlog import ExpectedErrorFilter
 ENGINE_EXIT = "Engine execution exited with unexpected exception"
 
 
+def api_log_handlers() -> list[logging.Handler]:
+    """Send our own log records to the Prefect API too (the run's log in the UI)."""
+    try:
+        from prefect.logging.handlers import APILogHandler
+
+        return [APILogHandler()]
+    except Exception:  # noqa: BLE001
+        return []
+
+
 class OutcomeFilter(logging.Filter):
     """Drop the engine's "unexpected exception" record for a run that ended as we decided.
 

@@ -23,10 +23,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import socket
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -37,6 +36,8 @@ from prefect.states import Failed
 
 from .. import __version__
 from .. import mail, notify, sizecheck
+from .. import manifest as manifest_schema
+from ..progress import add_listener, emit as _emit, remove_listener
 from ..config import Config, ServiceConfig, load
 from ..errors import ConfigError, CoderzBackupError, PartialBackupError, RunFailed, SecretError
 from ..report import render_report
@@ -45,52 +46,17 @@ from ..runlog import run_log
 from ..services import REGISTRY, ArtifactResult, create, expected_artifacts
 from ..signing import load_signer
 from ..snapshot import SnapshotStore
+from . import api_log_handlers
+from .alerts import alert_on_failure, outcome_mailed
 
 __all__ = ["coderz_backup", "backup_service", "add_listener", "remove_listener", "section_title"]
 
 log = logging.getLogger("coderz_backup.flow")
 
-# -- progress listeners (in-process only) -------------------------------------
-_listeners: list[Callable[[str, dict], None]] = []
-_listeners_lock = threading.Lock()
-
-
-def add_listener(fn: Callable[[str, dict], None]) -> None:
-    with _listeners_lock:
-        _listeners.append(fn)
-
-
-def remove_listener(fn: Callable[[str, dict], None]) -> None:
-    with _listeners_lock:
-        if fn in _listeners:
-            _listeners.remove(fn)
-
-
-def _emit(event: str, **data: Any) -> None:
-    with _listeners_lock:
-        listeners = list(_listeners)
-    for fn in listeners:
-        try:
-            fn(event, data)
-        except Exception:  # noqa: BLE001 - a broken progress display never breaks a backup
-            log.debug("progress listener failed", exc_info=True)
-
-
 # -- report sections --------------------------------------------------------------
-_KIND_TITLES = {"postgres": "PostgreSQL", "redis": "Redis", "grafana": "Grafana", "prometheus": "Prometheus",
-                "elasticsearch": "Elasticsearch", "configs": "Configs + Compose", "etcd": "etcd Snapshots",
-                "k3s": "etcd Snapshots", "apisix": "etcd Snapshots"}
-
-
 def section_title(name: str, cfg: ServiceConfig) -> str:
-    """The report section a service's artifacts are listed under."""
-    if cfg.title:
-        return cfg.title
-    if cfg.section:
-        return cfg.section
-    if cfg.kind == "postgres":
-        return f"PostgreSQL — {cfg.database}"
-    return _KIND_TITLES.get(cfg.kind, name)
+    """The report section a service's artifacts are listed under (declared by its kind's config model)."""
+    return cfg.report_title(name)
 
 
 # -- the task -------------------------------------------------------------------------
@@ -118,12 +84,11 @@ def backup_service(name: str, service_config: Any, snapshot_dir: str) -> list[Ar
         results = svc.backup(Path(snapshot_dir))
     except CoderzBackupError as exc:
         log.error("%s: attempt %d failed: %s", name, attempt, exc)
-        exc.attempts = attempt  # type: ignore[attr-defined]
+        exc.attempts = attempt
         raise
-    except Exception as exc:
+    except Exception:
         log.exception("%s: attempt %d failed with an unexpected error", name, attempt)
-        exc.attempts = attempt  # type: ignore[attr-defined]
-        raise
+        raise   # retried like any failure: it ends after cfg.retries + 1 attempts
     for r in results:
         r.attempts = attempt
     return results
@@ -187,33 +152,9 @@ def _mail_outcome(cfg: Config, manifest: dict, snapshot_path: str) -> str:
     return f"failed: {value}"
 
 
-# -- flow hooks: a crash is never silent ----------------------------------------------
-_mailed_runs: set[str] = set()
-
-
-def _alert_hook(flow, flow_run, state) -> None:
-    """on_failure / on_crashed: send 🔴 unless the run already mailed its outcome."""
-    run_id = str(flow_run.id)
-    if run_id in _mailed_runs:
-        return
-    params = dict(flow_run.parameters or {})
-    try:
-        cfg = load(params.get("config"), dest=params.get("dest"), keep=params.get("keep"))
-    except CoderzBackupError as exc:
-        log.error("cannot send the failure mail: config unusable (%s)", exc)
-        return
-    if cfg.email is None:
-        return
-    when = flow_run.start_time or flow_run.expected_start_time or dt.datetime.now(dt.timezone.utc)
-    subject, html, text = notify.crash_bodies(when, state.message or state.name, flow_run=flow_run.name,
-                                              dest=str(cfg.dest))
-    if mail.send_with_retries(cfg.email, subject, html, text, log):
-        _mailed_runs.add(run_id)
-
-
 # -- the flow -----------------------------------------------------------------------
 @flow(name="coderz-backup", log_prints=False, validate_parameters=True,
-      on_failure=[_alert_hook], on_crashed=[_alert_hook])
+      on_failure=[alert_on_failure], on_crashed=[alert_on_failure])
 def coderz_backup(
     dest: str | None = None,
     keep: int | None = None,
@@ -245,7 +186,7 @@ def run_backup(cfg: Config, *, only: list[str] | None = None, report_key: str = 
         previous = sizecheck.previous_ok(store)
         started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         snap = store.begin(started)
-        with run_log(snap.path / "backup.log", extra_handlers=_api_handlers()):
+        with run_log(snap.path / "backup.log", extra_handlers=api_log_handlers()):
             summary, final_path = _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous,
                                                    report_key, signer)
             _emit("finished", summary=summary, path=str(final_path))
@@ -255,16 +196,6 @@ def run_backup(cfg: Config, *, only: list[str] | None = None, report_key: str = 
     msg = (f"{summary['failed']} of {total} artifacts failed" if summary["passed"]
            else f"no usable snapshot: {summary['failed']} of {total} artifacts failed")
     return Failed(message=msg, data=RunFailed(msg, summary))
-
-
-def _api_handlers() -> list[logging.Handler]:
-    """Send our own log records to the Prefect API too (the run's log in the UI)."""
-    try:
-        from prefect.logging.handlers import APILogHandler
-
-        return [APILogHandler()]
-    except Exception:  # noqa: BLE001
-        return []
 
 
 def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous, report_key, signer):
@@ -309,10 +240,11 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
             err = value if isinstance(value, BaseException) else None
             message = str(err) if isinstance(err, CoderzBackupError) else (
                 f"{type(err).__name__}: {err}" if err else (fut.state.message or "task failed"))
-            attempts = getattr(err, "attempts", None) or (cfg.retries + 1)
+            ours = err if isinstance(err, CoderzBackupError) else CoderzBackupError()
+            attempts = ours.attempts or (cfg.retries + 1)
             # what the last attempt wrote (or skipped) stays; each failed artifact gets its own reason
-            written = {r.path: r for r in (getattr(err, "results", None) or [])}
-            reasons = getattr(err, "failed", None) or {}
+            written = {r.path: r for r in ours.results}
+            reasons = ours.failed
             if isinstance(err, PartialBackupError):
                 log.error("%s: partly FAILED after %d attempt(s): %s", name, attempts, message)
             else:
@@ -331,33 +263,13 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
     ordered = [r for name in services for r in results.get(name, [])]
     min_bytes = {name: c.min_bytes or c.default_min_bytes for name, c in services.items()}
     ordered, findings = size_check(ordered, str(snap.path), min_bytes, cfg.size_check, previous)
-    passed = sum(r.status == "ok" for r in ordered)
-    failed = sum(r.status == "failed" for r in ordered)
-    skipped = sum(r.status == "skipped" for r in ordered)
-    status = "ok" if passed and not failed else ("partial" if passed else "failed")
     finished = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    manifest = {
-        "snapshot": snap.name,
-        "status": status,
-        "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "finished_at": finished.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "passed": passed,
-        "failed": failed,
-        "skipped": skipped,
-        "total_bytes": sum(r.bytes for r in ordered if r.status == "ok"),
-        "tool_version": __version__,
-        "host": socket.gethostname(),
-        "keep_days": cfg.keep_days,
-        "flow_run_id": str(rt_flow_run.id) if rt_flow_run.id else None,
-        "signing_key": signer.public_key,   # manifest.json.sig beside this file is its signature
-        "size_check": {"findings": findings, "free_bytes_before": preflight["free_bytes"],
-                       "estimate_bytes": preflight["estimate_bytes"],
-                       "compared_with": previous.name if previous else None},
-        "artifacts": [
-            {**r.as_manifest(), "section": sections[r.service], "report_lines": r.lines}
-            for r in ordered
-        ],
-    }
+    manifest = manifest_schema.build(
+        snapshot=snap.name, results=ordered, sections=sections, started=started, finished=finished,
+        keep_days=cfg.keep_days, flow_run_id=str(rt_flow_run.id) if rt_flow_run.id else None,
+        signing_key=signer.public_key, findings=findings, preflight=preflight,
+        compared_with=previous.name if previous else None)
+    status, passed, failed, skipped = (manifest[k] for k in ("status", "passed", "failed", "skipped"))
     usable = status in ("ok", "partial")
     log.info("snapshot %s: status %s — %d passed, %d failed, %d skipped, %d bytes",
              snap.name, status, passed, failed, skipped, manifest["total_bytes"])
@@ -373,8 +285,7 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
         log.warning("could not publish the report to Prefect: %s", exc)
     mail = _mail_outcome(cfg, manifest, str(final))
     if rt_flow_run.id and cfg.email is not None:
-        _mailed_runs.add(str(rt_flow_run.id))  # the outcome mail went (or was tried): hooks stay quiet
-    summary = {k: manifest[k] for k in ("snapshot", "status", "started_at", "finished_at", "passed",
-                                         "failed", "skipped", "total_bytes")}
+        outcome_mailed(str(rt_flow_run.id))  # the outcome mail went (or was tried): hooks stay quiet
+    summary = manifest_schema.summary_of(manifest)
     summary.update(path=str(final), deleted=deleted, mail=mail, size_check=findings, manifest=manifest)
     return summary, final

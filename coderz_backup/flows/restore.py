@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shlex
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
@@ -33,13 +32,16 @@ from pydantic import Field
 
 from ..config import load
 from ..errors import ConfigError, CoderzBackupError, RestoreError, RunFailed, VerifyError
+from ..reader import SnapshotReader
 from ..report import human_size
 from ..runlog import run_log
 from ..services import REGISTRY, create
 from ..snapshot import SAFETY_DIR, SnapshotStore
 from ..verify import authenticate_snapshot, verify_snapshot
 from .. import notify
-from .backup import _api_handlers, _emit, run_backup, send_mail
+from ..progress import emit as _emit
+from . import api_log_handlers
+from .backup import run_backup, send_mail
 
 __all__ = ["coderz_restore", "RestoreApproval", "approval_form", "SAFETY_DIR"]
 
@@ -79,13 +81,18 @@ def verify_task(snap, cfg, services: list[str], authenticity) -> list[dict]:
 
 
 @task(name="restore-service", cache_policy=NO_CACHE)
-def restore_service(name: str, service_config: Any, artifacts: list[str]) -> dict:
-    """Restore one service from its artifacts (in manifest order), then check its health."""
+def restore_service(name: str, service_config: Any, snapshot_dir: str, entries: list[dict]) -> dict:
+    """Restore one service from its artifacts (manifest entries, in manifest order), then check its health.
+
+    The artifacts are read through the reader: every byte is checked against the (authenticated)
+    manifest the entries come from, also if the folder changed since the verify."""
     svc = create(name, service_config)
+    reader = SnapshotReader(snapshot_dir, {"artifacts": entries})
     details = []
-    for artifact in artifacts:
-        detail = svc.restore(Path(artifact))
-        log.info("%s: %s: %s", name, Path(artifact).name, detail)
+    for entry in entries:
+        artifact = reader.artifact(entry)
+        detail = svc.restore(artifact)
+        log.info("%s: %s: %s", name, artifact.name, detail)
         details.append(detail)
     health = svc.health()
     log.info("%s: health: %s", name, health)
@@ -191,7 +198,7 @@ def coderz_restore(
     entries, lacking = select_entries(cfg, snap, only)
 
     with store.lock():
-        with run_log(snap.path / "restore.log", extra_handlers=_api_handlers()):
+        with run_log(snap.path / "restore.log", extra_handlers=api_log_handlers()):
             log.info("restore of snapshot %s requested (flow run %s): %s", snap.name, rt_flow_run.id,
                      ", ".join(a["service"] for a in entries))
             if not auth.signed:
@@ -301,13 +308,13 @@ def _safety_backup(cfg, services: list[str]) -> str:
 
 
 def _restore_all(cfg, snap, entries) -> list[dict]:
-    by_service: dict[str, list[str]] = {}
+    by_service: dict[str, list[dict]] = {}
     for e in entries:
-        by_service.setdefault(e["service"], []).append(str(snap.path / e["path"]))
+        by_service.setdefault(e["service"], []).append(e)
     futures = {}
-    for name, paths in by_service.items():
+    for name, service_entries in by_service.items():
         t = restore_service.with_options(task_run_name=f"restore-{name}")
-        futures[t.submit(name, cfg.services[name], paths)] = name
+        futures[t.submit(name, cfg.services[name], str(snap.path), service_entries)] = name
     results = {}
     for fut in as_completed(list(futures)):
         name = futures[fut]

@@ -1,15 +1,23 @@
-"""Service modules and their registry.
+"""Service kinds and their registry.
 
-``REGISTRY`` maps a config ``kind`` to the class implementing the service contract
-(:class:`~coderz_backup.services.base.Service`). Kinds that the config accepts but this
-version cannot back up yet are listed in ``PLANNED``; their artifacts are reported as
-skipped with that reason, never silently dropped.
+A service kind lives in one module (``services/<kind>.py``): its config model (a
+:class:`~coderz_backup.schema.ServiceBase` with ``kind: Literal["<kind>"]``, the report
+section and order, the smallest plausible artifact), and its service class implementing
+:class:`~coderz_backup.services.base.Service` with ``config_model`` pointing at that model.
+:data:`KINDS` below is the one line per kind that registers it; everything else — the
+registry, the config union the TOML is validated against, the kind → model table — is
+derived from it. Adding a kind (say MySQL) is a new module, its line here, its tests and docs.
 """
 
 from __future__ import annotations
 
+from typing import Annotated, Union
+
+from pydantic import Field
+
 from ..access import access_for
 from ..errors import ConfigError
+from ..schema import ServiceBase
 from .apisix import ApisixService
 from .base import ArtifactResult, Service
 from .configs import ConfigsService
@@ -21,23 +29,30 @@ from .postgres import PostgresService
 from .prometheus import PrometheusService
 from .redis import RedisService
 
-__all__ = ["REGISTRY", "PLANNED", "ArtifactResult", "Service", "create", "expected_artifacts"]
+__all__ = ["KINDS", "KIND_MODELS", "REGISTRY", "ArtifactResult", "Service", "ServiceConfig", "create",
+           "expected_artifacts"]
 
-REGISTRY: dict[str, type] = {
-    PostgresService.kind: PostgresService,
-    RedisService.kind: RedisService,
-    ConfigsService.kind: ConfigsService,
-    EtcdService.kind: EtcdService,
-    K3sService.kind: K3sService,
-    PrometheusService.kind: PrometheusService,
-    ApisixService.kind: ApisixService,
-    ElasticsearchService.kind: ElasticsearchService,
-    GrafanaService.kind: GrafanaService,
-}
+#: every service kind this version supports (config-file order of the product document)
+KINDS: tuple[type, ...] = (
+    PostgresService,
+    RedisService,
+    ConfigsService,
+    GrafanaService,
+    PrometheusService,
+    ElasticsearchService,
+    EtcdService,
+    K3sService,
+    ApisixService,
+)
 
-#: accepted by the config, not yet implemented: kind → artifact names from the product document
-PLANNED: dict[str, list[str]] = {
-}
+#: kind → service class
+REGISTRY: dict[str, type] = {cls.kind: cls for cls in KINDS}
+
+#: kind → config model
+KIND_MODELS: dict[str, type[ServiceBase]] = {cls.kind: cls.config_model for cls in KINDS}
+
+#: one ``[services.<name>]`` table: the kind's model, chosen by its ``kind`` key
+ServiceConfig = Annotated[Union[tuple(KIND_MODELS.values())], Field(discriminator="kind")]  # type: ignore[valid-type]
 
 
 def create(name: str, config) -> Service:
@@ -49,8 +64,5 @@ def create(name: str, config) -> Service:
 
 
 def expected_artifacts(name: str, config) -> list[str]:
-    """Artifact paths of a service, also for kinds not implemented yet."""
-    cls = REGISTRY.get(config.kind)
-    if cls is not None:
-        return cls(name=name, config=config, access=None).artifacts()
-    return [p.format(name=name) for p in PLANNED.get(config.kind, [f"{name}"])]
+    """Artifact paths of a service (known before it runs, so a failure is reported per artifact)."""
+    return REGISTRY[config.kind](name=name, config=config, access=None).artifacts()

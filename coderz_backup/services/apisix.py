@@ -50,13 +50,16 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import httpx
 
+from pydantic import Field, SecretStr, field_validator
+
 from ..access import Access
-from ..config import APISIX_RESOURCES, ApisixConfig, resolve_secret
+from ..schema import ServiceBase, resolve_secret
 from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, VerifyError
+from ..reader import ArtifactPath, as_artifact
 from ..writer import ArtifactWriter, FileRecord
 from .base import ArtifactResult, BaseService
 
@@ -114,8 +117,47 @@ def _object_id(rtype: str, item: dict) -> str | None:
     return None
 
 
+
+#: APISIX Admin-API resource types, in export order (the product document's five first)
+APISIX_RESOURCES: tuple[str, ...] = (
+    "routes", "upstreams", "services", "consumers", "global_rules",
+    "ssls", "plugin_configs", "consumer_groups", "stream_routes", "protos", "secrets", "plugin_metadata",
+)
+
+
+class ApisixConfig(ServiceBase):
+    """APISIX: every object of the Admin API exported as JSON (one file per resource type)."""
+
+    kind: Literal["apisix"]
+    admin_url: str = Field("http://127.0.0.1:9180", description="Admin API base URL (3.x: port 9180, "
+                                                                  "deployment.admin.admin_listen)")
+    admin_key: SecretStr | None = Field(None, description="Admin API key reference (admin role; a viewer key "
+                                                          "can export but not restore); sent as X-API-KEY")
+    api_version: Literal["auto", "v3", "v2"] = Field("auto", description="Admin API response format; auto "
+                                                     "follows the X-API-VERSION header / response shape")
+    page_size: int = Field(500, ge=10, le=500, description="objects per list page (APISIX accepts 10–500)")
+    resources: list[str] = Field(default_factory=lambda: list(APISIX_RESOURCES), min_length=1,
+                                 description="resource types to export")
+    cacert: str | None = Field(None, description="CA bundle to verify an https admin_url")
+    verify_tls: bool = Field(True, description="verify the Admin API's TLS certificate")
+    section: ClassVar[str] = "etcd Snapshots"
+    order: ClassVar[int] = 80
+
+    @field_validator("resources")
+    @classmethod
+    def _known_resources(cls, v: list[str]) -> list[str]:
+        bad = [r for r in v if r not in APISIX_RESOURCES]
+        if bad:
+            raise ValueError(f"unknown APISIX resource type(s) {', '.join(bad)}; "
+                             f"known: {', '.join(APISIX_RESOURCES)}")
+        if len(set(v)) != len(v):
+            raise ValueError("resource types are listed more than once")
+        return v
+
+
 class ApisixService(BaseService):
     kind: ClassVar[str] = "apisix"
+    config_model: ClassVar[type[ApisixConfig]] = ApisixConfig
     artifact_names: ClassVar[tuple[str, ...]] = ("{name}/",)
     config: ApisixConfig
 
@@ -349,9 +391,9 @@ class ApisixService(BaseService):
             return w.commit(), n
 
     # -- verify ---------------------------------------------------------------
-    def _load(self, artifact: Path) -> tuple[dict, dict[str, list[dict]]]:
+    def _load(self, artifact: ArtifactPath) -> tuple[dict, dict[str, list[dict]]]:
         """index.json and every type file, checked; raises VerifyError."""
-        artifact = Path(artifact)
+        artifact = as_artifact(artifact)
         try:
             index = json.loads((artifact / INDEX).read_text())
         except FileNotFoundError:
@@ -387,7 +429,8 @@ class ApisixService(BaseService):
             raise VerifyError(f"{artifact.name}: files not listed in {INDEX}: {', '.join(extra)}")
         return index, data
 
-    def verify(self, artifact: Path) -> str:
+    def verify(self, artifact: ArtifactPath | Path) -> str:
+        artifact = as_artifact(artifact)
         index, data = self._load(artifact)
         total = sum(len(v) for v in data.values())
         skipped = f", {len(index.get('skipped') or {})} skipped" if index.get("skipped") else ""
@@ -419,9 +462,9 @@ class ApisixService(BaseService):
         n = body.get("total", body.get("count", "?")) if isinstance(body, dict) else "?"
         return f"Admin API answers ({resp.headers.get('X-API-VERSION', 'v2?')}), {n} route(s)"
 
-    def restore(self, artifact: Path, **_: object) -> str:
+    def restore(self, artifact: ArtifactPath | Path, **_: object) -> str:
         """PUT every saved object back, dependencies first; stop at the first refusal."""
-        artifact = Path(artifact)
+        artifact = as_artifact(artifact)
         try:
             index, data = self._load(artifact)
         except VerifyError as exc:

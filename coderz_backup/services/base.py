@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, ClassVar, Protocol, Sequence
 
 from ..errors import ArtifactError, CoderzBackupError, ConfigError, PartialBackupError, SecretError
+from ..reader import ArtifactPath
 from ..writer import FileRecord
 
 log = logging.getLogger("coderz_backup")
@@ -77,15 +78,18 @@ class Service(Protocol):
     """One stateful service of the stack (see the module docstring)."""
 
     kind: ClassVar[str]
+    config_model: ClassVar[type]
     name: str
 
     def artifacts(self) -> list[str]: ...
 
     def backup(self, into: Path) -> list[ArtifactResult]: ...
 
-    def verify(self, artifact: Path) -> str: ...
+    def verify(self, artifact: ArtifactPath | Path) -> str:
+        """Check one artifact (read through :mod:`coderz_backup.reader`; a plain path is read as it is)."""
 
-    def restore(self, artifact: Path, **options) -> str: ...
+    def restore(self, artifact: ArtifactPath | Path, **options) -> str:
+        """Put one artifact back (read through the reader, like :meth:`verify`)."""
 
     def restore_target(self) -> str:
         """What a restore overwrites, in words (for the restore plan)."""
@@ -104,6 +108,8 @@ class BaseService:
     """
 
     kind: ClassVar[str]
+    #: the kind's config model (declared next to the class, registered in services/__init__.py)
+    config_model: ClassVar[type]
     artifact_names: ClassVar[tuple[str, ...]] = ("{name}",)
 
     def __init__(self, name: str, config, access):
@@ -141,11 +147,11 @@ def backup_each(service: str, steps: Sequence[tuple[str, Callable[[], ArtifactRe
         fatal = [e for _, e in failed if isinstance(e, (ConfigError, SecretError))]
         err: CoderzBackupError = (fatal or [failed[0][1]])[0] if fatal or len(failed) == 1 else \
             ArtifactError("; ".join(f"{p}: {e}" for p, e in failed))
-        err.results = done       # type: ignore[attr-defined]  # skipped ones stay skipped
-        err.failed = per_path    # type: ignore[attr-defined]  # each artifact's own reason, for the report
+        err.results = tuple(done)   # skipped ones stay skipped
+        err.failed = per_path       # each artifact's own reason, for the report
         raise err
     partial = PartialBackupError("; ".join(f"{p} failed: {e}" for p, e in failed)
                                  + " (written: " + ", ".join(r.path for r in done if r.status == "ok") + ")")
-    partial.results = done
+    partial.results = tuple(done)
     partial.failed = per_path
     raise partial

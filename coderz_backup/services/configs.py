@@ -26,13 +26,15 @@ import logging
 import os
 import tarfile
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from isal import igzip
+
+from pydantic import Field, field_validator
 
 from ..access import ARCHIVE_ERRORS, check_member
-from ..config import ConfigsConfig
+from ..schema import ServiceBase
 from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, VerifyError
+from ..reader import ArtifactPath, as_artifact
 from ..snapshot import stores_around
 from ..writer import ArtifactWriter
 from .base import ArtifactResult, BaseService
@@ -42,8 +44,30 @@ __all__ = ["ConfigsService", "check_member"]
 log = logging.getLogger(__name__)
 
 
+
+class ConfigsConfig(ServiceBase):
+    """A tar of configuration trees (configs + compose files)."""
+
+    kind: Literal["configs"]
+    paths: list[str] = Field(default_factory=lambda: ["/opt/coderz/configs"], min_length=1, description="files/folders to archive")
+    exclude: list[str] = Field(default_factory=list, description="glob patterns (matched on each path's name and its full path) to leave out")
+    restore_root: str = Field("/", description="restore extracts the archived absolute paths under this root")
+    section: ClassVar[str] = "Configs + Compose"
+    default_min_bytes: ClassVar[int] = 64
+    order: ClassVar[int] = 70
+
+    @field_validator("paths")
+    @classmethod
+    def _absolute(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if not p.startswith("/")]
+        if bad:
+            raise ValueError(f"paths must be absolute: {', '.join(bad)}")
+        return v
+
+
 class ConfigsService(BaseService):
     kind: ClassVar[str] = "configs"
+    config_model: ClassVar[type[ConfigsConfig]] = ConfigsConfig
     config: ConfigsConfig
 
     @property
@@ -121,11 +145,11 @@ class ConfigsService(BaseService):
         """The configured paths in archive coordinates (no leading /)."""
         return [os.path.normpath(p).lstrip("/") for p in self.config.paths]
 
-    def _members(self, artifact: Path):
+    def _members(self, artifact: ArtifactPath):
         """Every member of ``artifact``, checked (VerifyError at the first unsafe one)."""
         check = MemberCheck(self._roots())
         try:
-            with igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+            with as_artifact(artifact).open() as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
                 for member in tar:
                     check(member)
                     if member.isfile():
@@ -138,7 +162,8 @@ class ConfigsService(BaseService):
         except ARCHIVE_ERRORS as exc:
             raise VerifyError(f"{artifact.name}: archive is damaged ({exc})") from None
 
-    def verify(self, artifact: Path) -> str:
+    def verify(self, artifact: ArtifactPath | Path) -> str:
+        artifact = as_artifact(artifact)
         n = sum(1 for _ in self._members(artifact))
         if n == 0:
             raise VerifyError(f"{artifact.name}: archive is empty")
@@ -157,8 +182,9 @@ class ConfigsService(BaseService):
             raise RestoreError(f"{self.name}: not in place after restore: {', '.join(missing)}")
         return "files in place"
 
-    def restore(self, artifact: Path, *, target: str | Path | None = None, **_: object) -> str:
+    def restore(self, artifact: ArtifactPath | Path, *, target: str | Path | None = None, **_: object) -> str:
         """Extract into ``target`` (default: the config's restore_root, ``/``), after checking every member."""
+        artifact = as_artifact(artifact)
         root = os.path.realpath(target or self.config.restore_root)
         roots = {os.path.join(root, r) for r in self._roots()}
         try:
@@ -177,7 +203,7 @@ class ConfigsService(BaseService):
             return member  # keep modes and owners as archived
 
         try:
-            with igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+            with as_artifact(artifact).open() as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
                 tar.extractall(root, numeric_owner=True, filter=_place)
         except (ARCHIVE_ERRORS, tarfile.FilterError) as exc:
             raise RestoreError(f"{self.name}: extraction into {root} failed: {exc}") from None
@@ -198,6 +224,33 @@ class MemberCheck:
         self.dirs: set[str] = set()      # folders the archive created so far
         self.files: set[str] = set()     # regular files it holds so far (hard-link targets)
         self.links: set[str] = set()     # its symlinks (nothing may go through or replace one)
+        self.targets: dict[str, str] = {}   # symlink → its target text, to resolve later targets
+
+    def _resolve(self, folder: str, target: str) -> str | None:
+        """Where ``target`` (a symlink's text, in ``folder``) ends up once the archive's own
+        symlinks on the way are followed, as the kernel will after the extraction (None: a loop)."""
+        todo = target.split("/") if target.startswith("/") else folder.split("/") + target.split("/")
+        cur: list[str] = []
+        hops = 0
+        while todo:
+            part = todo.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if cur:
+                    cur.pop()
+                continue
+            cur.append(part)
+            link = self.targets.get("/".join(cur))
+            if link is not None and todo:   # passes through an earlier symlink of the archive
+                hops += 1
+                if hops > 40:
+                    return None
+                cur.pop()
+                if link.startswith("/"):
+                    cur = []
+                todo = link.split("/") + todo
+        return "/".join(cur)
 
     def _root_of(self, name: str) -> str | None:
         return next((r for r in self.roots if name == r or name.startswith(r + "/")), None)
@@ -227,6 +280,12 @@ class MemberCheck:
                                      else os.path.join(os.path.dirname(name), text))
             if not (where == root or where.startswith(root + "/")):
                 raise tarfile.LinkOutsideDestinationError(member, f"/{where} (outside the configured path /{root})")
+            real = self._resolve(os.path.dirname(name), text)
+            if real is None or not (real == root or real.startswith(root + "/")):
+                raise tarfile.LinkOutsideDestinationError(
+                    member, f"{text} (through the archive's own symlinks it leads to /{real or '… (a loop)'}, "
+                            f"outside the configured path /{root})")
+            self.targets[name] = text
         elif member.islnk():
             target = os.path.normpath(member.linkname.rstrip("/"))
             if target not in self.files:

@@ -19,13 +19,12 @@ import contextlib
 import datetime as dt
 import os
 import time
-from pathlib import Path
 from typing import Callable, Sequence
 
-from isal import igzip
 
 from ..access import ARCHIVE_ERRORS, CHUNK, Access, LocalAccess
 from ..errors import CoderzBackupError, RestoreError
+from ..reader import ArtifactPath, as_artifact
 
 __all__ = ["move_aside", "replace_data_dir"]
 
@@ -59,7 +58,7 @@ def move_aside(access: Access, data_dir: str, stamp: str) -> str:
     return old
 
 
-def replace_data_dir(access: Access, artifact: Path, *, name: str, product: str, data_dir: str,
+def replace_data_dir(access: Access, artifact: ArtifactPath, *, name: str, product: str, data_dir: str,
                      stop_command: Sequence[str] | None, start_command: Sequence[str] | None,
                      answers: Callable[[], bool], health: Callable[[], str], health_timeout_s: float,
                      already_stopped: bool = False) -> str:
@@ -87,7 +86,7 @@ def replace_data_dir(access: Access, artifact: Path, *, name: str, product: str,
     kept = f"{aside_path(access, data_dir, stamp)} (and what is still in {data_dir})"
     try:
         kept = move_aside(access, data_dir, stamp)
-        with igzip.open(artifact, "rb") as gz:
+        with as_artifact(artifact).open() as gz:
             n = access.untar_into(data_dir, iter(lambda: gz.read(CHUNK), b""))
         chown = getattr(access, "chown_like_parent", None)
         if chown:

@@ -55,13 +55,14 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import httpx
-from isal import igzip
+
+from pydantic import Field, SecretStr
 
 from ..access import ARCHIVE_ERRORS, CHUNK, SeenMembers, check_member
-from ..config import ElasticsearchConfig, resolve_secret
+from ..schema import ServiceBase, resolve_secret
 from ..errors import (
     AccessError,
     ArtifactError,
@@ -71,6 +72,7 @@ from ..errors import (
     RestoreError,
     VerifyError,
 )
+from ..reader import ArtifactPath, as_artifact
 from ..writer import ArtifactWriter, FileRecord, write_stream
 from .base import ArtifactResult, BaseService, backup_each
 from .datadir import replace_data_dir
@@ -201,8 +203,44 @@ def _total(hits: dict) -> int | None:
     return None
 
 
+
+class ElasticsearchConfig(ServiceBase):
+    """Elasticsearch: a per-index export over REST (+ data-dir tarball, + optional snapshot API)."""
+
+    kind: Literal["elasticsearch"]
+    url: str = Field("http://127.0.0.1:9200", description="REST URL of a node (http:// or https://)")
+    user: str | None = Field(None, description="basic-auth user (e.g. elastic)")
+    password: SecretStr | None = Field(None, description="basic-auth password reference (env:NAME recommended)")
+    api_key: SecretStr | None = Field(None, description="API key reference: the `encoded` value of the "
+                                                        "create-API-key call, sent as `ApiKey <encoded>` "
+                                                        "(wins over user/password)")
+    cacert: str | None = Field(None, description="CA bundle to verify an https URL (8.x: config/certs/http_ca.crt)")
+    verify_tls: bool = Field(True, description="verify the server certificate of an https URL")
+    data_dir: str | None = Field(None, description="node data dir (path.data) as seen through the access; "
+                                                   "unset = no data-dir tarball")
+    page_size: int = Field(1000, ge=1, le=10000, description="documents per search page of the export")
+    keep_alive: str = Field("2m", pattern=r"^[0-9]+(ms|s|m|h|d)$",
+                            description="point-in-time / scroll keep-alive between two pages")
+    bulk_docs: int = Field(1000, ge=1, description="restore: at most this many documents per _bulk request")
+    bulk_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="restore: at most this many bytes per _bulk request")
+    replicas: int | None = Field(0, ge=0, description="restore: number_of_replicas of re-created indices "
+                                                      "(0 suits a single node; unset = as exported)")
+    snapshot_repository: str | None = Field(None, description="also take an ES snapshot of the exported indices "
+                                                              "into this registered repository")
+    restore_from: Literal["export", "volume"] = Field("export", description="export: re-create indices and "
+                                                      "bulk-load the documents; volume: replace the data dir "
+                                                      "with the tarball (node stopped)")
+    stop_command: list[str] | None = Field(None, description="argv that stops Elasticsearch before a volume restore "
+                                                             "(not needed with container)")
+    start_command: list[str] | None = Field(None, description="argv that starts Elasticsearch after a volume restore")
+    health_timeout_s: float = Field(180.0, gt=0, description="wait this long for green/yellow after a volume restore")
+    section: ClassVar[str] = "Elasticsearch"
+    order: ClassVar[int] = 60
+
+
 class ElasticsearchService(BaseService):
     kind: ClassVar[str] = "elasticsearch"
+    config_model: ClassVar[type[ElasticsearchConfig]] = ElasticsearchConfig
     config: ElasticsearchConfig
 
     @property
@@ -514,8 +552,8 @@ class ElasticsearchService(BaseService):
                                                           "unless the node was stopped"})
 
     # -- verify -------------------------------------------------------------
-    def verify(self, artifact: Path) -> str:
-        artifact = Path(artifact)
+    def verify(self, artifact: ArtifactPath | Path) -> str:
+        artifact = as_artifact(artifact)
         if artifact.is_dir():
             counts = self._verify_export(artifact)
             return (f"{len(counts)} indices, {sum(counts.values())} documents: JSON and gzip intact, "
@@ -523,16 +561,16 @@ class ElasticsearchService(BaseService):
         return self._verify_tarball(artifact)
 
     @staticmethod
-    def _read_json(path: Path, what: str) -> Any:
+    def _read_json(path: ArtifactPath, what: str) -> Any:
         try:
-            with open(path, "rb") as fh:
+            with as_artifact(path).open() as fh:
                 return json.load(fh)
         except FileNotFoundError:
             raise VerifyError(f"{what}: missing") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise VerifyError(f"{what}: not valid JSON ({exc})") from None
 
-    def _verify_export(self, root: Path) -> dict[str, int]:
+    def _verify_export(self, root: ArtifactPath) -> dict[str, int]:
         index = self._read_json(root / INDEX_FILE, f"{root.name}/{INDEX_FILE}")
         counts = index.get("indices") if isinstance(index, dict) else None
         if not isinstance(counts, dict) or not all(isinstance(v, int) and v >= 0 for v in counts.values()):
@@ -563,10 +601,10 @@ class ElasticsearchService(BaseService):
         return counts
 
     @staticmethod
-    def _documents(path: Path, what: str, error: type[CoderzBackupError]) -> Iterator[dict]:
+    def _documents(path: ArtifactPath, what: str, error: type[CoderzBackupError]) -> Iterator[dict]:
         """The documents of an export file, one at a time; ``error`` on any damage."""
         try:
-            with igzip.open(path, "rb") as gz:
+            with as_artifact(path).open() as gz:
                 for no, line in enumerate(gz, 1):
                     try:
                         doc = json.loads(line)
@@ -579,10 +617,10 @@ class ElasticsearchService(BaseService):
         except ARCHIVE_ERRORS as exc:
             raise error(f"{what}: gzip stream is damaged or truncated ({exc})") from None
 
-    def _verify_tarball(self, artifact: Path) -> str:
+    def _verify_tarball(self, artifact: ArtifactPath) -> str:
         n = 0
         try:
-            with igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+            with as_artifact(artifact).open() as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
                 links = SeenMembers()
                 for member in tar:
                     check_member(member, "/restore-check", links)
@@ -624,10 +662,10 @@ class ElasticsearchService(BaseService):
         return (f"cluster {h.get('cluster_name')} {status}, {h.get('number_of_nodes', '?')} node(s), "
                 f"{h.get('active_primary_shards', '?')} primary shards active")
 
-    def restore(self, artifact: Path, *, replace: bool = True, indices: list[str] | None = None,
+    def restore(self, artifact: ArtifactPath | Path, *, replace: bool = True, indices: list[str] | None = None,
                 already_stopped: bool = False, **_: object) -> str:
         """Restore one artifact (see the module docstring); ``restore_from`` picks which one is used."""
-        artifact = Path(artifact)
+        artifact = as_artifact(artifact)
         c = self.config
         if artifact.is_dir():
             if c.restore_from != "export":
@@ -646,7 +684,7 @@ class ElasticsearchService(BaseService):
             return "not used (restore_from = export: the index export is restored instead)"
         return self._restore_volume(artifact, already_stopped=already_stopped)
 
-    def _restore_export(self, root: Path, *, replace: bool, only: list[str] | None) -> str:
+    def _restore_export(self, root: ArtifactPath, *, replace: bool, only: list[str] | None) -> str:
         try:
             counts = self._verify_export(root)
         except VerifyError as exc:
@@ -669,7 +707,7 @@ class ElasticsearchService(BaseService):
             raise RestoreError(f"{self.name}: {exc}{so_far}") from None
         return f"{len(done)} indices restored from {root.name}/: {', '.join(done) or 'none'}"
 
-    def _restore_index(self, es: _Client, folder: Path, idx: str, expected: int, *, replace: bool) -> int:
+    def _restore_index(self, es: _Client, folder: ArtifactPath, idx: str, expected: int, *, replace: bool) -> int:
         c = self.config
         q = _q(idx)
         mapping = self._read_json(folder / "mapping.json", f"{idx}/mapping.json")
@@ -705,7 +743,7 @@ class ElasticsearchService(BaseService):
         log.info("%s: index %s restored, %d documents", self.name, idx, count)
         return count
 
-    def _bulk_load(self, es: _Client, path: Path, idx: str) -> int:
+    def _bulk_load(self, es: _Client, path: ArtifactPath, idx: str) -> int:
         c = self.config
         batch: list[bytes] = []
         size = 0
@@ -774,7 +812,7 @@ class ElasticsearchService(BaseService):
         except (httpx.HTTPError, ArtifactError):
             return False
 
-    def _restore_volume(self, artifact: Path, *, already_stopped: bool) -> str:
+    def _restore_volume(self, artifact: ArtifactPath, *, already_stopped: bool) -> str:
         c = self.config
         try:
             self._verify_tarball(artifact)

@@ -51,12 +51,14 @@ import ssl
 import tempfile
 import time
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar, Iterator, Literal
 
 import httpx
 
-from ..access import CHUNK, LocalAccess, tar_of_file
-from ..config import EtcdConfig, resolve_secret
+from pydantic import Field, SecretStr
+
+from ..access import CHUNK, LocalAccess
+from ..schema import ServiceBase, resolve_secret
 from ..errors import (
     AccessError,
     ArtifactError,
@@ -65,6 +67,7 @@ from ..errors import (
     RestoreError,
     VerifyError,
 )
+from ..reader import ArtifactPath, as_artifact
 from ..writer import StreamEnds, write_stream
 from .base import ArtifactResult, BaseService
 
@@ -105,12 +108,13 @@ class SnapshotChecker:
             raise IncompleteArtifactError("snapshot SHA-256 trailer mismatch: the file is corrupt or truncated")
 
 
-def verify_snapshot_file(artifact: Path) -> str:
+def verify_snapshot_file(artifact: ArtifactPath | Path) -> str:
     """Check an etcd snapshot file: bbolt magic, size rule and the SHA-256 trailer."""
     checker = SnapshotChecker()
     head = b""
     n = 0
-    with open(artifact, "rb") as fh:
+    artifact = as_artifact(artifact)
+    with artifact.open() as fh:
         for chunk in iter(lambda: fh.read(CHUNK), b""):
             if len(head) < 64:
                 head += chunk[: 64 - len(head)]
@@ -297,8 +301,35 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield bytes(buf)
 
 
+
+class EtcdConfig(ServiceBase):
+    """An etcd v3 member: a snapshot over the gRPC gateway (or ``etcdctl snapshot save``)."""
+
+    kind: Literal["etcd"]
+    endpoint: str = Field("http://127.0.0.1:2379", description="client URL of one member (http:// or https://)")
+    user: str | None = Field(None, description="etcd user (auth enabled); the gateway has no CN-based auth")
+    password: SecretStr | None = Field(None, description="password reference (env:NAME recommended)")
+    method: Literal["gateway", "etcdctl"] = Field("gateway", description="gateway: HTTP v3 gRPC gateway; "
+                                                   "etcdctl: `etcdctl snapshot save`")
+    cacert: str | None = Field(None, description="CA bundle to verify an https endpoint")
+    cert: str | None = Field(None, description="client certificate (TLS transport)")
+    key: str | None = Field(None, description="client certificate key (TLS transport)")
+    etcdctl: str = Field("etcdctl", description="etcdctl executable (etcdctl method; restore when etcdutl is absent)")
+    etcdutl: str = Field("etcdutl", description="etcdutl executable: restores with `etcdutl snapshot restore` when "
+                                                "it is present where the restore runs (etcd ≥3.5; 3.6 has only it)")
+    data_dir: str | None = Field(None, description="member data dir as seen from this host (in-place restore)")
+    name: str | None = Field(None, description="member name (--name) used when restoring")
+    peer_url: str | None = Field(None, description="member peer URL (--initial-advertise-peer-urls) for restore")
+    stop_command: list[str] | None = Field(None, description="argv that stops etcd before an in-place restore")
+    start_command: list[str] | None = Field(None, description="argv that starts etcd after an in-place restore")
+    section: ClassVar[str] = "etcd Snapshots"
+    default_min_bytes: ClassVar[int] = 512 + 32
+    order: ClassVar[int] = 80
+
+
 class EtcdService(BaseService):
     kind: ClassVar[str] = "etcd"
+    config_model: ClassVar[type[EtcdConfig]] = EtcdConfig
     config: EtcdConfig
 
     @property
@@ -393,7 +424,8 @@ class EtcdService(BaseService):
                     self.access.remove_tree(str(tmp))
 
     # -- verify -------------------------------------------------------------
-    def verify(self, artifact: Path) -> str:
+    def verify(self, artifact: ArtifactPath | Path) -> str:
+        artifact = as_artifact(artifact)
         return verify_snapshot_file(artifact)
 
     # -- restore ------------------------------------------------------------
@@ -448,19 +480,20 @@ class EtcdService(BaseService):
                      "--initial-cluster", f"{name or 'default'}={peer_url}"]
         return argv
 
-    def _restore_into(self, artifact: Path, data_dir: Path, name: str | None, peer_url: str | None) -> None:
+    def _restore_into(self, artifact: ArtifactPath, data_dir: Path, name: str | None, peer_url: str | None) -> None:
         c = self.config
-        argv = self._restore_argv(str(artifact), str(data_dir), name, peer_url)
         try:
-            self.access.run(argv, env={"ETCDCTL_API": "3"}, timeout=c.timeout_s,
-                            label=f"{os.path.basename(argv[0])} snapshot restore")
+            with artifact.local_file() as snapshot:   # a checked private copy: the tool wants a file name
+                argv = self._restore_argv(str(snapshot), str(data_dir), name, peer_url)
+                self.access.run(argv, env={"ETCDCTL_API": "3"}, timeout=c.timeout_s,
+                                label=f"{os.path.basename(argv[0])} snapshot restore")
         except (ProducerError, AccessError) as exc:
             raise RestoreError(f"{self.name}: {exc}") from None
 
-    def restore(self, artifact: Path, *, data_dir: str | None = None, name: str | None = None,
+    def restore(self, artifact: ArtifactPath | Path, *, data_dir: str | None = None, name: str | None = None,
                 peer_url: str | None = None, start_command: list[str] | None = None, **_: object) -> str:
         """Restore ``artifact`` into a new data dir, or in place (see the module docstring)."""
-        artifact = Path(artifact)
+        artifact = as_artifact(artifact)
         try:
             self.verify(artifact)
         except VerifyError as exc:
@@ -483,7 +516,7 @@ class EtcdService(BaseService):
                                "start_command to restore in place")
         return self._restore_in_place(artifact, Path(c.data_dir), name, peer_url, start)
 
-    def _restore_in_container(self, artifact: Path, live: str, name: str | None, peer_url: str | None) -> str:
+    def _restore_in_container(self, artifact: ArtifactPath, live: str, name: str | None, peer_url: str | None) -> str:
         """In-place restore in a container: restore beside the data dir in it, stop, swap, start."""
         c = self.config
         ts = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -491,7 +524,7 @@ class EtcdService(BaseService):
         staging, old = f"{live}.coderz-restore-{ts}", f"{live}.coderz-old-{ts}"
         copy = f"coderz-restore-{ts}.snapshot"
         try:
-            self.access.untar_into("/tmp", tar_of_file(artifact, copy))
+            self.access.untar_into("/tmp", artifact.as_tar(copy))
             # readable by the container's user only (the snapshot holds every key and secret)
             self.access.shell('chown "$(stat -c %u:%g "$2")" "$1"', f"/tmp/{copy}", os.path.dirname(live),
                               label="chown snapshot copy")
@@ -530,7 +563,7 @@ class EtcdService(BaseService):
                 time.sleep(0.3)
         return f"etcd in {self.access.description} restarted on {live} from {artifact.name} (old data kept at {old}): {health}"
 
-    def _restore_in_place(self, artifact: Path, live: Path, name: str | None, peer_url: str | None,
+    def _restore_in_place(self, artifact: ArtifactPath, live: Path, name: str | None, peer_url: str | None,
                           start: list[str]) -> str:
         c = self.config
         if self._answers() and not c.stop_command:

@@ -49,13 +49,14 @@ import tempfile
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import httpx
-from isal import igzip
+
+from pydantic import Field, SecretStr
 
 from ..access import ARCHIVE_ERRORS, CHUNK, LocalAccess, SeenMembers, check_member
-from ..config import GrafanaConfig, resolve_secret
+from ..schema import ServiceBase, resolve_secret
 from ..errors import (
     AccessError,
     ArtifactError,
@@ -65,6 +66,7 @@ from ..errors import (
     RestoreError,
     VerifyError,
 )
+from ..reader import ArtifactPath, as_artifact
 from ..writer import ArtifactWriter, FileRecord, write_stream
 from .base import ArtifactResult, BaseService, backup_each
 from .sqlitecopy import sqlite_copy
@@ -200,8 +202,39 @@ class _Api(HttpApi):
             page += 1
 
 
+
+class GrafanaConfig(ServiceBase):
+    """Grafana: dashboards, folders, datasources and alert rules over the HTTP API + a data-dir tarball."""
+
+    kind: Literal["grafana"]
+    url: str = Field("http://127.0.0.1:3000", description="Grafana base URL (http:// or https://)")
+    token: SecretStr | None = Field(None, description="service-account token reference, sent as Bearer "
+                                                      "(Admin role: datasources and alert rules need it)")
+    user: str | None = Field(None, description="basic-auth user (used when no token is set)")
+    password: SecretStr | None = Field(None, description="basic-auth password reference (env:NAME recommended)")
+    org_id: int | None = Field(None, ge=1, description="organisation to back up (X-Grafana-Org-Id); "
+                                                        "unset = the user's/token's current org")
+    data_dir: str | None = Field(None, description="Grafana data dir holding grafana.db (e.g. /var/lib/grafana) "
+                                                   "as seen from this host; unset = no data-dir tarball")
+    page_size: int = Field(1000, ge=1, le=5000, description="search hits / folders per page")
+    alert_rules: bool = Field(True, description="export and restore alert rules (provisioning API); set false "
+                                                "when unified alerting is disabled")
+    restore_from: Literal["api", "volume"] = Field("api", description="api: re-create folders, dashboards, "
+                                                   "alert rules (and missing datasources) over the HTTP API; "
+                                                   "volume: replace the data dir with the tarball (Grafana stopped)")
+    stop_command: list[str] | None = Field(None, description="argv that stops Grafana before a volume restore "
+                                                             "(not needed with container)")
+    start_command: list[str] | None = Field(None, description="argv that starts Grafana after a volume restore")
+    health_timeout_s: float = Field(120.0, gt=0, description="wait this long for /api/health after a volume restore")
+    cacert: str | None = Field(None, description="CA bundle to verify an https url")
+    verify_tls: bool = Field(True, description="verify the server certificate of an https url")
+    section: ClassVar[str] = "Grafana"
+    order: ClassVar[int] = 40
+
+
 class GrafanaService(BaseService):
     kind: ClassVar[str] = "grafana"
+    config_model: ClassVar[type[GrafanaConfig]] = GrafanaConfig
     config: GrafanaConfig
 
     @property
@@ -506,23 +539,23 @@ class GrafanaService(BaseService):
             "grafana_db": "copied while the container was paused, SQLite online backup, PRAGMA integrity_check ok"})
 
     # -- verify -------------------------------------------------------------
-    def verify(self, artifact: Path) -> str:
-        artifact = Path(artifact)
+    def verify(self, artifact: ArtifactPath | Path) -> str:
+        artifact = as_artifact(artifact)
         if artifact.is_dir():
             return self._verify_export(artifact)
         return self._verify_tarball(artifact)
 
     @staticmethod
-    def _read_json(path: Path, what: str, error: type[CoderzBackupError] = VerifyError) -> Any:
+    def _read_json(path: ArtifactPath, what: str, error: type[CoderzBackupError] = VerifyError) -> Any:
         try:
-            with open(path, "rb") as fh:
+            with as_artifact(path).open() as fh:
                 return json.load(fh)
         except FileNotFoundError:
             raise error(f"{what}: missing") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise error(f"{what}: not valid JSON ({exc})") from None
 
-    def _verify_export(self, dash_dir: Path, error: type[CoderzBackupError] = VerifyError) -> str:
+    def _verify_export(self, dash_dir: ArtifactPath, error: type[CoderzBackupError] = VerifyError) -> str:
         root = dash_dir.parent
         name = root.name
         index = self._read_json(root / INDEX_FILE, f"{name}/{INDEX_FILE}", error)
@@ -532,16 +565,18 @@ class GrafanaService(BaseService):
             raise error(f"{name}/{INDEX_FILE}: no dashboard table / counts")
         if counts.get("dashboards") != len(table):
             raise error(f"{name}/{INDEX_FILE}: {len(table)} dashboards listed, counts say {counts.get('dashboards')}")
-        root_real = os.path.realpath(root)
+        root_real = os.path.realpath(root.path)
         for uid, rel in table.items():
-            path = root / rel
-            if not os.path.realpath(path).startswith(root_real + os.sep) or not rel.startswith("dashboards/"):
+            parts = rel.split("/") if isinstance(rel, str) else [".."]
+            if ".." in parts or not rel.startswith("dashboards/") or \
+                    not os.path.realpath(root.path / rel).startswith(root_real + os.sep):
                 raise error(f"{name}/{INDEX_FILE}: unsafe path {rel!r} for dashboard {uid}")
+            path = root / rel
             obj = self._read_json(path, f"{name}/{rel}", error)
             dash = obj.get("dashboard") if isinstance(obj, dict) else None
             if not isinstance(dash, dict) or dash.get("uid") != uid:
                 raise error(f"{name}/{rel}: no dashboard with uid {uid!r} ({{\"dashboard\": {{\"uid\": …}}}} expected)")
-        on_disk = sum(1 for p in dash_dir.rglob("*.json"))
+        on_disk = sum(1 for p in dash_dir.files() if p.name.endswith(".json"))
         if on_disk != len(table):
             raise error(f"{name}/dashboards: {on_disk} JSON files, {INDEX_FILE} lists {len(table)}")
         expected = self._manifest_count(root)
@@ -558,11 +593,11 @@ class GrafanaService(BaseService):
             parts.append(f"{len(items)} {key.replace('_', ' ')}")
         return ", ".join(parts) + ": JSON intact, every dashboard has its uid, counts match"
 
-    def _manifest_count(self, root: Path) -> int | None:
+    def _manifest_count(self, root: ArtifactPath) -> int | None:
         """Dashboards count in the snapshot manifest's details, when a manifest is there."""
-        manifest = root.parent / "manifest.json"
         try:
-            entries = json.loads(manifest.read_text()).get("artifacts") or []
+            manifest = root.manifest() or json.loads((root.parent / "manifest.json").read_text())
+            entries = manifest.get("artifacts") or []
         except (OSError, ValueError, AttributeError):
             return None
         for e in entries if isinstance(entries, list) else []:
@@ -571,12 +606,12 @@ class GrafanaService(BaseService):
                 return n if isinstance(n, int) else None
         return None
 
-    def _verify_tarball(self, artifact: Path, error: type[CoderzBackupError] = VerifyError) -> str:
+    def _verify_tarball(self, artifact: ArtifactPath, error: type[CoderzBackupError] = VerifyError) -> str:
         n = 0
         tables = None
         try:
             with tempfile.TemporaryDirectory(prefix="coderz-grafana-verify-") as tmp, \
-                    igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+                    as_artifact(artifact).open() as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
                 links = SeenMembers()
                 for member in tar:
                     check_member(member, "/restore-check", links)
@@ -631,9 +666,9 @@ class GrafanaService(BaseService):
                                f"database {body.get('database')!r})")
         return f"Grafana {body.get('version', '?')} answers, database ok"
 
-    def restore(self, artifact: Path, *, already_stopped: bool = False, **_: object) -> str:
+    def restore(self, artifact: ArtifactPath | Path, *, already_stopped: bool = False, **_: object) -> str:
         """Restore one artifact; ``restore_from`` decides which one is used (the other is left alone)."""
-        artifact = Path(artifact)
+        artifact = as_artifact(artifact)
         c = self.config
         if artifact.is_dir():
             if c.restore_from != "api":
@@ -652,7 +687,7 @@ class GrafanaService(BaseService):
             return f"not used (restore_from = {c.restore_from})"
         return self._restore_volume(artifact, already_stopped=already_stopped)
 
-    def _restore_api(self, dash_dir: Path) -> str:
+    def _restore_api(self, dash_dir: ArtifactPath) -> str:
         root = dash_dir.parent
         try:
             self._verify_export(dash_dir)
@@ -763,7 +798,7 @@ class GrafanaService(BaseService):
         secrets = f" (re-enter their secrets: {', '.join(need)})" if need else ""
         return f"datasources: {len(created)} created{secrets}, {existing} already there"
 
-    def _restore_dashboards(self, api: _Api, root: Path, table: dict[str, str], problems: list[str]) -> str:
+    def _restore_dashboards(self, api: _Api, root: ArtifactPath, table: dict[str, str], problems: list[str]) -> str:
         created = updated = provisioned = 0
         for uid, rel in table.items():
             obj = self._read_json(root / rel, rel, RestoreError)
@@ -843,7 +878,7 @@ class GrafanaService(BaseService):
         except httpx.HTTPError:
             return False
 
-    def _restore_volume(self, artifact: Path, *, already_stopped: bool) -> str:
+    def _restore_volume(self, artifact: ArtifactPath, *, already_stopped: bool) -> str:
         c = self.config
         try:
             self._verify_tarball(artifact)

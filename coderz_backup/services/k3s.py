@@ -28,6 +28,7 @@ Restore:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -37,13 +38,16 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from isal import igzip
+
+from pydantic import Field
 
 from ..access import ARCHIVE_ERRORS, CHUNK, LocalAccess, SeenMembers, check_member
 from ..errors import (AccessError, ArtifactError, CoderzBackupError, IncompleteArtifactError, ProducerError,
                       RestoreError, VerifyError)
+from ..reader import ArtifactPath, as_artifact
+from ..schema import ServiceBase
 from ..writer import ArtifactWriter, write_stream
 from .base import ArtifactResult, BaseService
 from .etcd import SnapshotChecker, verify_snapshot_file
@@ -58,8 +62,30 @@ _LIVE_DB = ("state.db", "state.db-wal", "state.db-shm", "state.db-journal")
 _SKIP_DIRS = ("etcd", "snapshots")
 
 
+
+class K3sConfig(ServiceBase):
+    """k3s: `k3s etcd-snapshot save` (embedded etcd) or a consistent copy of the SQLite datastore."""
+
+    kind: Literal["k3s"]
+    mode: Literal["auto", "etcd-snapshot", "sqlite"] = Field("auto", description="auto: etcd-snapshot when "
+                                                             "server/db/etcd exists, else sqlite")
+    data_dir: str = Field("/var/lib/rancher/k3s", description="k3s data dir (--data-dir)")
+    k3s: str = Field("k3s", description="k3s executable (run through the access: host, container or exec_prefix)")
+    snapshot_tmp_dir: str = Field("/tmp", description="where `etcd-snapshot save --dir` writes before the copy "
+                                                      "(a fresh sub-folder, deleted afterwards)")
+    stop_command: list[str] | None = Field(None, description='argv that stops k3s before a restore, e.g. '
+                                                              '["systemctl", "stop", "k3s"]')
+    start_command: list[str] | None = Field(None, description="argv that starts k3s after a restore")
+    health_command: list[str] | None = Field(None, description="argv that checks k3s after a restore, e.g. "
+                                                               '["k3s", "kubectl", "get", "--raw", "/readyz"]')
+    default_min_bytes: ClassVar[int] = 512
+    section: ClassVar[str] = "etcd Snapshots"
+    order: ClassVar[int] = 80
+
+
 class K3sService(BaseService):
     kind: ClassVar[str] = "k3s"
+    config_model: ClassVar[type[K3sConfig]] = K3sConfig
 
     # -- layout ---------------------------------------------------------------
     @property
@@ -180,13 +206,14 @@ class K3sService(BaseService):
                                                   "integrity_check": "ok"})
 
     # -- verify ---------------------------------------------------------------
-    def verify(self, artifact: Path) -> str:
+    def verify(self, artifact: ArtifactPath | Path) -> str:
+        artifact = as_artifact(artifact)
         if artifact.name.endswith(".snapshot"):
             return verify_snapshot_file(artifact)
         names = set()
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                with igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+                with as_artifact(artifact).open() as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
                     links = SeenMembers()
                     for member in tar:
                         check_member(member, "/restore-check", links)
@@ -232,7 +259,8 @@ class K3sService(BaseService):
             return f"{c.data_dir}/server in place (set health_command, e.g. kubectl get --raw /readyz, for more)"
         raise RestoreError(f"{self.name}: {c.data_dir}/server/token missing after restore")
 
-    def restore(self, artifact: Path, *, already_stopped: bool = False, **_: object) -> str:
+    def restore(self, artifact: ArtifactPath | Path, *, already_stopped: bool = False, **_: object) -> str:
+        artifact = as_artifact(artifact)
         if artifact.name.endswith(".snapshot"):
             return self._restore_etcd(artifact, already_stopped=already_stopped)
         return self._restore_sqlite(artifact, already_stopped=already_stopped)
@@ -251,7 +279,7 @@ class K3sService(BaseService):
             return "k3s started"
         return "start k3s now (start_command not set)"
 
-    def _restore_sqlite(self, artifact: Path, *, already_stopped: bool) -> str:
+    def _restore_sqlite(self, artifact: ArtifactPath, *, already_stopped: bool) -> str:
         try:
             self.verify(artifact)
         except VerifyError as exc:
@@ -269,7 +297,7 @@ class K3sService(BaseService):
                 os.rename(cur, f"{cur}.coderz-old-{stamp}")
                 kept.append(f"{cur}.coderz-old-{stamp}")
         try:
-            with igzip.open(artifact, "rb") as gz:
+            with as_artifact(artifact).open() as gz:
                 n = self.access.untar_into(self.config.data_dir, iter(lambda: gz.read(CHUNK), b""))
         except AccessError as exc:
             raise RestoreError(f"{self.name}: extraction failed; the previous datastore is kept as "
@@ -277,7 +305,7 @@ class K3sService(BaseService):
         started = self._start()
         return f"{n} entries restored into {server} (previous kept as {', '.join(kept) or 'nothing'}); {started}"
 
-    def _restore_etcd(self, artifact: Path, *, already_stopped: bool) -> str:
+    def _restore_etcd(self, artifact: ArtifactPath, *, already_stopped: bool) -> str:
         c = self.config
         try:
             verify_snapshot_file(artifact)
@@ -290,13 +318,19 @@ class K3sService(BaseService):
                 "nothing changed. On the host: stop the container, run `k3s server --cluster-reset "
                 "--cluster-reset-restore-path=<snapshot>` from its image with its volumes, start it again "
                 "(or configure exec_prefix / run coderz-backup where k3s runs)")
-        path = str(artifact)
-        if not self._is_local():
+        with contextlib.ExitStack() as cleanup:
+            return self._cluster_reset(artifact, already_stopped, cleanup)
+
+    def _cluster_reset(self, artifact: ArtifactPath, already_stopped: bool, cleanup: contextlib.ExitStack) -> str:
+        c = self.config
+        on_node = not self._is_local()
+        if on_node:
             stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
             path = f"{c.snapshot_tmp_dir.rstrip('/')}/coderz-restore-{stamp}.snapshot"
-            with open(artifact, "rb") as fh:
-                self.access.feed(["sh", "-c", 'cat > "$1"', "sh", path], iter(lambda: fh.read(CHUNK), b""),
-                                 timeout=c.timeout_s, label="copy snapshot to the node")
+            self.access.feed(["sh", "-c", 'cat > "$1"', "sh", path], artifact.chunks(CHUNK),
+                             timeout=c.timeout_s, label="copy snapshot to the node")
+        else:   # a checked private copy (k3s wants a file name), removed afterwards
+            path = str(cleanup.enter_context(artifact.local_file()))
         argv = self._k3s("server", "--cluster-reset", f"--cluster-reset-restore-path={path}")
         if c.data_dir != "/var/lib/rancher/k3s":
             argv += ["--data-dir", c.data_dir]
@@ -312,7 +346,7 @@ class K3sService(BaseService):
                     again = f"starting k3s again failed too: {start_exc}"
                 raise RestoreError(f"{self.name}: cluster reset failed: {exc}; {again}") from None
         finally:
-            if path != str(artifact):   # the copy on the node
+            if on_node:   # the copy on the node
                 try:
                     self.access.run(["rm", "-f", path], timeout=60, label="remove the snapshot copy")
                 except CoderzBackupError as exc:

@@ -28,15 +28,17 @@ import re
 import secrets
 import time
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar, Iterator, Literal
 
 import psycopg
-from isal import igzip
 from psycopg import sql
 
+from pydantic import Field, SecretStr
+
 from ..access import ARCHIVE_ERRORS, CHUNK
-from ..config import PostgresConfig, resolve_secret
+from ..schema import ServiceBase, resolve_secret
 from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, VerifyError
+from ..reader import ArtifactPath, as_artifact
 from ..writer import StreamEnds, write_command
 from .base import ArtifactResult, BaseService
 
@@ -58,17 +60,15 @@ def check_dump(ends: StreamEnds) -> None:
         )
 
 
-def read_gzip_chunks(path: Path) -> Iterator[bytes]:
-    """Decompressed chunks of a .gz file; raises VerifyError when it is corrupt or truncated."""
+def read_gzip_chunks(path: ArtifactPath | Path) -> Iterator[bytes]:
+    """Decompressed chunks of a .gz artifact (through the reader); VerifyError when it is corrupt or truncated."""
+    artifact = as_artifact(path)
     try:
-        with igzip.open(path, "rb") as fh:
-            while True:
-                chunk = fh.read(CHUNK)
-                if not chunk:
-                    return
-                yield chunk
+        yield from artifact.chunks(CHUNK)
+    except VerifyError:
+        raise
     except ARCHIVE_ERRORS as exc:  # truncated / bad CRC / not gzip / damaged deflate data
-        raise VerifyError(f"{path.name}: gzip stream is damaged ({exc})") from None
+        raise VerifyError(f"{artifact.name}: gzip stream is damaged ({exc})") from None
 
 
 # pg_dump's own lines that psql reads as commands: \restrict / \unrestrict around the dump,
@@ -144,8 +144,28 @@ def psql_can_restrict(version_output: str) -> bool:
     return major >= 18 or minor >= _RESTRICT_SINCE.get(major, 10 ** 6)
 
 
+
+class PostgresConfig(ServiceBase):
+    """A PostgreSQL database dumped with pg_dump (plain SQL, gzip)."""
+
+    kind: Literal["postgres"]
+    host: str = Field("127.0.0.1", description="server host")
+    port: int = Field(5432, ge=1, le=65535, description="server port")
+    user: str = Field(..., description="role used for pg_dump and restore")
+    password: SecretStr | None = Field(None, description="password reference (env:NAME recommended)")
+    database: str = Field(..., description="database to dump")
+    pg_dump: str = Field("pg_dump", description="pg_dump executable")
+    psql: str = Field("psql", description="psql executable (restore)")
+    default_min_bytes: ClassVar[int] = 64
+    order: ClassVar[int] = 10
+
+    def report_title(self, name: str) -> str:
+        return self.title or f"PostgreSQL — {self.database}"
+
+
 class PostgresService(BaseService):
     kind: ClassVar[str] = "postgres"
+    config_model: ClassVar[type[PostgresConfig]] = PostgresConfig
     config: PostgresConfig
 
     # -- helpers ------------------------------------------------------------
@@ -194,7 +214,8 @@ class PostgresService(BaseService):
                                           details={"database": c.database, "raw_bytes": rec.raw_bytes})]
 
     # -- verify -------------------------------------------------------------
-    def verify(self, artifact: Path) -> str:
+    def verify(self, artifact: ArtifactPath | Path | Path) -> str:
+        artifact = as_artifact(artifact)
         head = bytearray()
         tail = b""
         raw = 0
@@ -232,8 +253,9 @@ class PostgresService(BaseService):
                                   "('pg_catalog', 'information_schema')").fetchone()[0]
         return f"accepts queries, {tables} table(s)"
 
-    def restore(self, artifact: Path, *, database: str | None = None, **_: object) -> str:
+    def restore(self, artifact: ArtifactPath | Path | Path, *, database: str | None = None, **_: object) -> str:
         """Load ``artifact`` into ``database`` (default: the configured one), all or nothing."""
+        artifact = as_artifact(artifact)
         self.verify(artifact)
         c = self.config
         version = self.access.run([c.psql, "--version"], timeout=30, label="psql --version")

@@ -36,13 +36,16 @@ import re
 import tarfile
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import httpx
-from isal import igzip
+
+from pydantic import Field
 
 from ..access import ARCHIVE_ERRORS, CHUNK, SeenMembers, check_member
 from ..errors import AccessError, ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
+from ..reader import ArtifactPath, as_artifact
+from ..schema import ServiceBase
 from ..writer import ArtifactWriter
 from .base import ArtifactResult, BaseService
 from .datadir import replace_data_dir
@@ -55,7 +58,7 @@ SNAPSHOT_NAME = re.compile(r"^[0-9A-Za-z-]{1,80}$")
 ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
 
-def read_blocks(artifact: Path, *, allow_empty: bool = False) -> dict[str, dict]:
+def read_blocks(artifact: ArtifactPath, *, allow_empty: bool = False) -> dict[str, dict]:
     """Parse a snapshot tarball to the end; return ``{ulid: meta}``. Raises VerifyError.
 
     A snapshot without any block is refused unless ``allow_empty`` (an empty TSDB).
@@ -64,7 +67,7 @@ def read_blocks(artifact: Path, *, allow_empty: bool = False) -> dict[str, dict]
     dirs: set[str] = set()
     seen = SeenMembers()
     try:
-        with igzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+        with as_artifact(artifact).open() as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
             for member in tar:
                 name = member.name[2:] if member.name.startswith("./") else member.name
                 if name.startswith("/") or ".." in name.split("/"):
@@ -102,8 +105,27 @@ def _ts(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+
+class PrometheusConfig(ServiceBase):
+    """Prometheus: a TSDB snapshot through the admin API, streamed out of the data dir."""
+
+    kind: Literal["prometheus"]
+    url: str = Field("http://127.0.0.1:9090", description="Prometheus base URL (started with --web.enable-admin-api)")
+    data_dir: str | None = Field(None, description="--storage.tsdb.path as seen from here (or inside `container`)")
+    skip_head: bool = Field(False, description="leave out samples still in the in-memory head block")
+    stop_command: list[str] | None = Field(None, description="argv that stops Prometheus before a restore "
+                                                             "(not needed with container)")
+    start_command: list[str] | None = Field(None, description="argv that starts Prometheus after a restore")
+    health_timeout_s: float = Field(120.0, gt=0, description="wait this long for /-/ready after a restore")
+    #: the module checks the blocks itself; an empty TSDB gives a valid ~45-byte tarball
+    default_min_bytes: ClassVar[int] = 32
+    section: ClassVar[str] = "Prometheus"
+    order: ClassVar[int] = 50
+
+
 class PrometheusService(BaseService):
     kind: ClassVar[str] = "prometheus"
+    config_model: ClassVar[type[PrometheusConfig]] = PrometheusConfig
     artifact_names: ClassVar[tuple[str, ...]] = ("{name}-snapshot.tar.gz",)
 
     @property
@@ -188,7 +210,8 @@ class PrometheusService(BaseService):
             return None
 
     # -- verify ---------------------------------------------------------------
-    def verify(self, artifact: Path) -> str:
+    def verify(self, artifact: ArtifactPath | Path) -> str:
+        artifact = as_artifact(artifact)
         blocks = read_blocks(artifact, allow_empty=True)   # backup() refused an empty one unless the TSDB was
         if not blocks:
             return "gzip and tar intact, no TSDB block (Prometheus held no samples when it was taken)"
@@ -225,15 +248,16 @@ class PrometheusService(BaseService):
             raise RestoreError(f"{self.name}: {self._where()} is not ready (HTTP {resp.status_code})")
         return "ready"
 
-    def restore(self, artifact: Path, *, already_stopped: bool = False, **_: object) -> str:
+    def restore(self, artifact: ArtifactPath | Path, *, already_stopped: bool = False, **_: object) -> str:
+        artifact = as_artifact(artifact)
         c = self.config
         try:
-            blocks = read_blocks(Path(artifact), allow_empty=True)
+            blocks = read_blocks(as_artifact(artifact), allow_empty=True)
         except VerifyError as exc:
             raise RestoreError(f"{self.name}: refusing to restore, nothing changed: {exc}") from None
         if not c.data_dir:
             raise RestoreError(f"{self.name}: set data_dir (the TSDB path) to restore; nothing changed")
-        detail = replace_data_dir(self.access, Path(artifact), name=self.name, product=self._where(),
+        detail = replace_data_dir(self.access, as_artifact(artifact), name=self.name, product=self._where(),
                                   data_dir=c.data_dir, stop_command=c.stop_command, start_command=c.start_command,
                                   answers=self._answers, health=self.health, health_timeout_s=c.health_timeout_s,
                                   already_stopped=already_stopped)

@@ -22,20 +22,22 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar, Iterator, Literal
 
 import anycrc
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..access import CHUNK, tar_of_file
-from ..config import RedisConfig, resolve_secret
+from pydantic import Field, SecretStr
+
+from ..access import CHUNK
+from ..schema import ServiceBase, resolve_secret
 from ..errors import ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
+from ..reader import ArtifactPath, as_artifact
 from ..writer import StreamEnds, write_stream
 from .base import ArtifactResult, BaseService
 
@@ -134,8 +136,26 @@ class RdbChecker:
             raise IncompleteArtifactError("RDB checksum mismatch: the file is corrupt or truncated")
 
 
+
+class RedisConfig(ServiceBase):
+    """Redis: BGSAVE, then the RDB file (from data_dir, or over the replication protocol)."""
+
+    kind: Literal["redis"]
+    host: str = Field("127.0.0.1", description="server host")
+    port: int = Field(6379, ge=1, le=65535, description="server port")
+    username: str | None = Field(None, description="ACL user (needs SYNC/REPLCONF for the network path)")
+    password: SecretStr | None = Field(None, description="password reference")
+    data_dir: str | None = Field(None, description="server's data dir as seen from this host; unset = fetch over the network")
+    start_command: list[str] | None = Field(None, description="argv that starts the server again after a restore")
+    save_timeout_s: float = Field(600.0, gt=0, description="how long to wait for BGSAVE")
+    section: ClassVar[str] = "Redis"
+    default_min_bytes: ClassVar[int] = 18
+    order: ClassVar[int] = 20
+
+
 class RedisService(BaseService):
     kind: ClassVar[str] = "redis"
+    config_model: ClassVar[type[RedisConfig]] = RedisConfig
     config: RedisConfig
 
     @property
@@ -300,12 +320,13 @@ class RedisService(BaseService):
         sock.sendall(b"".join(out))
 
     # -- verify -------------------------------------------------------------
-    def verify(self, artifact: Path) -> str:
+    def verify(self, artifact: ArtifactPath | Path | Path) -> str:
+        artifact = as_artifact(artifact)
         checker = RdbChecker()
         head = b""
         tail = b""
         n = 0
-        with open(artifact, "rb") as fh:
+        with artifact.open() as fh:
             for chunk in iter(lambda: fh.read(CHUNK), b""):
                 if not head:
                     head = chunk[:16]
@@ -335,9 +356,10 @@ class RedisService(BaseService):
         finally:
             client.close()
 
-    def restore(self, artifact: Path, *, data_dir: str | None = None, start_command: list[str] | None = None,
-                **_: object) -> str:
+    def restore(self, artifact: ArtifactPath | Path | Path, *, data_dir: str | None = None,
+                start_command: list[str] | None = None, **_: object) -> str:
         """Stop Redis without saving, put the RDB in place, start it, wait until loaded."""
+        artifact = as_artifact(artifact)
         self.verify(artifact)
         c = self.config
         start = start_command or c.start_command
@@ -391,7 +413,7 @@ class RedisService(BaseService):
         else:
             dest = Path(target_dir) / dbfile
             tmp = dest.with_name(f".{dbfile}.coderz-restore")
-            shutil.copyfile(artifact, tmp)
+            artifact.copy_to(tmp)
             st = os.stat(target_dir)
             os.chown(tmp, st.st_uid, st.st_gid)
             os.chmod(tmp, 0o660)
@@ -409,10 +431,10 @@ class RedisService(BaseService):
             client.close()
         return f"Redis restarted from {artifact.name} with {keys} keys" + (" (AOF rebuilt)" if aof else "")
 
-    def _place_in_container(self, artifact: Path, target_dir: str, dbfile: str) -> None:
+    def _place_in_container(self, artifact: ArtifactPath, target_dir: str, dbfile: str) -> None:
         """Put the RDB into the (stopped) container's data dir, owned like the dir."""
         try:
-            self.access.untar_into(target_dir, tar_of_file(artifact, dbfile, mode=0o660))
+            self.access.untar_into(target_dir, artifact.as_tar(dbfile, mode=0o660))
             self.access.chown_like_parent(target_dir)
         except CoderzBackupError as exc:
             raise RestoreError(f"{self.name}: placing {dbfile} in {target_dir} failed: {exc}; start the container "

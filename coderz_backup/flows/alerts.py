@@ -1,0 +1,46 @@
+"""The crash hook of the backup flow: a run that ends before its outcome mail is never silent.
+
+:func:`alert_on_failure` is the flow's ``on_failure`` / ``on_crashed`` hook: it sends the 🔴
+mail (config loaded from the run's parameters) unless :func:`outcome_mailed` recorded that the
+run already sent its result mail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from .. import mail, notify
+from ..config import load
+from ..errors import CoderzBackupError
+
+__all__ = ["alert_on_failure", "outcome_mailed"]
+
+log = logging.getLogger("coderz_backup.flow")
+
+_mailed_runs: set[str] = set()
+
+
+def outcome_mailed(run_id: str) -> None:
+    """The run's outcome mail went (or was tried): the hook stays quiet for it."""
+    _mailed_runs.add(run_id)
+
+
+def alert_on_failure(flow, flow_run, state) -> None:
+    """on_failure / on_crashed: send 🔴 unless the run already mailed its outcome."""
+    run_id = str(flow_run.id)
+    if run_id in _mailed_runs:
+        return
+    params = dict(flow_run.parameters or {})
+    try:
+        cfg = load(params.get("config"), dest=params.get("dest"), keep=params.get("keep"))
+    except CoderzBackupError as exc:
+        log.error("cannot send the failure mail: config unusable (%s)", exc)
+        return
+    if cfg.email is None:
+        return
+    when = flow_run.start_time or flow_run.expected_start_time or dt.datetime.now(dt.timezone.utc)
+    subject, html, text = notify.crash_bodies(when, state.message or state.name, flow_run=flow_run.name,
+                                              dest=str(cfg.dest))
+    if mail.send_with_retries(cfg.email, subject, html, text, log):
+        _mailed_runs.add(run_id)
