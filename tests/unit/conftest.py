@@ -28,7 +28,9 @@ def pytest_sessionfinish(session, exitstatus):
         return   # unit and integration tests in one run: the integration tests use the server
     loaded = sorted(m for m in sys.modules if m == "prefect.server" or m.startswith("prefect.server."))
     if loaded:
-        session.config.get_terminal_writer().line(
-            f"unit tier: the Prefect server was imported ({', '.join(loaded[:3])}, …); "
+        writer = session.config.get_terminal_writer()
+        writer.line()
+        writer.line(
+            f"✗ unit tier: the Prefect server was imported ({', '.join(loaded[:3])}, …); "
             "unit tests must not need it", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
