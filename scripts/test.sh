@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Run the whole test suite against real servers (installs what it needs first).
 #   bash scripts/test.sh [pytest args...]
+# Without test paths in the args: the unit tier (tests/unit: no servers, well under a minute)
+# first, and only when it passes the integration tests (everything else). With test paths:
+# exactly those, through pytest unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SETUP_EXTRAS=test bash scripts/setup.sh
@@ -11,4 +14,37 @@ if [ ! -x /usr/bin/chromium ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 fi
-exec .venv/bin/python -m pytest "$@"
+
+# Does the caller name tests (a path, or path::test)? Values of pytest's options that take one
+# (-k aof, -m slow, …) are not paths; --help and --version are passed through as they are.
+explicit=""
+skip_value=""
+for arg in "$@"; do
+  if [ -n "$skip_value" ]; then skip_value=""; continue; fi
+  case "$arg" in
+    -h|--help|-V|--version) explicit=1 ;;
+    -k|-m|-p|-c|-o|-r|--tb|--maxfail|--durations|--timeout|--basetemp|--rootdir|--confcutdir|\
+    --junitxml|--junit-xml|--deselect|--ignore|--ignore-glob|--log-file|--log-level) skip_value=1 ;;
+    -*) ;;
+    *) if [ -e "${arg%%::*}" ]; then explicit=1; fi ;;
+  esac
+done
+if [ -n "$explicit" ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+
+# pytest's exit 5 = nothing collected (e.g. a -k that only matches tests of the other tier)
+echo "test: unit tier (tests/unit)"
+unit=0
+.venv/bin/python -m pytest tests/unit "$@" || unit=$?
+if [ "$unit" -ne 0 ] && [ "$unit" -ne 5 ]; then
+  echo "test: the unit tier failed (exit $unit); integration tests not run" >&2
+  exit "$unit"
+fi
+echo "test: integration tests"
+integration=0
+.venv/bin/python -m pytest --ignore=tests/unit "$@" || integration=$?
+if [ "$integration" -eq 5 ] && [ "$unit" -eq 0 ]; then
+  exit 0
+fi
+exit "$integration"

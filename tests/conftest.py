@@ -4,6 +4,10 @@
   test modules import Prefect, so in-process flows and CLI subprocesses share it.
 - PostgreSQL 15 (two clusters: source and restore target) and Redis 7 started by
   :mod:`coderz_backup.sandbox`, the same code the README's demo uses.
+
+A run that collects only ``tests/unit`` (the unit tier: no servers, no Docker, no network)
+starts none of this; its Prefect settings point at a closed port, so a unit test that
+reaches for the Prefect API fails at once instead of starting one.
 """
 
 from __future__ import annotations
@@ -37,8 +41,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+UNIT_TIER = ROOT / "tests" / "unit"
+
+
+def unit_tier_only(config) -> bool:
+    """True when every path pytest was asked to collect lies under ``tests/unit``."""
+    if config.option.pyargs:
+        return False
+    base = Path(config.invocation_params.dir)
+    paths = [(base / str(arg).split("::", 1)[0]).resolve() for arg in config.args]
+    return bool(paths) and all(p == UNIT_TIER or UNIT_TIER in p.parents for p in paths)
+
+
 def pytest_configure(config):
-    """Start one real Prefect server before any test module imports prefect."""
+    """Start one real Prefect server before any test module imports prefect (not for the unit tier)."""
     global _prefect_proc
     home = _SESSION_DIR / "prefect-home"
     home.mkdir()
@@ -48,6 +64,11 @@ def pytest_configure(config):
     os.environ.pop("PREFECT_API_URL", None)
     # the host's snapshot signing key of the test session (never /opt/coderz/backup/keys here)
     os.environ["CODERZ_BACKUP_SIGNING_KEY"] = str(_SESSION_DIR / "keys" / "signing.key")
+    config.coderz_unit_tier_only = unit_tier_only(config)
+    if config.coderz_unit_tier_only:
+        # no server: anything that asks for the Prefect API is refused (port 1 is never open)
+        os.environ["PREFECT_API_URL"] = "http://127.0.0.1:1/api"
+        return
     port = _free_port()
     log = open(_SESSION_DIR / "prefect-server.log", "wb")
     prefect_bin = Path(sys.executable).with_name("prefect")
