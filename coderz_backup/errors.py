@@ -61,8 +61,8 @@ class CoderzBackupError(Exception):
     """
 
     attempts: int | None = None
-    results: tuple = ()
-    failed: dict = {}   # never mutated: replaced as a whole
+    results: list = []   # class defaults are never mutated: an instance gets its own values
+    failed: dict = {}
 
 
 class ConfigError(CoderzBackupError):

@@ -147,11 +147,11 @@ def backup_each(service: str, steps: Sequence[tuple[str, Callable[[], ArtifactRe
         fatal = [e for _, e in failed if isinstance(e, (ConfigError, SecretError))]
         err: CoderzBackupError = (fatal or [failed[0][1]])[0] if fatal or len(failed) == 1 else \
             ArtifactError("; ".join(f"{p}: {e}" for p, e in failed))
-        err.results = tuple(done)   # skipped ones stay skipped
+        err.results = list(done)    # skipped ones stay skipped
         err.failed = per_path       # each artifact's own reason, for the report
         raise err
     partial = PartialBackupError("; ".join(f"{p} failed: {e}" for p, e in failed)
                                  + " (written: " + ", ".join(r.path for r in done if r.status == "ok") + ")")
-    partial.results = tuple(done)
+    partial.results = list(done)
     partial.failed = per_path
     raise partial

@@ -12,7 +12,7 @@ import pytest
 
 from coderz_backup.access import LocalAccess
 from coderz_backup.errors import ArtifactError, IncompleteArtifactError, ProducerError, StoreError
-from coderz_backup.writer import ArtifactWriter, sha256_file, write_command, write_stream
+from coderz_backup.writer import ArtifactWriter, write_command, write_stream
 
 KEEP = 64 * 1024   # the writer keeps this much of the stream's head and tail for checks
 
@@ -163,8 +163,3 @@ def test_command_output_is_written_as_the_artifact(tmp_path):
     assert rec.raw_bytes == 6000
 
 
-def test_sha256_file_streams_the_same_digest_as_hashlib(tmp_path):
-    data = payload(3 * (1 << 20) + 5)   # more than one read chunk
-    (tmp_path / "f").write_bytes(data)
-
-    assert sha256_file(tmp_path / "f") == (len(data), hashlib.sha256(data).hexdigest())
