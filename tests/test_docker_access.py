@@ -18,7 +18,9 @@ from isal import igzip
 from pydantic import SecretStr
 
 from coderz_backup.access_docker import DockerAccess
-from coderz_backup.services.etcd import EtcdConfig, PostgresConfig, RedisConfig
+from coderz_backup.services.etcd import EtcdConfig
+from coderz_backup.services.postgres import PostgresConfig
+from coderz_backup.services.redis import RedisConfig
 from coderz_backup.errors import AccessError, ArtifactError, ProducerError
 from coderz_backup.services import create
 from coderz_backup.writer import write_command

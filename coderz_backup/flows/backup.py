@@ -46,6 +46,7 @@ from ..runlog import run_log
 from ..services import REGISTRY, ArtifactResult, create, expected_artifacts
 from ..signing import load_signer
 from ..snapshot import SnapshotStore
+from ..stages import run_stages, stages_for
 from . import api_log_handlers
 from .alerts import alert_on_failure, outcome_mailed
 
@@ -104,6 +105,12 @@ def size_check(results: list[ArtifactResult], snapshot_dir: str, min_bytes: dict
     if not findings:
         log.info("size check: all artifact sizes plausible")
     return results, [f.as_dict() for f in findings]
+
+
+@task(name="post-snapshot", task_run_name="post-snapshot", cache_policy=NO_CACHE)
+def post_snapshot(stages: list, store: Any, folder: Path, manifest: dict, signer: Any) -> list[dict]:
+    """The post-snapshot stage (see coderz_backup.stages): results recorded in the manifest."""
+    return [r.as_manifest() for r in run_stages(stages, store, folder, manifest, signer=signer)]
 
 
 @task(name="publish-report", task_run_name="publish-report", cache_policy=NO_CACHE)
@@ -278,6 +285,9 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
         log.info("latest -> %s", snap.name)
     else:
         log.error("no usable artifact: %s kept for its log, `latest` not moved", final)
+    stages = stages_for(cfg) if usable else []
+    if stages:   # off-site copies and the like, on the finished snapshot (recorded in its manifest)
+        post_snapshot(stages, store, final, manifest, signer)
     deleted = rotate(store, keep_days=cfg.keep_days, current=snap.name, current_usable=usable)
     try:
         publish_report(manifest, str(final), report_key)
