@@ -65,6 +65,7 @@ from ..errors import (
     RestoreError,
     VerifyError,
 )
+from ..waiting import wait_until
 from ..writer import StreamEnds, write_stream
 from .base import ArtifactResult, BaseService
 
@@ -430,6 +431,11 @@ class EtcdService(BaseService):
         except (httpx.HTTPError, ArtifactError):
             return False
 
+    def _wait_healthy(self, kept: str) -> str:
+        """health() once etcd answers again after its start (60s at the most)."""
+        return wait_until(self.health, timeout=60, interval=0.3, retry=RestoreError, error=lambda exc: RestoreError(
+            f"{self.name}: etcd did not come back within 60s{kept}: {exc}"))
+
     def _restore_argv(self, snapshot: str, data_dir: str, name: str | None, peer_url: str | None) -> list[str]:
         """``etcdutl snapshot restore`` where etcdutl exists (where the restore runs), else etcdctl's."""
         c = self.config
@@ -518,16 +524,7 @@ class EtcdService(BaseService):
             self.access.start_service(None, timeout=120)
         except AccessError as exc:
             raise RestoreError(f"{self.name}: {exc} (old data kept at {old})") from None
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                health = self.health()
-                break
-            except RestoreError as exc:
-                if time.monotonic() > deadline:
-                    raise RestoreError(f"{self.name}: etcd did not come back within 60s (old data kept at "
-                                       f"{old}): {exc}") from None
-                time.sleep(0.3)
+        health = self._wait_healthy(f" (old data kept at {old})")
         return f"etcd in {self.access.description} restarted on {live} from {artifact.name} (old data kept at {old}): {health}"
 
     def _restore_in_place(self, artifact: Path, live: Path, name: str | None, peer_url: str | None,
@@ -551,12 +548,11 @@ class EtcdService(BaseService):
             except (ProducerError, AccessError) as exc:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise RestoreError(f"{self.name}: stop_command failed, nothing changed: {exc}") from None
-            deadline = time.monotonic() + 60
-            while self._answers():
-                if time.monotonic() > deadline:
-                    shutil.rmtree(staging, ignore_errors=True)
-                    raise RestoreError(f"{self.name}: etcd still answers 60s after stop_command; nothing changed")
-                time.sleep(0.2)
+            try:
+                wait_until(lambda: not self._answers(), timeout=60, interval=0.2)
+            except TimeoutError:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise RestoreError(f"{self.name}: etcd still answers 60s after stop_command; nothing changed") from None
         owner = live.stat() if live.exists() else None
         if live.exists():
             os.rename(live, old)
@@ -572,13 +568,5 @@ class EtcdService(BaseService):
             self.access.run(start, timeout=120, label="etcd start_command")
         except (ProducerError, AccessError) as exc:
             raise RestoreError(f"{self.name}: start_command failed after the swap{kept}: {exc}") from None
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                health = self.health()
-                break
-            except RestoreError as exc:
-                if time.monotonic() > deadline:
-                    raise RestoreError(f"{self.name}: etcd did not come back within 60s{kept}: {exc}") from None
-                time.sleep(0.3)
+        health = self._wait_healthy(kept)
         return f"etcd restarted on {live} from {artifact.name}{kept}: {health}"
