@@ -68,6 +68,7 @@ from ..errors import (
 from ..waiting import wait_until
 from ..writer import StreamEnds, write_stream
 from .base import ArtifactResult, BaseService
+from .httpapi import HttpApi
 
 __all__ = ["EtcdService", "SnapshotChecker", "verify_snapshot_file"]
 
@@ -138,38 +139,31 @@ def _message(body: bytes) -> str:
     return str(obj.get("message") or obj)[:300] if isinstance(obj, dict) else str(obj)[:300]
 
 
-class _Gateway:
+class _Gateway(HttpApi):
     """A connection to the v3 gRPC gateway of one member (raises ArtifactError)."""
 
+    product = "etcd"
+    url_field = "endpoint"
+
     def __init__(self, svc: "EtcdService", *, read_timeout: float):
-        c = svc.config
-        self.svc = svc
-        self.where = f"etcd at {c.endpoint}"
+        super().__init__(svc, read_timeout=read_timeout)
         self.prefix = "/v3"
         self._prefix_known = False
-        verify: ssl.SSLContext | bool = True
+        self.headers: dict[str, str] = {}
+
+    def tls(self) -> ssl.SSLContext | bool:
+        c = self.svc.config
         if c.endpoint.startswith("https://") or c.cacert or c.cert:
             try:
                 ctx = ssl.create_default_context(cafile=c.cacert)
                 if c.cert:
                     ctx.load_cert_chain(c.cert, c.key)
             except (OSError, ssl.SSLError) as exc:
-                raise ArtifactError(f"{svc.name}: cannot load TLS files (cacert/cert/key): {exc}") from None
-            verify = ctx
-        self.client = httpx.Client(base_url=c.endpoint.rstrip("/"), verify=verify,
-                                   timeout=httpx.Timeout(30.0, connect=10.0, read=read_timeout))
-        self.headers: dict[str, str] = {}
+                raise ArtifactError(f"{self.svc.name}: cannot load TLS files (cacert/cert/key): {exc}") from None
+            return ctx
+        return True
 
-    def close(self) -> None:
-        self.client.close()
-
-    def __enter__(self) -> "_Gateway":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _transport_error(self, exc: httpx.HTTPError) -> ArtifactError:
+    def transport(self, exc: httpx.HTTPError, what: str) -> ArtifactError:
         if "SSL" in str(exc) or "certificate" in str(exc).lower():  # TLS 1.3 reports a refused cert on read
             return ArtifactError(f"{self.where}: TLS handshake failed ({exc}); check cacert/cert/key")
         if isinstance(exc, httpx.ConnectError):
@@ -187,22 +181,23 @@ class _Gateway:
         return ArtifactError(f"{self.where}: no etcd v3 gRPC gateway (404 on /v3 and /v3beta; "
                              "etcd ≤3.2 serves only /v3alpha and is not supported)")
 
+    def refused(self, resp: httpx.Response, what: str) -> ArtifactError:
+        return ArtifactError(f"{self.where}: {what} failed (HTTP {resp.status_code}): "
+                             f"{_message(resp.content[:_ERROR_KEEP])}")
+
+    def not_json(self, resp: httpx.Response, what: str) -> ArtifactError:
+        return ArtifactError(f"{self.where}: {what} returned no JSON")
+
     def post(self, path: str, body: dict) -> dict:
         """A unary call; returns the JSON answer or raises ArtifactError with etcd's message."""
-        try:
-            for url in self._paths(path):
-                resp = self.client.post(url, json=body, headers=self.headers)
-                if resp.status_code == 404 and not self._prefix_known:
-                    continue
-                self.prefix, self._prefix_known = url[: -len(path)], True
-                if resp.status_code != 200:
-                    raise ArtifactError(f"{self.where}: {path} failed (HTTP {resp.status_code}): "
-                                        f"{_message(resp.content[:_ERROR_KEEP])}")
-                return resp.json()
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from None
-        except ValueError:
-            raise ArtifactError(f"{self.where}: {path} returned no JSON") from None
+        for url in self._paths(path):
+            resp = self.call("POST", url, json=body, headers=self.headers, what=path, ok=None)
+            if resp.status_code == 404 and not self._prefix_known:
+                continue
+            self.prefix, self._prefix_known = url[: -len(path)], True
+            if resp.status_code != 200:
+                raise self.refused(resp, path)
+            return self.parse(resp, path)
         raise self._no_gateway()
 
     def authenticate(self, user: str | None, password: str | None) -> None:
@@ -228,26 +223,23 @@ class _Gateway:
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[httpx.Response]:
         """The open snapshot response (status 200 checked)."""
-        try:
-            for url in self._paths("/maintenance/snapshot"):
-                with self.client.stream("POST", url, json={}, headers=self.headers) as resp:
-                    if resp.status_code == 404 and not self._prefix_known:
-                        continue
-                    self.prefix, self._prefix_known = url[: -len("/maintenance/snapshot")], True
-                    if resp.status_code != 200:
-                        body = b""
-                        for chunk in resp.iter_bytes():
-                            body += chunk
-                            if len(body) >= _ERROR_KEEP:
-                                break
-                        raise self._refused(resp.status_code, _message(body[:_ERROR_KEEP]))
-                    yield resp
-                    return
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from None
+        for url in self._paths("/maintenance/snapshot"):
+            with self.stream("POST", url, json={}, headers=self.headers, what="/maintenance/snapshot") as resp:
+                if resp.status_code == 404 and not self._prefix_known:
+                    continue
+                self.prefix, self._prefix_known = url[: -len("/maintenance/snapshot")], True
+                if resp.status_code != 200:
+                    body = b""
+                    for chunk in resp.iter_bytes():
+                        body += chunk
+                        if len(body) >= _ERROR_KEEP:
+                            break
+                    raise self.snapshot_refused(resp.status_code, _message(body[:_ERROR_KEEP]))
+                yield resp
+                return
         raise self._no_gateway()
 
-    def _refused(self, status: int, message: str) -> ArtifactError:
+    def snapshot_refused(self, status: int, message: str) -> ArtifactError:
         hint = ""
         if "user name is empty" in message or "invalid auth token" in message:
             hint = f"; auth is enabled on the server: set {self.svc.name}.user and .password"
@@ -426,9 +418,8 @@ class EtcdService(BaseService):
     def _answers(self) -> bool:
         try:
             with _Gateway(self, read_timeout=5.0) as gw:
-                gw.client.get("/version", timeout=3.0)
-            return True
-        except (httpx.HTTPError, ArtifactError):
+                return gw.answers("/version", timeout=3.0)
+        except ArtifactError:
             return False
 
     def _wait_healthy(self, kept: str) -> str:
