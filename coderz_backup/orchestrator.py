@@ -30,6 +30,7 @@ from typing import Iterator
 import httpx
 
 from .errors import OrchestratorError
+from .waiting import wait_until
 
 __all__ = ["prefect_api", "check_api", "EmbeddedServer"]
 
@@ -72,6 +73,10 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     os.setpgrp()  # a terminal's Ctrl-C reaches the CLI, which stops the server itself
 
 
+class _Exited(Exception):
+    """The embedded server's process ended while we waited for it."""
+
+
 class EmbeddedServer:
     """A temporary local Prefect API for one CLI run."""
 
@@ -101,16 +106,15 @@ class EmbeddedServer:
                 preexec_fn=_die_with_parent, close_fds=True)
         finally:
             log.close()
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
+
+        def up() -> bool:
             if self.proc.poll() is not None:
-                break
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+                raise _Exited
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+
+        with contextlib.suppress(_Exited, TimeoutError):
+            wait_until(up, timeout=self.timeout, interval=0.1, retry=httpx.HTTPError)
+            return self
         self.stop()
         tail = self.log_path.read_text(errors="replace")[-1500:] if self.log_path.exists() else ""
         raise OrchestratorError(f"the embedded Prefect API did not start within {self.timeout:g}s "

@@ -36,7 +36,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterator
 
 from .codecs import chain_for
 from .errors import VerifyError
@@ -425,9 +425,3 @@ def as_artifact(artifact: "ArtifactPath | str | os.PathLike[str]") -> ArtifactPa
     p = Path(artifact).absolute()
     return ArtifactPath(_DiskSource(Path("/")), str(p).lstrip("/"))
 
-
-def files_of(artifacts: Iterable[ArtifactPath]) -> list[ArtifactPath]:
-    out: list[ArtifactPath] = []
-    for a in artifacts:
-        out += a.files()
-    return out

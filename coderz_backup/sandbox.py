@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import pwd
 import shutil
@@ -18,10 +19,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
+
+from .waiting import wait_until
 
 __all__ = ["free_port", "EtcdServer", "PostgresServer", "PrometheusServer", "RedisServer", "pg_bin", "main"]
 
@@ -45,16 +47,29 @@ def pg_bin(name: str) -> str:
 
 
 def _wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None, what: str = "server") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what} exited early with status {proc.returncode}")
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+
+    wait_until(listening, timeout=timeout, interval=0.1, retry=OSError,
+               error=lambda _: RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s"))
+
+
+def _gone(pid: int, timeout: float, interval: float = 0.1) -> bool:
+    """Wait until process ``pid`` is gone; False when it is still there after ``timeout`` seconds."""
+    def gone() -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    try:
+        return wait_until(gone, timeout=timeout, interval=interval)
+    except TimeoutError:
+        return False
 
 
 def stop_pidfile(pidfile: Path, sig: int = signal.SIGTERM, timeout: float = 30) -> bool:
@@ -69,13 +84,8 @@ def stop_pidfile(pidfile: Path, sig: int = signal.SIGTERM, timeout: float = 30) 
             os.kill(pid, s)
         except ProcessLookupError:
             return True
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            time.sleep(0.1)
+        if _gone(pid, wait):
+            return True
     return True
 
 
@@ -124,15 +134,11 @@ class PostgresServer:
     def _wait_ready(self) -> None:
         import psycopg
 
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with self.connect("postgres"):
-                    return
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        def connects() -> bool:
+            with self.connect("postgres"):
+                return True
+
+        wait_until(connects, timeout=30, interval=0.2, retry=psycopg.OperationalError, error=lambda exc: exc)
 
     def connect(self, dbname: str = "postgres", user: str | None = None, password: str | None = None):
         import psycopg
@@ -210,12 +216,7 @@ class RedisServer:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
+        _gone(pid, 5, 0.05)
 
 
 class PrometheusServer:
@@ -257,15 +258,10 @@ class PrometheusServer:
         (self.base / "prometheus.yml").write_text(
             f"global:\n  scrape_interval: {self.scrape_interval}\n  evaluation_interval: 10s\n" + scrape)
         subprocess.run(self.start_command, check=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"prometheus on {self.url} not ready within {timeout}s; see {self.log}")
+        wait_until(lambda: httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200, timeout=timeout,
+                   interval=0.2, retry=httpx.HTTPError,
+                   error=lambda _: RuntimeError(f"prometheus on {self.url} not ready within {timeout}s; see {self.log}"))
+        return self
 
     def stop(self) -> None:
         try:
@@ -277,12 +273,8 @@ class PrometheusServer:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 return
-            for _ in range(100):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.1)
+            if _gone(pid, 10):
+                return
 
 
 # -- etcd -------------------------------------------------------------------------------
@@ -336,18 +328,14 @@ class EtcdServer:
         return self
 
     def wait_ready(self, died=lambda: False, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if died():
                 raise RuntimeError(f"etcd exited early; see {self.base / 'etcd.log'}")
-            try:
-                r = httpx.post(f"{self.url}/v3/maintenance/status", json={}, timeout=1)
-                if r.status_code == 200 and r.json().get("leader"):
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"etcd on {self.url} not ready within {timeout}s")
+            r = httpx.post(f"{self.url}/v3/maintenance/status", json={}, timeout=1)
+            return r.status_code == 200 and bool(r.json().get("leader"))
+
+        wait_until(ready, timeout=timeout, interval=0.1, retry=httpx.HTTPError,
+                   error=lambda _: RuntimeError(f"etcd on {self.url} not ready within {timeout}s"))
 
     def stop(self) -> None:
         if self.proc is None:
@@ -439,12 +427,9 @@ def _demo_cluster(etcd: "EtcdServer", k3s: Path) -> None:
 
 
 def _wait_scraped(prom: "PrometheusServer", timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = httpx.get(f"{prom.url}/api/v1/query", params={"query": "up"}, timeout=5).json()
-        if r.get("data", {}).get("result"):
-            return
-        time.sleep(0.5)
+    with contextlib.suppress(TimeoutError):   # not scraped yet: the demo goes on
+        wait_until(lambda: httpx.get(f"{prom.url}/api/v1/query", params={"query": "up"}, timeout=5).json()
+                   .get("data", {}).get("result"), timeout=timeout, interval=0.5)
 
 
 # where each server of a sandbox keeps its pid (for --stop from another process)

@@ -62,6 +62,7 @@ from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, Verif
 from ..reader import ArtifactPath, as_artifact
 from ..writer import ArtifactWriter, FileRecord
 from .base import ArtifactResult, BaseService
+from .httpapi import HttpApi
 
 __all__ = ["CORE_TYPES", "RESTORE_ORDER", "SSL_KEY_NOTE", "ApisixService"]
 
@@ -155,6 +156,50 @@ class ApisixConfig(ServiceBase):
         return v
 
 
+class _Admin(HttpApi):
+    """HTTP to the Admin API; the key travels in the ``X-API-KEY`` header only."""
+
+    product = "APISIX Admin API"
+    url_field = "admin_url"
+
+    def __init__(self, svc: ApisixService):
+        super().__init__(svc, headers={"Accept": "application/json"}, timeout=httpx.Timeout(60.0, connect=10.0))
+        key = resolve_secret(svc.config.admin_key, what=f"services.{svc.name}.admin_key")
+        if key:
+            self.client.headers["X-API-KEY"] = key  # header only: ?api_key= would land in access logs
+
+    def tls(self) -> ssl.SSLContext | bool:
+        c = self.svc.config
+        if c.verify_tls and c.cacert:
+            try:
+                return ssl.create_default_context(cafile=c.cacert)
+            except (OSError, ssl.SSLError) as exc:
+                raise ArtifactError(f"{self.svc.name}: cannot load cacert {c.cacert}: {exc}") from None
+        return c.verify_tls
+
+    def transport(self, exc: httpx.HTTPError, what: str) -> ArtifactError:
+        if isinstance(exc, httpx.ConnectError):
+            if "SSL" in str(exc) or "certificate" in str(exc).lower():
+                return ArtifactError(f"{self.where}: TLS handshake failed ({exc}); check cacert/verify_tls")
+            return ArtifactError(f"{self.where} is unreachable ({exc}); is the Admin API enabled and listening "
+                                 "there (3.x: deployment.admin.admin_listen, port 9180)?")
+        if isinstance(exc, httpx.TimeoutException):
+            return ArtifactError(f"{self.where}: {what} timed out ({type(exc).__name__})")
+        if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+            return IncompleteArtifactError(f"{self.where}: {what}: the answer was cut off "
+                                           f"({type(exc).__name__}: {exc})")
+        return ArtifactError(f"{self.where}: {what}: {type(exc).__name__}: {exc}")
+
+    def refused(self, resp: httpx.Response, what: str, err: type[Exception] = ArtifactError) -> Exception:
+        status, text = resp.status_code, _error_text(resp.content[:_ERROR_KEEP])
+        if status == 401 or (status == 403 and "check token" in text):
+            return err(f"{self.where}: admin_key rejected: {text}; check services.{self.svc.name}.admin_key")
+        if status == 403:
+            return err(f"{self.where}: {what} forbidden (HTTP 403): {text}; is this host in "
+                       "deployment.admin.allow_admin?")
+        return err(f"{self.where}: {what} failed (HTTP {status}): {text}")
+
+
 class ApisixService(BaseService):
     kind: ClassVar[str] = "apisix"
     config_model: ClassVar[type[ApisixConfig]] = ApisixConfig
@@ -172,50 +217,13 @@ class ApisixService(BaseService):
     def where(self) -> str:
         return f"APISIX Admin API at {self.config.admin_url}"
 
-    # -- HTTP -----------------------------------------------------------------
-    def _client(self) -> httpx.Client:
-        c = self.config
-        verify: ssl.SSLContext | bool = c.verify_tls
-        if c.verify_tls and c.cacert:
-            try:
-                verify = ssl.create_default_context(cafile=c.cacert)
-            except (OSError, ssl.SSLError) as exc:
-                raise ArtifactError(f"{self.name}: cannot load cacert {c.cacert}: {exc}") from None
-        headers = {"Accept": "application/json"}
-        key = resolve_secret(c.admin_key, what=f"services.{self.name}.admin_key")
-        if key:
-            headers["X-API-KEY"] = key  # header only: ?api_key= would land in access logs
-        return httpx.Client(base_url=c.admin_url.rstrip("/"), verify=verify, headers=headers,
-                            timeout=httpx.Timeout(60.0, connect=10.0))
-
-    def _transport_error(self, exc: httpx.HTTPError, what: str) -> ArtifactError:
-        if isinstance(exc, httpx.ConnectError):
-            if "SSL" in str(exc) or "certificate" in str(exc).lower():
-                return ArtifactError(f"{self.where}: TLS handshake failed ({exc}); check cacert/verify_tls")
-            return ArtifactError(f"{self.where} is unreachable ({exc}); is the Admin API enabled and listening "
-                                 "there (3.x: deployment.admin.admin_listen, port 9180)?")
-        if isinstance(exc, httpx.TimeoutException):
-            return ArtifactError(f"{self.where}: {what} timed out ({type(exc).__name__})")
-        if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
-            return IncompleteArtifactError(f"{self.where}: {what}: the answer was cut off "
-                                           f"({type(exc).__name__}: {exc})")
-        return ArtifactError(f"{self.where}: {what}: {type(exc).__name__}: {exc}")
-
-    def _refused(self, status: int, text: str, what: str, err=ArtifactError) -> Exception:
-        if status == 401 or (status == 403 and "check token" in text):
-            return err(f"{self.where}: admin_key rejected: {text}; check services.{self.name}.admin_key")
-        if status == 403:
-            return err(f"{self.where}: {what} forbidden (HTTP 403): {text}; is this host in "
-                       "deployment.admin.allow_admin?")
-        return err(f"{self.where}: {what} failed (HTTP {status}): {text}")
-
     # -- backup ---------------------------------------------------------------
     def backup(self, into: Path) -> list[ArtifactResult]:
         started = time.monotonic()
         into = Path(into)
         written: list[FileRecord] = []
         try:
-            with self._client() as client:
+            with _Admin(self) as client:
                 state: dict[str, Any] = {"api_version": None}
                 counts: dict[str, int] = {}
                 skipped: dict[str, str] = {}
@@ -283,16 +291,13 @@ class ApisixService(BaseService):
         if state["api_version"] is None:
             state["api_version"] = header or f"{shape} (no X-API-VERSION header; from the response shape)"
 
-    def _get_page(self, client: httpx.Client, rtype: str, page: int | None) -> tuple[httpx.Response, Any]:
+    def _get_page(self, client: _Admin, rtype: str, page: int | None) -> tuple[httpx.Response, Any]:
         """One list answer as (response, parsed JSON) or None for an empty type; raises _Skip/ArtifactError."""
         path = f"/apisix/admin/{rtype}"
         params = {"page": page, "page_size": self.config.page_size} if page is not None else None
         what = f"GET {path}" + (f" page {page}" if page is not None else "")
-        try:
-            resp = client.get(path, params=params)
-            body = resp.content
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, what) from None
+        resp = client.call("GET", path, params=params, what=what, ok=None)
+        body = resp.content
         status = resp.status_code
         if status == 200:
             try:
@@ -310,9 +315,9 @@ class ApisixService(BaseService):
         if rtype == "plugin_metadata" and status in (400, 404):
             raise _Skip(f"this APISIX cannot list plugin_metadata (HTTP {status}: {text}); "
                         "it is in the etcd-apisix snapshot")
-        raise self._refused(status, text, what)
+        raise client.refused(resp, what)
 
-    def _items(self, client: httpx.Client, rtype: str, state: dict) -> Iterator[dict]:
+    def _items(self, client: _Admin, rtype: str, state: dict) -> Iterator[dict]:
         """Every object of one type, page by page, checked against ``total``."""
         page = None if self.config.api_version == "v2" else 1
         total: int | None = None
@@ -371,7 +376,7 @@ class ApisixService(BaseService):
             raise IncompleteArtifactError(f"{where}: collected {got} objects but total says {total}; "
                                           "run the backup again")
 
-    def _export_type(self, client: httpx.Client, into: Path, rtype: str, state: dict) -> tuple[FileRecord, int]:
+    def _export_type(self, client: _Admin, into: Path, rtype: str, state: dict) -> tuple[FileRecord, int]:
         n = 0
         with ArtifactWriter.open(into, f"{self.folder}{rtype}.json", compress=False) as w:
             w.write(b"[")
@@ -444,17 +449,15 @@ class ApisixService(BaseService):
 
     def health(self) -> str:
         try:
-            with self._client() as client:
-                resp = client.get("/apisix/admin/routes")
-        except httpx.HTTPError as exc:
-            raise RestoreError(str(self._transport_error(exc, "GET /apisix/admin/routes"))) from None
+            with _Admin(self) as client:
+                resp = client.call("GET", "/apisix/admin/routes", what="GET /apisix/admin/routes", ok=None)
         except ArtifactError as exc:
             raise RestoreError(str(exc)) from None
         text = _error_text(resp.content[:_ERROR_KEEP])
         if resp.status_code == 404 and text == "Key not found":
             return "Admin API answers, key accepted, no routes"
         if resp.status_code != 200:
-            raise self._refused(resp.status_code, text, "GET /apisix/admin/routes", RestoreError)
+            raise client.refused(resp, "GET /apisix/admin/routes", RestoreError)
         try:
             body = resp.json()
         except ValueError:
@@ -472,7 +475,7 @@ class ApisixService(BaseService):
         created = replaced = 0
         notes: list[str] = []
         try:
-            client = self._client()
+            client = _Admin(self)
         except ArtifactError as exc:
             raise RestoreError(str(exc)) from None
         dropped = {"update_time"}   # + create_time once the server says it is forbidden (APISIX ≥3.7)
@@ -491,24 +494,22 @@ class ApisixService(BaseService):
                         path = f"/apisix/admin/{rtype}/{item['id']}"
                     done = f"{created} created, {replaced} replaced before it"
                     try:
-                        resp = client.put(path, json=value)
+                        resp = client.call("PUT", path, json=value, what="PUT", ok=None)
                         if (resp.status_code == 400 and "create_time" in value
                                 and b"forbidden" in resp.content and b"create_time" in resp.content):
                             dropped.add("create_time")
                             log.info("%s: the Admin API refuses create_time (APISIX ≥3.7): restoring without "
                                      "it (the server sets it)", self.name)
                             value.pop("create_time")
-                            resp = client.put(path, json=value)
-                    except httpx.HTTPError as exc:
-                        raise RestoreError(f"{self.name}: PUT {rtype}/{item['id']}: "
-                                           f"{self._transport_error(exc, 'PUT')}; stopped ({done})") from None
+                            resp = client.call("PUT", path, json=value, what="PUT", ok=None)
+                    except ArtifactError as exc:
+                        raise RestoreError(f"{self.name}: PUT {rtype}/{item['id']}: {exc}; stopped ({done})") from None
                     if resp.status_code == 201:
                         created += 1
                     elif 200 <= resp.status_code < 300:
                         replaced += 1
                     else:
-                        text = _error_text(resp.content[:_ERROR_KEEP])
-                        cause = self._refused(resp.status_code, text, f"PUT {path}")
+                        cause = client.refused(resp, f"PUT {path}")
                         raise RestoreError(
                             f"{self.name}: restore stopped at {rtype}/{item['id']}: {cause}; {done}, later "
                             "objects not restored (fix the cause and run the restore again: PUT by id is "

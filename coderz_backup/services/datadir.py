@@ -18,13 +18,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import time
 from typing import Callable, Sequence
-
 
 from ..access import ARCHIVE_ERRORS, CHUNK, Access, LocalAccess
 from ..errors import CoderzBackupError, RestoreError
 from ..reader import ArtifactPath, as_artifact
+from ..waiting import wait_until
 
 __all__ = ["move_aside", "replace_data_dir"]
 
@@ -73,14 +72,17 @@ def replace_data_dir(access: Access, artifact: ArtifactPath, *, name: str, produ
         stopped = access.stop_service(stop_command, timeout=300)
     except CoderzBackupError as exc:
         raise RestoreError(f"{name}: stopping {product} failed, nothing changed: {exc}") from None
-    deadline = time.monotonic() + 60
-    while answers():
+
+    def down() -> bool:
+        if not answers():
+            return True
         if not stopped and not already_stopped:
             raise RestoreError(f"{name}: {product} is running; set stop_command (or container) so it is down "
                                "before its data dir is replaced; nothing changed")
-        if time.monotonic() > deadline:
-            raise RestoreError(f"{name}: {product} still answers 60s after stopping; nothing changed")
-        time.sleep(0.3)
+        return False
+
+    wait_until(down, timeout=60, interval=0.3, error=lambda _: RestoreError(
+        f"{name}: {product} still answers 60s after stopping; nothing changed"))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
     # named before the move: a move that fails halfway has already put part of the data there
     kept = f"{aside_path(access, data_dir, stamp)} (and what is still in {data_dir})"
@@ -101,14 +103,8 @@ def replace_data_dir(access: Access, artifact: ArtifactPath, *, name: str, produ
                            f"failed: {exc}") from None
     if not started:
         return f"{n} entries restored into {data_dir} (old kept at {kept}); start {product} now (start_command not set)"
-    deadline = time.monotonic() + health_timeout_s
-    while True:
-        try:
-            status = health()
-            break
-        except RestoreError as exc:
-            if time.monotonic() > deadline:
-                raise RestoreError(f"{name}: data dir restored (old kept at {kept}) but {product} is not healthy "
-                                   f"{health_timeout_s:.0f}s after the start: {exc}") from None
-            time.sleep(0.5)
+    status = wait_until(
+        health, timeout=health_timeout_s, interval=0.5, retry=RestoreError,
+        error=lambda exc: RestoreError(f"{name}: data dir restored (old kept at {kept}) but {product} is not healthy "
+                                       f"{health_timeout_s:.0f}s after the start: {exc}"))
     return f"{n} entries restored into {data_dir} (old kept at {kept}); {status}"

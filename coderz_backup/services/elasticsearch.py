@@ -62,21 +62,20 @@ import httpx
 from pydantic import Field, SecretStr
 
 from ..access import ARCHIVE_ERRORS, CHUNK, SeenMembers, check_member
-from ..schema import ServiceBase, resolve_secret
+from ..schema import ServiceBase
 from ..errors import (
     AccessError,
     ArtifactError,
     CoderzBackupError,
     IncompleteArtifactError,
-    PartialBackupError,
     RestoreError,
     VerifyError,
 )
 from ..reader import ArtifactPath, as_artifact
 from ..writer import ArtifactWriter, FileRecord, write_stream
-from .base import ArtifactResult, BaseService, backup_each
-from .datadir import replace_data_dir
-from .httpapi import HttpApi
+from .apiservice import ApiService
+from .base import ArtifactResult
+from .httpapi import HttpApi, credentials
 
 __all__ = ["ElasticsearchService", "EsHTTPError", "strip_private_settings"]
 
@@ -160,23 +159,11 @@ class _Client(HttpApi):
     product = "Elasticsearch"
 
     def __init__(self, svc: ElasticsearchService, *, read_timeout: float = 120.0):
-        c = svc.config
         headers = {"Accept": "application/json"}
-        auth = None
-        api_key = resolve_secret(c.api_key, what=f"services.{svc.name}.api_key")
-        if api_key:
-            headers["Authorization"] = f"ApiKey {api_key}"
-            who = "the API key"
-        elif c.user:
-            password = resolve_secret(c.password, what=f"services.{svc.name}.password")
-            if password is None:
-                raise ArtifactError(f"{svc.name}: user {c.user!r} is set but no password; "
-                                    f"set services.{svc.name}.password")
-            auth = httpx.BasicAuth(c.user, password)
-            who = f"user {c.user!r}"
-        else:
-            who = "anonymous access (no user/api_key configured)"
-        super().__init__(svc, headers=headers, auth=auth, who=who, read_timeout=read_timeout)
+        login, auth, who = credentials(svc, token_field="api_key", scheme="ApiKey", token_who="the API key")
+        headers.update(login)
+        super().__init__(svc, headers=headers, auth=auth, who=who or "anonymous access (no user/api_key configured)",
+                         read_timeout=read_timeout)
 
     def refused(self, resp: httpx.Response, what: str) -> EsHTTPError:
         typ, text = _reason(resp.content[:8192])
@@ -238,10 +225,15 @@ class ElasticsearchConfig(ServiceBase):
     order: ClassVar[int] = 60
 
 
-class ElasticsearchService(BaseService):
+class ElasticsearchService(ApiService):
     kind: ClassVar[str] = "elasticsearch"
     config_model: ClassVar[type[ElasticsearchConfig]] = ElasticsearchConfig
     config: ElasticsearchConfig
+    product: ClassVar[str] = "Elasticsearch"
+    http_api: ClassVar[type[HttpApi]] = _Client
+    export_read_timeout: ClassVar[float] = 600.0
+    export_from: ClassVar[str] = "export"
+    export_kind: ClassVar[str] = "index export"
 
     @property
     def export_path(self) -> str:
@@ -251,29 +243,7 @@ class ElasticsearchService(BaseService):
     def tarball_path(self) -> str:
         return f"{self.name}-data.tar.gz"
 
-    def artifacts(self) -> list[str]:
-        return [self.export_path, self.tarball_path]
-
-    # -- backup -------------------------------------------------------------
-    def backup(self, into: Path) -> list[ArtifactResult]:
-        """The per-index export and the data-dir tarball, each on its own (one failing keeps the other)."""
-        into = Path(into)
-
-        def export() -> ArtifactResult:
-            started = time.monotonic()
-            with _Client(self, read_timeout=min(self.config.timeout_s, 600.0)) as es:
-                res = self._export(es, into)   # removes its folder when it fails
-            log.info("%s: %s in %.1fs", self.name, res.summary, time.monotonic() - started)
-            return res
-
-        try:
-            return backup_each(self.name, [(self.export_path, export),
-                                           (self.tarball_path, lambda: self._data_tarball(into))])
-        except BaseException as exc:
-            if not isinstance(exc, PartialBackupError):
-                shutil.rmtree(into / self.name, ignore_errors=True)
-            raise
-
+    # -- backup (ApiService.backup: the per-index export below and the data-dir tarball) --
     def _list_indices(self, es: _Client) -> tuple[list[str], list[str], list[str]]:
         """(to export, hidden/dot skipped, closed skipped), each sorted."""
 
@@ -665,24 +635,8 @@ class ElasticsearchService(BaseService):
     def restore(self, artifact: ArtifactPath | Path, *, replace: bool = True, indices: list[str] | None = None,
                 already_stopped: bool = False, **_: object) -> str:
         """Restore one artifact (see the module docstring); ``restore_from`` picks which one is used."""
-        artifact = as_artifact(artifact)
-        c = self.config
-        if artifact.is_dir():
-            if c.restore_from != "export":
-                if not (artifact.parent / self.tarball_path).is_file():   # its tarball failed during that backup
-                    raise RestoreError(f"{self.name}: this snapshot has no data-dir tarball to restore (it failed "
-                                       f"or was skipped during the backup), only the index export; set "
-                                       f"restore_from = \"export\" in [services.{self.name}] to restore from it. "
-                                       f"Nothing of {self.name} changed")
-                return "not used (restore_from = volume: the data-dir tarball is restored instead)"
-            return self._restore_export(artifact, replace=replace, only=indices)
-        if c.restore_from != "volume":
-            if not (artifact.parent / self.export_path).is_dir():   # its export failed during that backup
-                raise RestoreError(f"{self.name}: this snapshot has no index export to restore (it failed during "
-                                   f"the backup), only {artifact.name}; set restore_from = \"volume\" in "
-                                   f"[services.{self.name}] to restore from it. Nothing of {self.name} changed")
-            return "not used (restore_from = export: the index export is restored instead)"
-        return self._restore_volume(artifact, already_stopped=already_stopped)
+        return self._restore_chosen(artifact, lambda root: self._restore_export(root, replace=replace, only=indices),
+                                    already_stopped=already_stopped)
 
     def _restore_export(self, root: ArtifactPath, *, replace: bool, only: list[str] | None) -> str:
         try:
@@ -803,24 +757,10 @@ class ElasticsearchService(BaseService):
             time.sleep(0.5 * 2 ** attempt)
         raise ArtifactError(f"bulk load into index {idx!r}: the cluster stayed busy (429)")
 
-    # -- volume restore -------------------------------------------------------
+    # -- volume restore (ApiService._restore_volume) -----------------------------
     def _answers(self) -> bool:
         try:
             with _Client(self, read_timeout=5.0) as es:
-                es.client.get("/", timeout=3.0)
-            return True
-        except (httpx.HTTPError, ArtifactError):
+                return es.answers("/", timeout=3.0)
+        except ArtifactError:
             return False
-
-    def _restore_volume(self, artifact: ArtifactPath, *, already_stopped: bool) -> str:
-        c = self.config
-        try:
-            self._verify_tarball(artifact)
-        except VerifyError as exc:
-            raise RestoreError(f"{self.name}: refusing to restore, nothing changed: {exc}") from None
-        if not c.data_dir:
-            raise RestoreError(f"{self.name}: set data_dir to restore the data-dir tarball; nothing changed")
-        return replace_data_dir(self.access, artifact, name=self.name, product=f"Elasticsearch at {c.url}",
-                                data_dir=c.data_dir, stop_command=c.stop_command, start_command=c.start_command,
-                                answers=self._answers, health=self.health, health_timeout_s=c.health_timeout_s,
-                                already_stopped=already_stopped)

@@ -68,8 +68,10 @@ from ..errors import (
     VerifyError,
 )
 from ..reader import ArtifactPath, as_artifact
+from ..waiting import wait_until
 from ..writer import StreamEnds, write_stream
 from .base import ArtifactResult, BaseService
+from .httpapi import HttpApi
 
 __all__ = ["EtcdService", "SnapshotChecker", "verify_snapshot_file"]
 
@@ -141,38 +143,31 @@ def _message(body: bytes) -> str:
     return str(obj.get("message") or obj)[:300] if isinstance(obj, dict) else str(obj)[:300]
 
 
-class _Gateway:
+class _Gateway(HttpApi):
     """A connection to the v3 gRPC gateway of one member (raises ArtifactError)."""
 
+    product = "etcd"
+    url_field = "endpoint"
+
     def __init__(self, svc: "EtcdService", *, read_timeout: float):
-        c = svc.config
-        self.svc = svc
-        self.where = f"etcd at {c.endpoint}"
+        super().__init__(svc, read_timeout=read_timeout)
         self.prefix = "/v3"
         self._prefix_known = False
-        verify: ssl.SSLContext | bool = True
+        self.headers: dict[str, str] = {}
+
+    def tls(self) -> ssl.SSLContext | bool:
+        c = self.svc.config
         if c.endpoint.startswith("https://") or c.cacert or c.cert:
             try:
                 ctx = ssl.create_default_context(cafile=c.cacert)
                 if c.cert:
                     ctx.load_cert_chain(c.cert, c.key)
             except (OSError, ssl.SSLError) as exc:
-                raise ArtifactError(f"{svc.name}: cannot load TLS files (cacert/cert/key): {exc}") from None
-            verify = ctx
-        self.client = httpx.Client(base_url=c.endpoint.rstrip("/"), verify=verify,
-                                   timeout=httpx.Timeout(30.0, connect=10.0, read=read_timeout))
-        self.headers: dict[str, str] = {}
+                raise ArtifactError(f"{self.svc.name}: cannot load TLS files (cacert/cert/key): {exc}") from None
+            return ctx
+        return True
 
-    def close(self) -> None:
-        self.client.close()
-
-    def __enter__(self) -> "_Gateway":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _transport_error(self, exc: httpx.HTTPError) -> ArtifactError:
+    def transport(self, exc: httpx.HTTPError, what: str) -> ArtifactError:
         if "SSL" in str(exc) or "certificate" in str(exc).lower():  # TLS 1.3 reports a refused cert on read
             return ArtifactError(f"{self.where}: TLS handshake failed ({exc}); check cacert/cert/key")
         if isinstance(exc, httpx.ConnectError):
@@ -190,22 +185,23 @@ class _Gateway:
         return ArtifactError(f"{self.where}: no etcd v3 gRPC gateway (404 on /v3 and /v3beta; "
                              "etcd ≤3.2 serves only /v3alpha and is not supported)")
 
+    def refused(self, resp: httpx.Response, what: str) -> ArtifactError:
+        return ArtifactError(f"{self.where}: {what} failed (HTTP {resp.status_code}): "
+                             f"{_message(resp.content[:_ERROR_KEEP])}")
+
+    def not_json(self, resp: httpx.Response, what: str) -> ArtifactError:
+        return ArtifactError(f"{self.where}: {what} returned no JSON")
+
     def post(self, path: str, body: dict) -> dict:
         """A unary call; returns the JSON answer or raises ArtifactError with etcd's message."""
-        try:
-            for url in self._paths(path):
-                resp = self.client.post(url, json=body, headers=self.headers)
-                if resp.status_code == 404 and not self._prefix_known:
-                    continue
-                self.prefix, self._prefix_known = url[: -len(path)], True
-                if resp.status_code != 200:
-                    raise ArtifactError(f"{self.where}: {path} failed (HTTP {resp.status_code}): "
-                                        f"{_message(resp.content[:_ERROR_KEEP])}")
-                return resp.json()
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from None
-        except ValueError:
-            raise ArtifactError(f"{self.where}: {path} returned no JSON") from None
+        for url in self._paths(path):
+            resp = self.call("POST", url, json=body, headers=self.headers, what=path, ok=None)
+            if resp.status_code == 404 and not self._prefix_known:
+                continue
+            self.prefix, self._prefix_known = url[: -len(path)], True
+            if resp.status_code != 200:
+                raise self.refused(resp, path)
+            return self.parse(resp, path)
         raise self._no_gateway()
 
     def authenticate(self, user: str | None, password: str | None) -> None:
@@ -231,26 +227,23 @@ class _Gateway:
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[httpx.Response]:
         """The open snapshot response (status 200 checked)."""
-        try:
-            for url in self._paths("/maintenance/snapshot"):
-                with self.client.stream("POST", url, json={}, headers=self.headers) as resp:
-                    if resp.status_code == 404 and not self._prefix_known:
-                        continue
-                    self.prefix, self._prefix_known = url[: -len("/maintenance/snapshot")], True
-                    if resp.status_code != 200:
-                        body = b""
-                        for chunk in resp.iter_bytes():
-                            body += chunk
-                            if len(body) >= _ERROR_KEEP:
-                                break
-                        raise self._refused(resp.status_code, _message(body[:_ERROR_KEEP]))
-                    yield resp
-                    return
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from None
+        for url in self._paths("/maintenance/snapshot"):
+            with self.stream("POST", url, json={}, headers=self.headers, what="/maintenance/snapshot") as resp:
+                if resp.status_code == 404 and not self._prefix_known:
+                    continue
+                self.prefix, self._prefix_known = url[: -len("/maintenance/snapshot")], True
+                if resp.status_code != 200:
+                    body = b""
+                    for chunk in resp.iter_bytes():
+                        body += chunk
+                        if len(body) >= _ERROR_KEEP:
+                            break
+                    raise self.snapshot_refused(resp.status_code, _message(body[:_ERROR_KEEP]))
+                yield resp
+                return
         raise self._no_gateway()
 
-    def _refused(self, status: int, message: str) -> ArtifactError:
+    def snapshot_refused(self, status: int, message: str) -> ArtifactError:
         hint = ""
         if "user name is empty" in message or "invalid auth token" in message:
             hint = f"; auth is enabled on the server: set {self.svc.name}.user and .password"
@@ -457,10 +450,14 @@ class EtcdService(BaseService):
     def _answers(self) -> bool:
         try:
             with _Gateway(self, read_timeout=5.0) as gw:
-                gw.client.get("/version", timeout=3.0)
-            return True
-        except (httpx.HTTPError, ArtifactError):
+                return gw.answers("/version", timeout=3.0)
+        except ArtifactError:
             return False
+
+    def _wait_healthy(self, kept: str) -> str:
+        """health() once etcd answers again after its start (60s at the most)."""
+        return wait_until(self.health, timeout=60, interval=0.3, retry=RestoreError, error=lambda exc: RestoreError(
+            f"{self.name}: etcd did not come back within 60s{kept}: {exc}"))
 
     def _restore_argv(self, snapshot: str, data_dir: str, name: str | None, peer_url: str | None) -> list[str]:
         """``etcdutl snapshot restore`` where etcdutl exists (where the restore runs), else etcdctl's."""
@@ -551,16 +548,7 @@ class EtcdService(BaseService):
             self.access.start_service(None, timeout=120)
         except AccessError as exc:
             raise RestoreError(f"{self.name}: {exc} (old data kept at {old})") from None
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                health = self.health()
-                break
-            except RestoreError as exc:
-                if time.monotonic() > deadline:
-                    raise RestoreError(f"{self.name}: etcd did not come back within 60s (old data kept at "
-                                       f"{old}): {exc}") from None
-                time.sleep(0.3)
+        health = self._wait_healthy(f" (old data kept at {old})")
         return f"etcd in {self.access.description} restarted on {live} from {artifact.name} (old data kept at {old}): {health}"
 
     def _restore_in_place(self, artifact: ArtifactPath, live: Path, name: str | None, peer_url: str | None,
@@ -584,12 +572,11 @@ class EtcdService(BaseService):
             except (ProducerError, AccessError) as exc:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise RestoreError(f"{self.name}: stop_command failed, nothing changed: {exc}") from None
-            deadline = time.monotonic() + 60
-            while self._answers():
-                if time.monotonic() > deadline:
-                    shutil.rmtree(staging, ignore_errors=True)
-                    raise RestoreError(f"{self.name}: etcd still answers 60s after stop_command; nothing changed")
-                time.sleep(0.2)
+            try:
+                wait_until(lambda: not self._answers(), timeout=60, interval=0.2)
+            except TimeoutError:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise RestoreError(f"{self.name}: etcd still answers 60s after stop_command; nothing changed") from None
         owner = live.stat() if live.exists() else None
         if live.exists():
             os.rename(live, old)
@@ -605,13 +592,5 @@ class EtcdService(BaseService):
             self.access.run(start, timeout=120, label="etcd start_command")
         except (ProducerError, AccessError) as exc:
             raise RestoreError(f"{self.name}: start_command failed after the swap{kept}: {exc}") from None
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                health = self.health()
-                break
-            except RestoreError as exc:
-                if time.monotonic() > deadline:
-                    raise RestoreError(f"{self.name}: etcd did not come back within 60s{kept}: {exc}") from None
-                time.sleep(0.3)
+        health = self._wait_healthy(kept)
         return f"etcd restarted on {live} from {artifact.name}{kept}: {health}"

@@ -56,22 +56,21 @@ import httpx
 from pydantic import Field, SecretStr
 
 from ..access import ARCHIVE_ERRORS, CHUNK, LocalAccess, SeenMembers, check_member
-from ..schema import ServiceBase, resolve_secret
+from ..schema import ServiceBase
 from ..errors import (
     AccessError,
     ArtifactError,
     CoderzBackupError,
     IncompleteArtifactError,
-    PartialBackupError,
     RestoreError,
     VerifyError,
 )
 from ..reader import ArtifactPath, as_artifact
 from ..writer import ArtifactWriter, FileRecord, write_stream
-from .base import ArtifactResult, BaseService, backup_each
+from .apiservice import ApiService
+from .base import ArtifactResult
 from .sqlitecopy import sqlite_copy
-from .datadir import replace_data_dir
-from .httpapi import HttpApi, tls_verify
+from .httpapi import HttpApi, credentials
 
 __all__ = ["GrafanaHTTPError", "GrafanaService", "safe_name", "sqlite_copy"]
 
@@ -142,24 +141,13 @@ class _Api(HttpApi):
         headers = {"Accept": "application/json"}
         if c.org_id:
             headers["X-Grafana-Org-Id"] = str(c.org_id)
-        auth = None
-        token = resolve_secret(c.token, what=f"services.{svc.name}.token")
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-            who = "the service-account token"
-        elif c.user:
-            password = resolve_secret(c.password, what=f"services.{svc.name}.password")
-            if password is None:
-                raise ArtifactError(f"{svc.name}: user {c.user!r} is set but no password; "
-                                    f"set services.{svc.name}.password")
-            auth = httpx.BasicAuth(c.user, password)
-            who = f"user {c.user!r}"
-        elif auth_required:
+        login, auth, who = credentials(svc, token_field="token", scheme="Bearer",
+                                       token_who="the service-account token")
+        headers.update(login)
+        if who is None and auth_required:
             raise ArtifactError(f"{svc.name}: no credentials: set services.{svc.name}.token (a service-account "
                                 "token with the Admin role) or user + password")
-        else:
-            who = "anonymous access"
-        super().__init__(svc, headers=headers, auth=auth, who=who, read_timeout=read_timeout)
+        super().__init__(svc, headers=headers, auth=auth, who=who or "anonymous access", read_timeout=read_timeout)
 
     def refused(self, resp: httpx.Response, what: str) -> GrafanaHTTPError:
         body = resp.content[:_ERROR_KEEP]
@@ -232,10 +220,15 @@ class GrafanaConfig(ServiceBase):
     order: ClassVar[int] = 40
 
 
-class GrafanaService(BaseService):
+class GrafanaService(ApiService):
     kind: ClassVar[str] = "grafana"
     config_model: ClassVar[type[GrafanaConfig]] = GrafanaConfig
     config: GrafanaConfig
+    product: ClassVar[str] = "Grafana"
+    http_api: ClassVar[type[HttpApi]] = _Api
+    export_read_timeout: ClassVar[float] = 300.0
+    export_from: ClassVar[str] = "api"
+    export_kind: ClassVar[str] = "API export"
 
     @property
     def export_path(self) -> str:
@@ -245,36 +238,7 @@ class GrafanaService(BaseService):
     def tarball_path(self) -> str:
         return f"{self.name}/grafana-data.tar.gz"
 
-    def artifacts(self) -> list[str]:
-        return [self.export_path, self.tarball_path]
-
-    # -- backup -------------------------------------------------------------
-    def backup(self, into: Path) -> list[ArtifactResult]:
-        """The API export and the data-dir tarball, each on its own: the dashboards are kept
-        when the data dir cannot be read, and the tarball when the API refuses."""
-        into = Path(into)
-        shutil.rmtree(into / self.name, ignore_errors=True)   # a failed earlier attempt's leftovers
-
-        def export() -> ArtifactResult:
-            started = time.monotonic()
-            try:
-                with _Api(self, read_timeout=min(self.config.timeout_s, 300.0)) as api:
-                    res = self._export(api, into)
-            except BaseException:
-                shutil.rmtree(into / self.name, ignore_errors=True)  # nothing of a failed export stays
-                raise
-            res.duration_s = time.monotonic() - started
-            log.info("%s: %s in %.1fs", self.name, res.summary, res.duration_s)
-            return res
-
-        try:
-            return backup_each(self.name, [(self.export_path, export),
-                                           (self.tarball_path, lambda: self._data_tarball(into))])
-        except BaseException as exc:
-            if not isinstance(exc, PartialBackupError):
-                shutil.rmtree(into / self.name, ignore_errors=True)
-            raise
-
+    # -- backup (ApiService.backup: the export below and the data-dir tarball) ---------
     def _folders(self, api: _Api) -> dict[str, dict]:
         """uid → {uid, title, parentUid}, parents before children."""
         out: dict[str, dict] = {}
@@ -653,8 +617,8 @@ class GrafanaService(BaseService):
     def health(self) -> str:
         c = self.config
         try:
-            with httpx.Client(verify=tls_verify(self.name, c), timeout=10.0) as client:
-                resp = client.get(f"{c.url.rstrip('/')}/api/health")
+            with HttpApi(self, timeout=10.0) as api:   # no credentials: /api/health is public
+                resp = api.client.get("/api/health")
         except httpx.HTTPError as exc:
             raise RestoreError(f"{self.name}: Grafana at {c.url} does not answer: {exc}") from None
         try:
@@ -668,24 +632,10 @@ class GrafanaService(BaseService):
 
     def restore(self, artifact: ArtifactPath | Path, *, already_stopped: bool = False, **_: object) -> str:
         """Restore one artifact; ``restore_from`` decides which one is used (the other is left alone)."""
-        artifact = as_artifact(artifact)
-        c = self.config
-        if artifact.is_dir():
-            if c.restore_from != "api":
-                if not (artifact.parent / Path(self.tarball_path).name).is_file():   # its tarball failed
-                    raise RestoreError(f"{self.name}: this snapshot has no data-dir tarball to restore (it failed "
-                                       f"or was skipped during the backup), only the API export; set restore_from "
-                                       f"= \"api\" in [services.{self.name}] to restore from it. Nothing of "
-                                       f"{self.name} changed")
-                return f"not used (restore_from = {c.restore_from})"
-            return self._restore_api(artifact)
-        if c.restore_from != "volume":
-            if not (artifact.parent / "dashboards").is_dir():   # its export failed during that backup
-                raise RestoreError(f"{self.name}: this snapshot has no API export to restore (it failed during "
-                                   f"the backup), only {artifact.name}; set restore_from = \"volume\" in "
-                                   f"[services.{self.name}] to restore from it. Nothing of {self.name} changed")
-            return f"not used (restore_from = {c.restore_from})"
-        return self._restore_volume(artifact, already_stopped=already_stopped)
+        return self._restore_chosen(artifact, self._restore_api, already_stopped=already_stopped)
+
+    def _not_used(self, instead: str) -> str:
+        return f"not used (restore_from = {self.config.restore_from})"
 
     def _restore_api(self, dash_dir: ArtifactPath) -> str:
         root = dash_dir.parent
@@ -868,25 +818,7 @@ class GrafanaService(BaseService):
             problems.append(f"alert rule {title!r} (uid {uid}) refused (HTTP {resp.status_code}: {text})")
         return f"alert rules: {created} created, {updated} updated"
 
-    # -- volume restore -------------------------------------------------------
+    # -- volume restore (ApiService._restore_volume) -----------------------------
     def _answers(self) -> bool:
-        c = self.config
-        try:
-            with httpx.Client(verify=tls_verify(self.name, c), timeout=3.0) as client:
-                client.get(f"{c.url.rstrip('/')}/api/health")
-            return True
-        except httpx.HTTPError:
-            return False
-
-    def _restore_volume(self, artifact: ArtifactPath, *, already_stopped: bool) -> str:
-        c = self.config
-        try:
-            self._verify_tarball(artifact)
-        except VerifyError as exc:
-            raise RestoreError(f"{self.name}: refusing to restore, nothing changed: {exc}") from None
-        if not c.data_dir:
-            raise RestoreError(f"{self.name}: set data_dir to restore the data-dir tarball; nothing changed")
-        return replace_data_dir(self.access, artifact, name=self.name, product=f"Grafana at {c.url}",
-                                data_dir=c.data_dir, stop_command=c.stop_command, start_command=c.start_command,
-                                answers=self._answers, health=self.health, health_timeout_s=c.health_timeout_s,
-                                already_stopped=already_stopped)
+        with HttpApi(self, timeout=3.0) as api:   # no credentials: /api/health is public
+            return api.answers("/api/health", timeout=3.0)

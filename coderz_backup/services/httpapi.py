@@ -1,23 +1,34 @@
-"""The one HTTP client shape for services with a REST API (Grafana, Elasticsearch).
+"""The one HTTP client for the services that talk HTTP: Grafana, Elasticsearch, APISIX
+(Admin API), etcd (the v3 gRPC gateway) and Prometheus, for their backups, restores and
+health checks.
 
-:class:`HttpApi` builds an ``httpx.Client`` for ``config.url`` with the TLS settings of the
-config (``cacert``, ``verify_tls``), and turns every failure into an
-:class:`~coderz_backup.errors.ArtifactError` whose message says what to do: unreachable,
-TLS, timeout, or — through :meth:`HttpApi.refused`, which a service overrides to explain
-401/403 in its own terms — an HTTP error status. Credentials go in headers or httpx
-auth objects, never in URLs or messages.
+:class:`HttpApi` builds an ``httpx.Client`` for the config's base URL (``url``; a service
+names another field with :attr:`HttpApi.url_field`: ``admin_url``, ``endpoint``) with the
+TLS settings of the config (``cacert``, ``verify_tls``: :meth:`HttpApi.tls`, which a
+service with other TLS settings overrides), and turns every failure into an
+:class:`~coderz_backup.errors.ArtifactError` whose message says what to do: through
+:meth:`HttpApi.transport` (unreachable, TLS, timeout), :meth:`HttpApi.refused` (an HTTP
+error status; a service overrides it to explain 401/403 in its own terms) and
+:meth:`HttpApi.not_json`, each of which a service overrides to say it its way. A health
+check turns that error into a RestoreError. :meth:`HttpApi.stream` is a request whose
+answer is read as it comes (etcd's snapshot). :func:`credentials` is the login of
+Grafana and Elasticsearch: a token, else user + password, else none. Credentials go in
+headers or httpx auth objects, never in URLs or messages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+from collections.abc import Container, Iterator
 from typing import Any
 
 import httpx
 
+from ..schema import resolve_secret
 from ..errors import ArtifactError
 
-__all__ = ["HttpApi", "tls_verify"]
+__all__ = ["HttpApi", "credentials", "tls_verify"]
 
 
 def tls_verify(name: str, config) -> ssl.SSLContext | bool:
@@ -30,20 +41,44 @@ def tls_verify(name: str, config) -> ssl.SSLContext | bool:
     return config.verify_tls
 
 
+def credentials(svc, *, token_field: str, scheme: str, token_who: str
+                ) -> tuple[dict[str, str], httpx.Auth | None, str | None]:
+    """``(headers, auth, who)`` of the first credential the config sets: the secret in
+    ``token_field`` (sent as ``Authorization: <scheme> <token>``), else ``user`` +
+    ``password`` (basic auth); ``who`` is None when neither is set."""
+    c = svc.config
+    token = resolve_secret(getattr(c, token_field), what=f"services.{svc.name}.{token_field}")
+    if token:
+        return {"Authorization": f"{scheme} {token}"}, None, token_who
+    if c.user:
+        password = resolve_secret(c.password, what=f"services.{svc.name}.password")
+        if password is None:
+            raise ArtifactError(f"{svc.name}: user {c.user!r} is set but no password; "
+                                f"set services.{svc.name}.password")
+        return {}, httpx.BasicAuth(c.user, password), f"user {c.user!r}"
+    return {}, None, None
+
+
 class HttpApi:
     """HTTP to one service; see the module docstring."""
 
     product = "the service"
+    #: the config field holding the base URL
+    url_field = "url"
 
-    def __init__(self, svc, *, headers: dict[str, str], auth: httpx.Auth | None, who: str,
-                 read_timeout: float = 60.0):
-        c = svc.config
+    def __init__(self, svc, *, headers: dict[str, str] | None = None, auth: httpx.Auth | None = None,
+                 who: str = "", read_timeout: float = 60.0, timeout: httpx.Timeout | float | None = None):
         self.svc = svc
         self.who = who
-        self.where = f"{self.product} at {c.url}"
-        self.client = httpx.Client(base_url=c.url.rstrip("/"), auth=auth, headers=headers,
-                                   verify=tls_verify(svc.name, c),
-                                   timeout=httpx.Timeout(30.0, connect=10.0, read=read_timeout))
+        self.url: str = getattr(svc.config, self.url_field)
+        self.where = f"{self.product} at {self.url}"
+        self.client = httpx.Client(base_url=self.url.rstrip("/"), auth=auth, headers=headers, verify=self.tls(),
+                                   timeout=httpx.Timeout(30.0, connect=10.0, read=read_timeout)
+                                   if timeout is None else timeout)
+
+    def tls(self) -> ssl.SSLContext | bool:
+        """httpx ``verify`` from the config (raises ArtifactError for unreadable TLS files)."""
+        return tls_verify(self.svc.name, self.svc.config)
 
     def close(self) -> None:
         self.client.close()
@@ -54,7 +89,8 @@ class HttpApi:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _transport(self, exc: httpx.HTTPError, what: str) -> ArtifactError:
+    def transport(self, exc: httpx.HTTPError, what: str) -> Exception:
+        """The error for a request that got no (complete) answer."""
         if "SSL" in str(exc) or "certificate" in str(exc).lower():
             return ArtifactError(f"{self.where}: TLS failed during {what} ({exc}); set cacert, or verify_tls = false")
         if isinstance(exc, httpx.ConnectError):
@@ -67,23 +103,47 @@ class HttpApi:
         """The error for a status outside ``ok`` (services explain 401/403 their way)."""
         return ArtifactError(f"{self.where}: {what} failed (HTTP {resp.status_code})")
 
-    def call(self, method: str, path: str, *, what: str, ok: tuple[int, ...] = (200,),
+    def not_json(self, resp: httpx.Response, what: str) -> Exception:
+        """The error for an answer that should be JSON and is not."""
+        return ArtifactError(f"{self.where}: {what}: the answer is not JSON (is {self.url} {self.product}?)")
+
+    def call(self, method: str, path: str, *, what: str, ok: Container[int] | None = (200,),
              timeout: float | None = None, **kw: Any) -> httpx.Response:
-        """One request; a transport failure or a status outside ``ok`` raises."""
+        """One request; a transport failure or a status outside ``ok`` raises (``ok=None``: any status)."""
         if timeout is not None:
             kw["timeout"] = httpx.Timeout(30.0, connect=10.0, read=timeout)
         try:
             resp = self.client.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            raise self._transport(exc, what) from None
-        if resp.status_code not in ok:
+            raise self.transport(exc, what) from None
+        if ok is not None and resp.status_code not in ok:
             raise self.refused(resp, what)
         return resp
 
-    def json(self, method: str, path: str, *, what: str, **kw: Any) -> Any:
-        resp = self.call(method, path, what=what, **kw)
+    def parse(self, resp: httpx.Response, what: str) -> Any:
+        """The JSON of an answer (:meth:`not_json` when it is not JSON)."""
         try:
             return resp.json()
         except ValueError:
-            raise ArtifactError(f"{self.where}: {what}: the answer is not JSON (is {self.svc.config.url} "
-                                f"{self.product}?)") from None
+            raise self.not_json(resp, what) from None
+
+    def json(self, method: str, path: str, *, what: str, **kw: Any) -> Any:
+        return self.parse(self.call(method, path, what=what, **kw), what)
+
+    @contextlib.contextmanager
+    def stream(self, method: str, path: str, *, what: str, **kw: Any) -> Iterator[httpx.Response]:
+        """A request whose answer is read while it comes; transport failures (also while the
+        caller reads) raise :meth:`transport`. The status is the caller's to check."""
+        try:
+            with self.client.stream(method, path, **kw) as resp:
+                yield resp
+        except httpx.HTTPError as exc:
+            raise self.transport(exc, what) from None
+
+    def answers(self, path: str, *, timeout: float, ok: Container[int] | None = None) -> bool:
+        """Whether a GET of ``path`` gets an answer (with a status in ``ok``) within ``timeout`` seconds."""
+        try:
+            resp = self.client.get(path, timeout=timeout)
+        except httpx.HTTPError:
+            return False
+        return ok is None or resp.status_code in ok

@@ -49,6 +49,7 @@ from ..schema import ServiceBase
 from ..writer import ArtifactWriter
 from .base import ArtifactResult, BaseService
 from .datadir import replace_data_dir
+from .httpapi import HttpApi
 
 __all__ = ["PrometheusService", "read_blocks"]
 
@@ -123,6 +124,18 @@ class PrometheusConfig(ServiceBase):
     order: ClassVar[int] = 50
 
 
+class _Api(HttpApi):
+    """HTTP to Prometheus (no credentials, no TLS settings)."""
+
+    product = "Prometheus"
+
+    def tls(self) -> bool:
+        return True
+
+    def transport(self, exc: httpx.HTTPError, what: str) -> ArtifactError:
+        return ArtifactError(f"{self.where} is unreachable ({type(exc).__name__}: {exc})")
+
+
 class PrometheusService(BaseService):
     kind: ClassVar[str] = "prometheus"
     config_model: ClassVar[type[PrometheusConfig]] = PrometheusConfig
@@ -135,18 +148,12 @@ class PrometheusService(BaseService):
     def _where(self) -> str:
         return f"Prometheus at {self.config.url}"
 
-    def _client(self, timeout: float = 30.0) -> httpx.Client:
-        return httpx.Client(base_url=self.config.url.rstrip("/"), timeout=timeout)
-
     # -- backup ---------------------------------------------------------------
     def _take_snapshot(self) -> str:
         c = self.config
-        try:
-            with self._client(timeout=min(c.timeout_s, 600.0)) as http:
-                resp = http.post("/api/v1/admin/tsdb/snapshot",
-                                 params={"skip_head": "true"} if c.skip_head else None)
-        except httpx.HTTPError as exc:
-            raise ArtifactError(f"{self._where()} is unreachable ({type(exc).__name__}: {exc})") from None
+        with _Api(self, timeout=min(c.timeout_s, 600.0)) as api:
+            resp = api.call("POST", "/api/v1/admin/tsdb/snapshot", what="take a TSDB snapshot", ok=None,
+                            params={"skip_head": "true"} if c.skip_head else None)
         try:
             body = resp.json()
         except ValueError:
@@ -203,10 +210,10 @@ class PrometheusService(BaseService):
     def _head_series(self) -> int | None:
         """Series in the head block, from /api/v1/status/tsdb (None when Prometheus does not say)."""
         try:
-            with self._client(timeout=10) as http:
-                body = http.get("/api/v1/status/tsdb").json()
+            with _Api(self, timeout=10) as api:
+                body = api.json("GET", "/api/v1/status/tsdb", what="read the TSDB status", ok=None)
             return int(body["data"]["headStats"]["numSeries"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        except (ArtifactError, ValueError, KeyError, TypeError):
             return None
 
     # -- verify ---------------------------------------------------------------
@@ -232,16 +239,13 @@ class PrometheusService(BaseService):
                 f"{kept}); Prometheus {how}")
 
     def _answers(self) -> bool:
-        try:
-            with self._client(timeout=3) as http:
-                return http.get("/-/healthy").status_code == 200
-        except httpx.HTTPError:
-            return False
+        with _Api(self, timeout=3) as api:
+            return api.answers("/-/healthy", timeout=3, ok=(200,))
 
     def health(self) -> str:
         try:
-            with self._client(timeout=10) as http:
-                resp = http.get("/-/ready")
+            with _Api(self, timeout=10) as api:
+                resp = api.client.get("/-/ready")
         except httpx.HTTPError as exc:
             raise RestoreError(f"{self.name}: {self._where()} is unreachable: {exc}") from None
         if resp.status_code != 200:
