@@ -34,7 +34,7 @@ from typing import BinaryIO, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from isal import isal_zlib
 
-from .errors import AccessError, ProducerError
+from ..errors import AccessError, ProducerError
 
 __all__ = ["ARCHIVE_ERRORS", "Access", "ChunkReader", "CommandStream", "LocalAccess", "access_for", "check_member", "tar_of_file", "CHUNK"]
 
@@ -464,13 +464,13 @@ def access_for(service_config) -> Access:
     if container and prefix:
         raise AccessError("set either container or exec_prefix, not both")
     if container or volume:
-        from .access_docker import DockerAccess
+        from .docker import DockerAccess
 
         return DockerAccess(container, volume=volume, helper_image=getattr(service_config, "helper_image", None),
                             volume_path=getattr(service_config, "volume_path", None)
                             or getattr(service_config, "data_dir", None))
     if prefix:
-        from .access_docker import PrefixAccess
+        from .docker import PrefixAccess
 
         return PrefixAccess(prefix)
     return LocalAccess()
