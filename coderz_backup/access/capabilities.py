@@ -210,7 +210,8 @@ def require(access: object, cap: type[C], message: str | None = None, *,
     """
     if has(access, cap):
         return cast(C, access)
-    raise error(message or f"{access.description} access cannot {_ABILITY.get(cap, cap.__name__)}")   # type: ignore[attr-defined]
+    what = _ABILITY.get(cap, cap.__name__)
+    raise error(message or f"{access.description} access cannot {what}")   # type: ignore[attr-defined]
 
 
 def capability_flag(cap: type, doc: str) -> property:

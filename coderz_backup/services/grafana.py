@@ -54,7 +54,7 @@ from typing import Any, ClassVar
 import httpx
 from isal import igzip
 
-from ..access import ARCHIVE_ERRORS, CHUNK, LocalAccess, SeenMembers, check_member
+from ..access import ARCHIVE_ERRORS, CHUNK, Freezable, HostFiles, SeenMembers, check_member, has, require
 from ..config import GrafanaConfig, resolve_secret
 from ..errors import (
     AccessError,
@@ -386,8 +386,8 @@ class GrafanaService(BaseService):
         if not c.data_dir:
             return ArtifactResult(self.name, self.kind, self.tarball_path, status="skipped",
                                   error="data_dir not set")
-        if type(self.access) is not LocalAccess:
-            if getattr(self.access, "frozen", None) is None:
+        if not has(self.access, HostFiles):
+            if not has(self.access, Freezable):
                 return ArtifactResult(self.name, self.kind, self.tarball_path, status="skipped",
                                       error=f"the data-dir tarball needs local or Docker access "
                                             f"({self.access.description}: the API export is the backup)")
@@ -447,7 +447,7 @@ class GrafanaService(BaseService):
             live = Path(tmp) / "live"
             live.mkdir()
             try:
-                with self.access.frozen():   # a paused Grafana writes nothing: db + journal at one instant
+                with require(self.access, Freezable).frozen():   # paused, Grafana writes nothing: db + journal at once
                     for fname in sorted(LIVE_DB_FILES):
                         path = f"{data_dir}/{fname}"
                         if fname != DB_NAME and not self.access.readable(path):

@@ -33,7 +33,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..access import CHUNK, tar_of_file
+from ..access import CHUNK, DataDirOps, ManagedLifecycle, has, require, tar_of_file
 from ..config import RedisConfig, resolve_secret
 from ..errors import ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
 from ..writer import StreamEnds, write_stream
@@ -341,7 +341,7 @@ class RedisService(BaseService):
         self.verify(artifact)
         c = self.config
         start = start_command or c.start_command
-        in_container = getattr(self.access, "manages_lifecycle", False)
+        in_container = has(self.access, ManagedLifecycle)
         if not start and not in_container:
             raise RestoreError(f"{self.name}: set start_command (how to start Redis again) before restoring")
         client = self.client()
@@ -413,7 +413,7 @@ class RedisService(BaseService):
         """Put the RDB into the (stopped) container's data dir, owned like the dir."""
         try:
             self.access.untar_into(target_dir, tar_of_file(artifact, dbfile, mode=0o660))
-            self.access.chown_like_parent(target_dir)
+            require(self.access, DataDirOps).chown_like_parent(target_dir)
         except CoderzBackupError as exc:
             raise RestoreError(f"{self.name}: placing {dbfile} in {target_dir} failed: {exc}; start the container "
                                "again by hand") from None
