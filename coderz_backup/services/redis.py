@@ -33,7 +33,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..access import CHUNK, DataDirOps, ManagedLifecycle, has, require, tar_of_file
+from ..access import CHUNK, ManagedLifecycle, has, tar_of_file
 from ..config import RedisConfig, resolve_secret
 from ..errors import ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
 from ..writer import StreamEnds, write_stream
@@ -413,7 +413,7 @@ class RedisService(BaseService):
         """Put the RDB into the (stopped) container's data dir, owned like the dir."""
         try:
             self.access.untar_into(target_dir, tar_of_file(artifact, dbfile, mode=0o660))
-            require(self.access, DataDirOps).chown_like_parent(target_dir)
+            self.access.chown_like_parent(target_dir)
         except CoderzBackupError as exc:
             raise RestoreError(f"{self.name}: placing {dbfile} in {target_dir} failed: {exc}; start the container "
                                "again by hand") from None
