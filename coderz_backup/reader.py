@@ -38,12 +38,15 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
+from .access.archive import ARCHIVE_ERRORS
 from .codecs import chain_for
 from .errors import VerifyError
 
 __all__ = ["ArtifactPath", "SnapshotReader", "as_artifact", "safe_relpath"]
 
 CHUNK = 1 << 20
+#: what reading a damaged stream can raise, and a service's own format verdict
+_FORMAT_ERRORS = (*ARCHIVE_ERRORS, VerifyError)
 
 
 def safe_relpath(rel: str) -> str:
@@ -97,15 +100,6 @@ class _Checked(io.RawIOBase):
         with contextlib.suppress(OSError):
             self._fh.close()
         super().close()
-
-
-# Everything reading a damaged stream can raise (see access.ARCHIVE_ERRORS; kept local: no import cycle).
-def _format_errors() -> tuple[type[BaseException], ...]:
-    import zlib
-
-    from isal import isal_zlib
-
-    return (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, isal_zlib.error, VerifyError)
 
 
 class _Source:
@@ -302,7 +296,7 @@ class ArtifactPath:
                 layers.append(stream)
             try:
                 yield stream
-            except _format_errors() as exc:
+            except _FORMAT_ERRORS as exc:
                 # the real cause of a format error may be changed bytes: say that instead
                 with contextlib.suppress(OSError):
                     raw.drain()

@@ -66,7 +66,7 @@ def test_exit_status_is_an_error_with_the_stderr_tail(code):
 def test_prefix_copy_that_exits_non_zero_never_lands_under_its_final_name(tmp_path):
     """`kubectl exec … -- cat file` whose exec fails after the bytes came: the exit status is
     seen before the writer commits, so no file is renamed into place."""
-    from coderz_backup.access_docker import PrefixAccess
+    from coderz_backup.access import PrefixAccess
     from coderz_backup.access import CHUNK
     from coderz_backup.writer import write_stream
 

@@ -17,7 +17,7 @@ import redis as redis_lib
 from isal import igzip
 from pydantic import SecretStr
 
-from coderz_backup.access_docker import DockerAccess
+from coderz_backup.access import DockerAccess
 from coderz_backup.services.etcd import EtcdConfig
 from coderz_backup.services.postgres import PostgresConfig
 from coderz_backup.services.redis import RedisConfig
@@ -320,7 +320,7 @@ def test_command_prefix_file_work_happens_on_the_far_side(docker_engine, docker_
     import shutil
     import subprocess
 
-    from coderz_backup.access_docker import PrefixAccess
+    from coderz_backup.access import PrefixAccess
 
     rc = docker_services.redis()
     prefix = [shutil.which("docker"), "-H", docker_engine.base_url, "exec", "-i", "-u", "root", rc.name]

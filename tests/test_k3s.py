@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from isal import igzip
 
-from coderz_backup.access_docker import PrefixAccess
+from coderz_backup.access import PrefixAccess
 from coderz_backup.services.k3s import K3sConfig
 from coderz_backup.errors import ArtifactError, RestoreError, VerifyError
 from coderz_backup.services import create, expected_artifacts

@@ -159,7 +159,7 @@ def test_in_a_container_snapshot_comes_out_through_the_engine_and_restore_restar
     before = _samples(pc.url, t0 - 120, t0)
     [res] = svc.backup(tmp_path)
     assert res.status == "ok" and read_blocks(tmp_path / res.path)
-    from coderz_backup.access_docker import DockerAccess
+    from coderz_backup.access import DockerAccess
 
     assert DockerAccess(pc.name).run(["ls", "/prometheus/snapshots"], label="ls").strip() == ""
     # a data_dir that is not on a volume/bind mount lives in the container's own layer, which the

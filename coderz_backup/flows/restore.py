@@ -112,10 +112,10 @@ def _dependents(cfg, services: list[str]) -> list[str]:
 def _stop_containers(names: list[str], stopped: list[str]) -> None:
     """Stop the running ones among ``names``, appending each to ``stopped`` as it goes (so the
     caller starts them again even when a later one fails to stop)."""
-    from ..access_docker import DockerAccess
+    from ..access import container_access
 
     for name in names:
-        acc = DockerAccess(name)
+        acc = container_access(name)
         try:
             running = acc.is_running()
         except CoderzBackupError as exc:
@@ -129,12 +129,12 @@ def _stop_containers(names: list[str], stopped: list[str]) -> None:
 
 def _start_containers(names: list[str]) -> list[str]:
     """Start ``names`` again; return the problems (empty when all run again)."""
-    from ..access_docker import DockerAccess
+    from ..access import container_access
 
     problems = []
     for name in names:
         try:
-            DockerAccess(name).start_service(timeout=180)
+            container_access(name).start_service(timeout=180)
             log.info("container %s started again", name)
         except CoderzBackupError as exc:
             log.error("container %s did not start again: %s", name, exc)

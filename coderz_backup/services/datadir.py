@@ -20,7 +20,7 @@ import datetime as dt
 import os
 from typing import Callable, Sequence
 
-from ..access import ARCHIVE_ERRORS, CHUNK, Access, LocalAccess
+from ..access import ARCHIVE_ERRORS, CHUNK, Access, DataDirOps, HostFiles, ReplaceCheck, has, require
 from ..errors import CoderzBackupError, RestoreError
 from ..reader import ArtifactPath, as_artifact
 from ..waiting import wait_until
@@ -31,13 +31,13 @@ __all__ = ["move_aside", "replace_data_dir"]
 def aside_path(access: Access, data_dir: str, stamp: str) -> str:
     """Where :func:`move_aside` keeps the current contents (known before anything moves)."""
     data_dir = data_dir.rstrip("/")
-    return f"{data_dir}.coderz-old-{stamp}" if type(access) is LocalAccess else f"{data_dir}/.coderz-old-{stamp}"
+    return f"{data_dir}.coderz-old-{stamp}" if has(access, HostFiles) else f"{data_dir}/.coderz-old-{stamp}"
 
 
 def move_aside(access: Access, data_dir: str, stamp: str) -> str:
     """Move the current contents of ``data_dir`` aside (the dir itself, its mode and owner stay)."""
     data_dir = data_dir.rstrip("/")
-    if type(access) is LocalAccess:   # PrefixAccess (a subclass) runs elsewhere
+    if has(access, HostFiles):   # a sibling on this host; elsewhere (container, prefix) inside the dir
         old = aside_path(access, data_dir, stamp)
         if os.path.isdir(data_dir):
             st = os.stat(data_dir)
@@ -49,11 +49,10 @@ def move_aside(access: Access, data_dir: str, stamp: str) -> str:
         else:
             os.makedirs(data_dir, mode=0o750)
         return old
-    mover = getattr(access, "move_contents", None)
-    if mover is None:
-        raise RestoreError(f"{access.description} access cannot keep the old data dir aside; nothing changed")
+    ops = require(access, DataDirOps, f"{access.description} access cannot keep the old data dir aside; "
+                  "nothing changed", error=RestoreError)
     old = aside_path(access, data_dir, stamp)
-    mover(data_dir, old)
+    ops.move_contents(data_dir, old)
     return old
 
 
@@ -62,10 +61,9 @@ def replace_data_dir(access: Access, artifact: ArtifactPath, *, name: str, produ
                      answers: Callable[[], bool], health: Callable[[], str], health_timeout_s: float,
                      already_stopped: bool = False) -> str:
     """Stop, keep the old contents, extract ``artifact`` (gzip tar) into ``data_dir``, start, wait."""
-    check = getattr(access, "check_replaceable", None)
-    if check is not None:
+    if has(access, ReplaceCheck):
         try:
-            check(data_dir)
+            access.check_replaceable(data_dir)
         except CoderzBackupError as exc:
             raise RestoreError(f"{name}: {exc}; nothing changed") from None
     try:
@@ -90,9 +88,8 @@ def replace_data_dir(access: Access, artifact: ArtifactPath, *, name: str, produ
         kept = move_aside(access, data_dir, stamp)
         with as_artifact(artifact).open() as gz:
             n = access.untar_into(data_dir, iter(lambda: gz.read(CHUNK), b""))
-        chown = getattr(access, "chown_like_parent", None)
-        if chown:
-            chown(data_dir)
+        if has(access, DataDirOps):
+            access.chown_like_parent(data_dir)
     except (CoderzBackupError, *ARCHIVE_ERRORS) as exc:
         raise RestoreError(f"{name}: replacing {data_dir} failed ({product} left stopped; the old contents are in "
                            f"{kept}): {exc}") from None

@@ -57,7 +57,7 @@ import httpx
 
 from pydantic import Field, SecretStr
 
-from ..access import CHUNK, LocalAccess
+from ..access import CHUNK, HostFiles, ManagedLifecycle, has
 from ..schema import ServiceBase, resolve_secret
 from ..errors import (
     AccessError,
@@ -381,7 +381,7 @@ class EtcdService(BaseService):
     def _backup_etcdctl(self, into: Path, checker: SnapshotChecker):
         c = self.config
         into.mkdir(parents=True, exist_ok=True)
-        local = type(self.access) is LocalAccess
+        local = has(self.access, HostFiles)
         # the file is written where etcdctl runs: here, or in the container / behind the prefix
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}.etcdctl-", dir=into)) if local else \
             Path(f"/tmp/.coderz-backup-{self.name}-{os.getpid()}-{time.time_ns()}")
@@ -505,7 +505,7 @@ class EtcdService(BaseService):
             self._restore_into(artifact, target, name, peer_url)
             start = f"etcd --data-dir {target}" + (f" --name {name}" if name else "")
             return f"snapshot {artifact.name} restored into {target}; start it with `{start} ...`"
-        if c.data_dir and getattr(self.access, "manages_lifecycle", False):
+        if c.data_dir and has(self.access, ManagedLifecycle):
             return self._restore_in_container(artifact, c.data_dir, name, peer_url)
         start = start_command or c.start_command
         if not (c.data_dir and start):

@@ -55,7 +55,7 @@ import httpx
 
 from pydantic import Field, SecretStr
 
-from ..access import ARCHIVE_ERRORS, CHUNK, LocalAccess, SeenMembers, check_member
+from ..access import ARCHIVE_ERRORS, CHUNK, Freezable, HostFiles, SeenMembers, check_member, has, require
 from ..schema import ServiceBase
 from ..errors import (
     AccessError,
@@ -383,8 +383,8 @@ class GrafanaService(ApiService):
         if not c.data_dir:
             return ArtifactResult(self.name, self.kind, self.tarball_path, status="skipped",
                                   error="data_dir not set")
-        if type(self.access) is not LocalAccess:
-            if getattr(self.access, "frozen", None) is None:
+        if not has(self.access, HostFiles):
+            if not has(self.access, Freezable):
                 return ArtifactResult(self.name, self.kind, self.tarball_path, status="skipped",
                                       error=f"the data-dir tarball needs local or Docker access "
                                             f"({self.access.description}: the API export is the backup)")
@@ -444,7 +444,7 @@ class GrafanaService(ApiService):
             live = Path(tmp) / "live"
             live.mkdir()
             try:
-                with self.access.frozen():   # a paused Grafana writes nothing: db + journal at one instant
+                with require(self.access, Freezable).frozen():   # paused, Grafana writes nothing: db + journal at once
                     for fname in sorted(LIVE_DB_FILES):
                         path = f"{data_dir}/{fname}"
                         if fname != DB_NAME and not self.access.readable(path):

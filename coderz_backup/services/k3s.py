@@ -43,7 +43,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from ..access import ARCHIVE_ERRORS, CHUNK, LocalAccess, SeenMembers, check_member
+from ..access import ARCHIVE_ERRORS, CHUNK, HostFiles, ManagedLifecycle, SeenMembers, check_member, has
 from ..errors import (AccessError, ArtifactError, CoderzBackupError, IncompleteArtifactError, ProducerError,
                       RestoreError, VerifyError)
 from ..reader import ArtifactPath, as_artifact
@@ -102,7 +102,7 @@ class K3sService(BaseService):
         return os.path.join(self.config.data_dir, *parts)
 
     def _is_local(self) -> bool:
-        return type(self.access) is LocalAccess
+        return has(self.access, HostFiles)
 
     def detect_mode(self) -> str:
         if self.config.mode != "auto":
@@ -311,7 +311,7 @@ class K3sService(BaseService):
             verify_snapshot_file(artifact)
         except VerifyError as exc:
             raise RestoreError(f"{self.name}: refusing to restore, nothing changed: {exc}") from None
-        if getattr(self.access, "manages_lifecycle", False):
+        if has(self.access, ManagedLifecycle):
             # stopping k3s stops the very container the reset would have to run in
             raise RestoreError(
                 f"{self.name}: a cluster reset cannot run in {self.access.description} while k3s is stopped; "

@@ -34,7 +34,7 @@ from redis.retry import Retry
 
 from pydantic import Field, SecretStr
 
-from ..access import CHUNK
+from ..access import CHUNK, ManagedLifecycle, has
 from ..schema import ServiceBase, resolve_secret
 from ..errors import ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
 from ..reader import ArtifactPath, as_artifact
@@ -363,7 +363,7 @@ class RedisService(BaseService):
         self.verify(artifact)
         c = self.config
         start = start_command or c.start_command
-        in_container = getattr(self.access, "manages_lifecycle", False)
+        in_container = has(self.access, ManagedLifecycle)
         if not start and not in_container:
             raise RestoreError(f"{self.name}: set start_command (how to start Redis again) before restoring")
         client = self.client()

@@ -1,4 +1,4 @@
-"""Docker and command-prefix access: the service runs in a container (or a pod).
+"""Docker access: the service runs in a container, or its data is in a named volume.
 
 :class:`DockerAccess` implements the :class:`~coderz_backup.access.Access` interface with
 the Docker Engine API (docker SDK, low-level calls):
@@ -16,11 +16,7 @@ the Docker Engine API (docker SDK, low-level calls):
   container that is created with the volume mounted and **never started**;
 - stop and start are container stop/start with timeouts.
 
-:class:`PrefixAccess` runs every command behind a fixed prefix such as
-``kubectl exec -i -n apisix apisix-etcd-0 --`` (the product document's "etcdctl
-snapshot from pod"). The prefix tool does not forward environment variables, so
-secrets travel on the command's stdin to a tiny ``sh`` loader that exports them and
-``exec``\\ s the command — they never appear in an argv on either side.
+Command-prefix access (``kubectl exec …``) is :mod:`coderz_backup.access.prefix`.
 
 Images are never pulled: every image we create a container from is looked up with
 ``images.get`` first, and a missing one is a clear :class:`AccessError` naming it.
@@ -32,21 +28,23 @@ import contextlib
 import io
 import logging
 import os
-import shlex
 import signal
 import socket
 import struct
-import subprocess
 import tarfile
 import threading
 import time
 import uuid
 from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
 
-from .access import CHUNK, ChunkReader, CommandStream, LocalAccess, SeenMembers, check_member
-from .errors import AccessError, ProducerError
+from ..errors import AccessError, ProducerError
+from .archive import ChunkReader, SeenMembers, check_member
+from .capabilities import (Archives, Commands, ContainerControl, DataDirOps, Files, Freezable, Lifecycle,
+                           ManagedLifecycle, Precheck, ReplaceCheck, Shell, capability_flag)
+from .commands import CHUNK, _last_lines, read_all
+from .shellops import ShellFileOps
 
-__all__ = ["DockerAccess", "PrefixAccess", "docker_client"]
+__all__ = ["DockerAccess", "ExecStream", "docker_client"]
 
 log = logging.getLogger(__name__)
 
@@ -246,11 +244,6 @@ class ExecStream:
         self._close_sock()
 
 
-def _last_lines(text: str, n: int = 6) -> str:
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return " | ".join(lines[:n])
-
-
 def _api_msg(exc: Exception) -> str:
     expl = getattr(exc, "explanation", None)
     if expl:
@@ -258,27 +251,16 @@ def _api_msg(exc: Exception) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-class _ShellFileOps:
-    """File work as shell one-liners where the service runs (in its container, or behind a
-    command prefix) — through the subclass's ``shell(script, *args, label=)``."""
-
-    def remove_tree(self, path: str) -> None:
-        self.shell('rm -rf -- "$1"', path, label=f"rm -rf {path}")
-
-    def chown_like_parent(self, path: str) -> None:
-        """chown -R ``path`` to the owner of the folder itself (after an extract as root)."""
-        self.shell('chown -R "$(stat -c %u:%g "$1")" "$1"', path, label=f"chown {path}")
-
-    def move_contents(self, src: str, dest: str) -> None:
-        """Move everything inside ``src`` into a new folder ``dest`` (e.g. to keep the old data)."""
-        self.shell('mkdir -p "$2" && find "$1" -mindepth 1 -maxdepth 1 ! -path "$2" -exec mv -t "$2" -- {} +',
-                   src, dest, label=f"move {src} aside")
-
-
-class DockerAccess(_ShellFileOps):
+class DockerAccess(ShellFileOps):
     """Commands and files of a service that runs in a Docker container (see module docstring)."""
 
     settle_s = 3.0   # a started container without a health check must stay running this long
+
+    #: what a named volume alone offers (files through a helper container that is never started)
+    VOLUME_CAPABILITIES: frozenset[type] = frozenset({Commands, Files, Archives, Lifecycle, Freezable, DataDirOps,
+                                                      ReplaceCheck, Precheck, Shell})
+    #: added with a container: it is stopped, started and watched as such
+    CONTAINER_CAPABILITIES: frozenset[type] = frozenset({ManagedLifecycle, ContainerControl})
 
     def __init__(self, container: str | None, *, volume: str | None = None, helper_image: str | None = None,
                  volume_path: str | None = None, client=None):
@@ -290,7 +272,11 @@ class DockerAccess(_ShellFileOps):
         self.helper_image = helper_image
         self._client = client
         self.description = f"docker container {container}" if container else f"docker volume {volume}"
-        self.manages_lifecycle = bool(container)
+        # a container is stopped, started and checked as such; a volume alone has no lifecycle of its own
+        self.capabilities = self.VOLUME_CAPABILITIES | (self.CONTAINER_CAPABILITIES if container else frozenset())
+
+    #: stop_service/start_service work without configured commands: with a container
+    manages_lifecycle = capability_flag(ManagedLifecycle, "True with a container: stop and start are the container's")
 
     # -- engine objects -----------------------------------------------------
     @property
@@ -433,10 +419,7 @@ class DockerAccess(_ShellFileOps):
         return out.decode("utf-8", "replace")
 
     def run(self, argv, *, env=None, timeout=None, label=None) -> str:
-        with self.stream(argv, env=env, timeout=timeout, label=label) as cmd:
-            out = b"".join(cmd.chunks())
-            cmd.finish()
-        return out.decode("utf-8", "replace")
+        return read_all(self.stream(argv, env=env, timeout=timeout, label=label))
 
     def shell(self, script: str, *args: str, timeout: float = 600, label: str = "sh") -> None:
         """Run ``sh -c script`` as root on the service's files: in the container, or a helper when it is stopped."""
@@ -645,135 +628,3 @@ class DockerAccess(_ShellFileOps):
             if time.monotonic() > deadline:
                 raise AccessError(f"container {self.container!r} not running/healthy {timeout:.0f}s after start")
             time.sleep(0.2)
-
-
-# ---------------------------------------------------------------------------
-# command prefix (kubectl exec …)
-
-_ENV_LOADER = 'while IFS= read -r line && [ -n "$line" ]; do export "$line"; done; exec "$@"'
-
-
-class PrefixAccess(_ShellFileOps, LocalAccess):
-    """Every command runs as ``prefix + argv`` (e.g. ``kubectl exec -i -n ns pod --``).
-
-    Environment variables for the command (secrets) are written to its stdin as
-    ``NAME=value`` lines, ended by an empty line, and exported by a ``sh`` loader on
-    the far side; argv never holds them. Files are read with ``cat``/``tar`` through
-    the same prefix.
-    """
-
-    def __init__(self, prefix: Sequence[str]):
-        if not prefix:
-            raise AccessError("exec_prefix is empty")
-        self.prefix = list(prefix)
-        self.description = f"via {shlex.join(self.prefix)}"
-
-    def _wrap(self, argv: Sequence[str], env: Mapping[str, str] | None) -> tuple[list[str], bytes | None]:
-        if not env:
-            return [*self.prefix, *argv], None
-        lines = []
-        for k, v in env.items():
-            if "\n" in v or "\n" in k or not k:
-                raise AccessError(f"{k}: a value with a newline cannot be passed through exec_prefix")
-            lines.append(f"{k}={v}\n")
-        return [*self.prefix, "sh", "-c", _ENV_LOADER, "sh", *argv], ("".join(lines) + "\n").encode()
-
-    def stream(self, argv, *, env=None, timeout=None, label=None) -> CommandStream:
-        full, preamble = self._wrap(argv, env)
-        label = label or os.path.basename(argv[0])
-        if preamble is None:
-            return CommandStream(full, timeout=timeout, label=label)
-        cmd = CommandStream(full, timeout=timeout, label=label, stdin=subprocess.PIPE)
-        assert cmd.proc.stdin is not None
-        try:
-            cmd.proc.stdin.write(preamble)
-            cmd.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        return cmd
-
-    def feed(self, argv, chunks, *, env=None, timeout=None, label=None) -> str:
-        full, preamble = self._wrap(argv, env)
-
-        def _all() -> Iterator[bytes]:
-            if preamble:
-                yield preamble
-            yield from chunks
-
-        return LocalAccess().feed(full, _all(), timeout=timeout, label=label or os.path.basename(argv[0]))
-
-    @contextlib.contextmanager
-    def open_read(self, path: str) -> Iterator[BinaryIO]:
-        with self.stream(["cat", "--", path], label=f"cat {path}") as cmd:
-            finished = False
-
-            def _checked() -> Iterator[bytes]:
-                # the exit status is checked *before* the reader sees EOF: a caller that commits
-                # at EOF (the artifact writer) never renames the output of a failed `cat`
-                nonlocal finished
-                yield from cmd.chunks()
-                finished = True
-                cmd.finish()
-
-            yield io.BufferedReader(ChunkReader(_checked()), CHUNK)
-            if not finished:
-                cmd.finish()
-
-    def readable(self, path: str) -> bool:
-        try:
-            self.run(["test", "-r", path], timeout=60, label="test -r")
-        except (ProducerError, AccessError):
-            return False
-        return True
-
-    def shell(self, script: str, *args: str, timeout: float = 600, label: str = "sh") -> None:
-        """Run a ``sh -c`` script on the far side (file work never happens on this host)."""
-        self.run(["sh", "-c", script, "sh", *args], timeout=timeout, label=label)
-
-    def tar_dir(self, path: str, out: BinaryIO, *, exclude: Sequence[str] = ()) -> int:
-        argv = ["tar", "-C", path, "-cf", "-", *[f"--exclude=./{e}" for e in exclude], "."]
-        count = 0
-        with self.stream(argv, label=f"tar {path}") as cmd, \
-                tarfile.open(fileobj=ChunkReader(cmd.chunks()), mode="r|") as src, \
-                tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as dst:
-            for member in src:
-                name = member.name[2:] if member.name.startswith("./") else member.name
-                if not name or name == ".":
-                    continue
-                member.name = name
-                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-                count += 1
-            cmd.finish()
-        return count
-
-    def untar_into(self, path: str, chunks: Iterable[bytes]) -> int:
-        checked: list[int] = [0]
-
-        def _checked() -> Iterator[bytes]:
-            r, w = os.pipe()
-            errs: list[BaseException] = []
-
-            def _pump() -> None:
-                try:
-                    with os.fdopen(w, "wb", buffering=CHUNK) as wf, \
-                            tarfile.open(fileobj=ChunkReader(chunks), mode="r|") as src, \
-                            tarfile.open(fileobj=wf, mode="w|", format=tarfile.PAX_FORMAT) as dst:
-                        links = SeenMembers()
-                        for member in src:
-                            check_member(member, "/restore-check", links)
-                            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-                            checked[0] += 1
-                except BaseException as exc:  # noqa: BLE001
-                    errs.append(exc)
-
-            t = threading.Thread(target=_pump, daemon=True)
-            t.start()
-            with os.fdopen(r, "rb", buffering=0) as rf:
-                yield from iter(lambda: rf.read(CHUNK), b"")
-            t.join()
-            if errs:
-                raise AccessError(f"refusing archive for {path}: {errs[0]}")
-
-        self.feed(["tar", "-C", path, "--numeric-owner", "-xf", "-"], _checked(), label=f"tar -x {path}")
-        return checked[0]
-
