@@ -70,7 +70,7 @@ from .capabilities import (ALL_CAPABILITIES, Access, Archives, Capability, Comma
                            Files, Freezable, HostFiles, Lifecycle, ManagedLifecycle, Precheck, ReplaceCheck, Shell,
                            has, require)
 from .choose import access_for, container_access
-from .commands import CHUNK, CommandStream, describe_argv
+from .commands import CHUNK, CommandStream
 from .docker import HELPER_LABEL, DockerAccess, ExecStream, docker_client
 from .local import LocalAccess
 from .prefix import PrefixAccess
@@ -80,6 +80,6 @@ __all__ = [
     "Access", "AccessError", "Archives", "Capability", "ChunkReader", "CommandStream", "Commands", "ContainerControl",
     "DataDirOps", "DockerAccess", "ExecStream", "Files", "Freezable", "HostFiles", "Lifecycle", "LocalAccess",
     "ManagedLifecycle", "Precheck", "PrefixAccess", "ProducerError", "ReplaceCheck", "SeenMembers", "Shell",
-    "access_for", "check_member", "container_access", "describe_argv", "docker_client", "has", "require",
+    "access_for", "check_member", "container_access", "docker_client", "has", "require",
     "tar_of_file",
 ]

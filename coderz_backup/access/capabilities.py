@@ -30,7 +30,7 @@ from .commands import CommandStream
 __all__ = [
     "ALL_CAPABILITIES", "Access", "Archives", "Capability", "Commands", "ContainerControl", "DataDirOps",
     "Files", "Freezable", "HostFiles", "Lifecycle", "ManagedLifecycle", "Precheck", "ReplaceCheck", "Shell",
-    "capability_flag", "has", "members", "require",
+    "has", "members", "require",
 ]
 
 C = TypeVar("C")
@@ -213,8 +213,3 @@ def require(access: object, cap: type[C], message: str | None = None, *,
     what = _ABILITY.get(cap, cap.__name__)
     raise error(message or f"{access.description} access cannot {what}")   # type: ignore[attr-defined]
 
-
-def capability_flag(cap: type, doc: str) -> property:
-    """A read-only bool attribute that says whether the instance declares ``cap`` (kept spellings such as
-    ``manages_lifecycle``; new code asks ``has(access, cap)``)."""
-    return property(lambda self: cap in self.capabilities, doc=doc)

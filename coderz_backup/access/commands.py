@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
 import subprocess
 import threading
@@ -22,7 +21,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 from ..errors import AccessError, ProducerError
 
-__all__ = ["CHUNK", "CommandStream", "describe_argv", "feed_command", "lifecycle_command", "read_all"]
+__all__ = ["CHUNK", "CommandStream", "feed_command", "lifecycle_command", "read_all"]
 
 CHUNK = 1 << 20  # 1 MiB reads: large enough for throughput, small enough for flat memory
 _STDERR_KEEP = 16 * 1024
@@ -165,10 +164,6 @@ def _last_lines(text: str, n: int = 6) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return " | ".join(lines[:n])
 
-
-def describe_argv(argv: Sequence[str]) -> str:
-    """argv as a shell-quoted string for logs (argv never holds secrets)."""
-    return shlex.join(argv)
 
 
 def read_all(cmd) -> str:

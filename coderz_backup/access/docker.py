@@ -40,7 +40,7 @@ from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
 from ..errors import AccessError, ProducerError
 from .archive import ChunkReader, SeenMembers, check_member
 from .capabilities import (Archives, Commands, ContainerControl, DataDirOps, Files, Freezable, Lifecycle,
-                           ManagedLifecycle, Precheck, ReplaceCheck, Shell, capability_flag)
+                           ManagedLifecycle, Precheck, ReplaceCheck, Shell)
 from .commands import CHUNK, _last_lines, read_all
 from .shellops import ShellFileOps
 
@@ -276,7 +276,6 @@ class DockerAccess(ShellFileOps):
         self.capabilities = self.VOLUME_CAPABILITIES | (self.CONTAINER_CAPABILITIES if container else frozenset())
 
     #: stop_service/start_service work without configured commands: with a container
-    manages_lifecycle = capability_flag(ManagedLifecycle, "True with a container: stop and start are the container's")
 
     # -- engine objects -----------------------------------------------------
     @property

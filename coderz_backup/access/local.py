@@ -10,8 +10,7 @@ from typing import BinaryIO, Iterable, Iterator, Sequence
 
 from ..errors import AccessError
 from .archive import ARCHIVE_ERRORS, ChunkReader, SeenMembers, check_member
-from .capabilities import (Archives, Commands, DataDirOps, Files, HostFiles, Lifecycle, ManagedLifecycle,
-                           capability_flag)
+from .capabilities import Archives, Commands, DataDirOps, Files, HostFiles, Lifecycle
 from .commands import CommandStream, feed_command, lifecycle_command, read_all
 
 __all__ = ["LocalAccess"]
@@ -23,7 +22,6 @@ class LocalAccess:
     description = "local"
     capabilities: frozenset[type] = frozenset({Commands, Files, Archives, Lifecycle, HostFiles, DataDirOps})
     #: stop_service/start_service work without configured commands (a container): never here
-    manages_lifecycle = capability_flag(ManagedLifecycle, "False: stop and start need stop_command/start_command")
 
     def stream(self, argv, *, env=None, timeout=None, label=None) -> CommandStream:
         return CommandStream(argv, env=env, timeout=timeout, label=label)

@@ -21,7 +21,7 @@ from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import AccessError, ProducerError
 from .archive import ChunkReader, SeenMembers, check_member
-from .capabilities import Archives, Commands, DataDirOps, Files, Lifecycle, ManagedLifecycle, Shell, capability_flag
+from .capabilities import Archives, Commands, DataDirOps, Files, Lifecycle, Shell
 from .commands import CHUNK, CommandStream, feed_command, lifecycle_command, read_all
 from .shellops import ShellFileOps
 
@@ -41,7 +41,6 @@ class PrefixAccess(ShellFileOps):
 
     capabilities: frozenset[type] = frozenset({Commands, Files, Archives, Lifecycle, DataDirOps, Shell})
     #: stop_service/start_service need configured commands (run behind the prefix)
-    manages_lifecycle = capability_flag(ManagedLifecycle, "False: stop and start need stop_command/start_command")
 
     def __init__(self, prefix: Sequence[str]):
         if not prefix:

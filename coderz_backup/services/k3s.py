@@ -306,7 +306,6 @@ class K3sService(BaseService):
         return f"{n} entries restored into {server} (previous kept as {', '.join(kept) or 'nothing'}); {started}"
 
     def _restore_etcd(self, artifact: ArtifactPath, *, already_stopped: bool) -> str:
-        c = self.config
         try:
             verify_snapshot_file(artifact)
         except VerifyError as exc:

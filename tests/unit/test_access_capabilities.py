@@ -103,7 +103,6 @@ def test_capabilities_extend_what_they_imply():
             assert has(acc, ManagedLifecycle), how
         if has(acc, ManagedLifecycle):
             assert has(acc, Lifecycle), how
-        assert acc.manages_lifecycle is has(acc, ManagedLifecycle), how   # the kept spelling agrees
 
 
 def test_access_for_and_container_access_choose_by_config():
