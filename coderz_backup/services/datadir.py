@@ -1,6 +1,12 @@
-"""Replacing a service's data dir with a tarball — the one "volume restore" sequence.
+"""A service's data dir as a tarball: the one producer and the one "volume restore" sequence.
 
-Used by Prometheus (its TSDB), Grafana and Elasticsearch (``restore_from = "volume"``):
+:func:`write_tarball` writes a folder reached through the access as one gzip tar artifact
+(members relative to the folder; owners, modes and mtimes kept), optionally with local files
+first (Grafana's consistent copy of ``grafana.db`` in place of the live one). Used by
+Elasticsearch (its data dir), Prometheus (its TSDB snapshot) and Grafana.
+
+:func:`replace_data_dir` puts one back. Used by Prometheus (its TSDB), Grafana and
+Elasticsearch (``restore_from = "volume"``):
 
 1. the caller has checked the archive (nothing changed if it is damaged);
 2. the service is stopped — its container, or ``stop_command`` — and must stop
@@ -18,14 +24,69 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import tarfile
+import threading
+from pathlib import Path
 from typing import Callable, Sequence
 
 from ..access import ARCHIVE_ERRORS, CHUNK, Access, DataDirOps, HostFiles, ReplaceCheck, has, require
-from ..errors import CoderzBackupError, RestoreError
+from ..errors import AccessError, ArtifactError, CoderzBackupError, RestoreError
 from ..reader import ArtifactPath, as_artifact
 from ..waiting import wait_until
+from ..writer import ArtifactWriter, FileRecord
 
-__all__ = ["move_aside", "replace_data_dir"]
+__all__ = ["move_aside", "replace_data_dir", "write_tarball"]
+
+
+def write_tarball(access: Access, folder: str, into: Path, relpath: str, *, exclude: Sequence[str] = (),
+                  first: Sequence[tuple[tarfile.TarInfo, Path]] = ()) -> tuple[FileRecord, int]:
+    """Write the contents of ``folder`` (through ``access``) as the gzip tar artifact ``relpath``.
+
+    ``first``: (member, local file) pairs written before the folder's contents; ``exclude``:
+    top-level names of the folder to leave out. Returns the file record and the number of
+    entries. AccessError when the folder cannot be read (the caller says what that means);
+    nothing lands under ``relpath`` unless all of it was written.
+    """
+    with ArtifactWriter.open(into, relpath) as w:
+        if not first:
+            entries = access.tar_dir(folder, w, exclude=exclude)
+            return w.commit(), entries
+        entries = 0
+        r, w_fd = os.pipe()
+        problem: list[BaseException] = []
+
+        def _produce() -> None:   # the folder's tar stream, read back member by member below
+            try:
+                with os.fdopen(w_fd, "wb", buffering=CHUNK) as wf:
+                    access.tar_dir(folder, wf, exclude=exclude)
+            except BaseException as exc:  # noqa: BLE001 - raised below
+                problem.append(exc)
+
+        producer = threading.Thread(target=_produce, daemon=True)
+        producer.start()
+        try:
+            with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for info, path in first:
+                    with open(path, "rb") as fh:
+                        tar.addfile(info, fh)
+                    entries += 1
+                try:
+                    with os.fdopen(r, "rb", buffering=CHUNK) as rf, tarfile.open(fileobj=rf, mode="r|") as src:
+                        for member in src:
+                            tar.addfile(member, src.extractfile(member) if member.isfile() else None)
+                            entries += 1
+                except tarfile.ReadError:
+                    if not problem:
+                        raise
+            producer.join()
+            if problem:
+                exc = problem[0]
+                raise exc if isinstance(exc, CoderzBackupError) else AccessError(str(exc))
+            return w.commit(), entries
+        except OSError as exc:
+            raise ArtifactError(f"writing {relpath} failed: {exc.strerror or exc}") from None
+        finally:
+            producer.join(timeout=30)
 
 
 def aside_path(access: Access, data_dir: str, stamp: str) -> str:

@@ -74,6 +74,7 @@ from ..errors import (
 from ..reader import ArtifactPath, as_artifact
 from ..writer import ArtifactWriter, FileRecord, write_stream
 from .apiservice import ApiService
+from .datadir import write_tarball
 from .base import ArtifactResult
 from .httpapi import HttpApi, credentials
 
@@ -507,13 +508,11 @@ class ElasticsearchService(ApiService):
         if not self.access.readable(c.data_dir):
             raise ArtifactError(f"{self.name}: data dir {c.data_dir} is not readable through {self.access.description} "
                                 "access (missing, or run coderz-backup with permission to read it)")
-        with ArtifactWriter.open(into, self.tarball_path, compress=True) as w:
-            try:
-                entries = self.access.tar_dir(c.data_dir, w)
-            except AccessError as exc:
-                raise ArtifactError(f"{self.name}: archiving data dir {c.data_dir} failed (files change while a "
-                                    f"node runs; the flow retries): {exc}") from None
-            rec = w.commit()
+        try:
+            rec, entries = write_tarball(self.access, c.data_dir, into, self.tarball_path)
+        except AccessError as exc:
+            raise ArtifactError(f"{self.name}: archiving data dir {c.data_dir} failed (files change while a "
+                                f"node runs; the flow retries): {exc}") from None
         log.info("%s: data dir %s archived, %d entries", self.name, c.data_dir, entries)
         return ArtifactResult.from_files(self.name, self.kind, self.tarball_path, [rec],
                                          details={"data_dir": c.data_dir, "entries": entries,

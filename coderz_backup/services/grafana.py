@@ -66,8 +66,9 @@ from ..errors import (
     VerifyError,
 )
 from ..reader import ArtifactPath, as_artifact
-from ..writer import ArtifactWriter, FileRecord, write_stream
+from ..writer import FileRecord, write_stream
 from .apiservice import ApiService
+from .datadir import write_tarball
 from .base import ArtifactResult
 from .sqlitecopy import sqlite_copy
 from .httpapi import HttpApi, credentials
@@ -398,13 +399,6 @@ class GrafanaService(ApiService):
             raise ArtifactError(f"{self.name}: no {DB_NAME} in {data_dir}: Grafana keeps its database elsewhere "
                                 "([database] path, or MySQL/PostgreSQL) — point data_dir at the folder holding "
                                 f"{DB_NAME}, or unset it and back that database up on its own")
-        entries = 0
-
-        def _count(info: tarfile.TarInfo) -> tarfile.TarInfo:
-            nonlocal entries
-            entries += 1
-            return info
-
         into.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{self.name}-db-", dir=into) as tmp:
             copy = Path(tmp) / DB_NAME
@@ -413,20 +407,15 @@ class GrafanaService(ApiService):
             except ArtifactError as exc:
                 raise type(exc)(f"{self.name}: {exc}") from None
             db_bytes = copy.stat().st_size
-            with ArtifactWriter.open(into, self.tarball_path, compress=True) as w:
-                try:
-                    with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                        info = tar.gettarinfo(str(db), arcname=DB_NAME)   # owner, mode, mtime of the live file
-                        info.size = db_bytes
-                        with open(copy, "rb") as fh:
-                            tar.addfile(_count(info), fh)
-                        for entry in sorted(os.listdir(data_dir)):
-                            if entry in LIVE_DB_FILES:
-                                continue
-                            tar.add(str(data_dir / entry), arcname=entry, recursive=True, filter=_count)
-                except OSError as exc:
-                    raise ArtifactError(f"{self.name}: cannot read {exc.filename or data_dir}: {exc.strerror}") from None
-                rec = w.commit()
+            info = tarfile.TarInfo(DB_NAME)   # owner, mode, mtime of the live file; the consistent copy's bytes
+            st = db.stat()
+            info.size, info.mode, info.mtime, info.uid, info.gid = db_bytes, st.st_mode & 0o7777, int(st.st_mtime), \
+                st.st_uid, st.st_gid
+            try:
+                rec, entries = write_tarball(self.access, str(data_dir), into, self.tarball_path,
+                                             exclude=tuple(LIVE_DB_FILES), first=[(info, copy)])
+            except AccessError as exc:
+                raise ArtifactError(f"{self.name}: {exc}") from None
         log.info("%s: data dir %s archived (%d entries, %s %d bytes, integrity ok)", self.name, data_dir,
                  entries, DB_NAME, db_bytes)
         return ArtifactResult.from_files(self.name, self.kind, self.tarball_path, [rec], details={
@@ -463,39 +452,14 @@ class GrafanaService(ApiService):
             copy = Path(tmp) / DB_NAME
             tables = sqlite_copy(live / DB_NAME, copy).tables
             db_bytes = copy.stat().st_size
-            r, w_fd = os.pipe()
-            problem: list[BaseException] = []
-
-            def _produce() -> None:
-                try:
-                    with os.fdopen(w_fd, "wb", buffering=CHUNK) as wf:
-                        self.access.tar_dir(data_dir, wf, exclude=tuple(LIVE_DB_FILES))
-                except BaseException as exc:  # noqa: BLE001 - reported below
-                    problem.append(exc)
-
-            import threading
-
-            producer = threading.Thread(target=_produce, daemon=True)
-            producer.start()
+            info = tarfile.TarInfo(DB_NAME)
+            info.size, info.mode, info.mtime = db_bytes, 0o640, int(time.time())
             try:
-                with ArtifactWriter.open(into, self.tarball_path, compress=True) as w:
-                    with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                        info = tarfile.TarInfo(DB_NAME)
-                        info.size, info.mode, info.mtime = db_bytes, 0o640, int(time.time())
-                        with open(copy, "rb") as fh:
-                            tar.addfile(info, fh)
-                        entries += 1
-                        with os.fdopen(r, "rb", buffering=CHUNK) as rf, tarfile.open(fileobj=rf, mode="r|") as src:
-                            for member in src:
-                                tar.addfile(member, src.extractfile(member) if member.isfile() else None)
-                                entries += 1
-                    producer.join()
-                    if problem:
-                        raise ArtifactError(f"{self.name}: reading {data_dir} from {self.access.description} "
-                                            f"failed: {problem[0]}")
-                    rec = w.commit()
-            finally:
-                producer.join(timeout=30)
+                rec, entries = write_tarball(self.access, data_dir, into, self.tarball_path,
+                                             exclude=tuple(LIVE_DB_FILES), first=[(info, copy)])
+            except AccessError as exc:
+                raise ArtifactError(f"{self.name}: reading {data_dir} from {self.access.description} "
+                                    f"failed: {exc}") from None
         log.info("%s: data dir %s archived from %s (%d entries, %s %d bytes, integrity ok)", self.name, data_dir,
                  self.access.description, entries, DB_NAME, db_bytes)
         return ArtifactResult.from_files(self.name, self.kind, self.tarball_path, [rec], details={

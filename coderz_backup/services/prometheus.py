@@ -46,9 +46,8 @@ from ..access import ARCHIVE_ERRORS, CHUNK, SeenMembers, check_member
 from ..errors import AccessError, ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
 from ..reader import ArtifactPath, as_artifact
 from ..schema import ServiceBase
-from ..writer import ArtifactWriter
 from .base import ArtifactResult, BaseService
-from .datadir import replace_data_dir
+from .datadir import replace_data_dir, write_tarball
 from .httpapi import HttpApi
 
 __all__ = ["PrometheusService", "read_blocks"]
@@ -179,9 +178,7 @@ class PrometheusService(BaseService):
         name = self._take_snapshot()
         snap_dir = f"{c.data_dir.rstrip('/')}/snapshots/{name}"
         try:
-            with ArtifactWriter.open(into, self.artifact_path, compress=True) as w:
-                entries = self.access.tar_dir(snap_dir, w)
-                rec = w.commit()
+            rec, entries = write_tarball(self.access, snap_dir, into, self.artifact_path)
         except AccessError as exc:
             raise ArtifactError(f"{self.name}: cannot read snapshot {name} from {snap_dir} via "
                                 f"{self.access.description}: {exc} (is data_dir the TSDB path?)") from None
