@@ -36,6 +36,7 @@ from pydantic import Field, SecretStr
 
 from ..access import CHUNK, ManagedLifecycle, has
 from ..schema import ServiceBase, resolve_secret
+from ..waiting import wait_until
 from ..errors import ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
 from ..reader import ArtifactPath, as_artifact
 from ..writer import StreamEnds, write_stream
@@ -447,40 +448,40 @@ class RedisService(BaseService):
             raise RestoreError(f"{self.name}: {self._where()}: {exc}") from None
 
     def _wait_down(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def _gone() -> bool:
             try:
                 with socket.create_connection((self.config.host, self.config.port), timeout=1):
-                    pass
+                    return False
             except OSError:
-                return
-            time.sleep(0.1)
-        raise RestoreError(f"{self.name}: Redis did not stop within {timeout:.0f}s; nothing was replaced")
+                return True
+
+        wait_until(_gone, timeout=timeout, interval=0.1, error=lambda _: RestoreError(
+            f"{self.name}: Redis did not stop within {timeout:.0f}s; nothing was replaced"))
 
     def _wait_up(self, timeout: float = 60) -> redis.Redis:
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
+        def _loaded() -> redis.Redis | None:
             client = self.client()
             try:
                 if client.ping() and not client.info("persistence").get("loading"):
                     return client
             except redis.BusyLoadingError:
                 pass
-            except redis.RedisError as exc:
-                last = str(exc)
+            except redis.RedisError:
+                client.close()
+                raise
             client.close()
-            time.sleep(0.2)
-        raise RestoreError(f"{self.name}: Redis did not come back within {timeout:.0f}s ({last})")
+            return None
+
+        return wait_until(_loaded, timeout=timeout, interval=0.2, retry=redis.RedisError, error=lambda last: RestoreError(
+            f"{self.name}: Redis did not come back within {timeout:.0f}s ({last or ''})"))
 
     def _wait_aof(self, client: redis.Redis, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def _rewritten() -> bool:
             info = client.info("persistence")
-            if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
-                return
-            time.sleep(0.1)
-        raise RestoreError(f"{self.name}: AOF rewrite did not finish within {timeout:.0f}s")
+            return not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled")
+
+        wait_until(_rewritten, timeout=timeout, interval=0.1, error=lambda _: RestoreError(
+            f"{self.name}: AOF rewrite did not finish within {timeout:.0f}s"))
 
 
 def _until_mark(reader, mark: bytes) -> Iterator[bytes]:

@@ -1,0 +1,162 @@
+"""Grafana's API export (see the package docstring for the layout)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from ...errors import ArtifactError, CoderzBackupError, IncompleteArtifactError
+from ...writer import FileRecord, write_stream
+from ..base import ArtifactResult
+from .api import GrafanaHTTPError, GrafanaApi
+from .layout import INDEX_FILE, SECRETS_NOTE, VIRTUAL_FOLDERS, safe_name
+
+
+log = logging.getLogger("coderz_backup.services.grafana")
+
+
+class ApiExport:
+    """The API export: folders (parents first), dashboards by folder path, datasources, alert rules, the index."""
+
+    def _folders(self, api: GrafanaApi) -> dict[str, dict]:
+        """uid → {uid, title, parentUid}, parents before children."""
+        out: dict[str, dict] = {}
+        queue: list[str | None] = [None]
+        while queue:
+            parent = queue.pop(0)
+            params = {"parentUid": parent} if parent else {}
+            where = f"list the folders in {parent}" if parent else "list the folders"
+            for f in api.paged("/api/folders", what=where, params=params):
+                uid = f.get("uid")
+                if not uid or uid in out or uid in VIRTUAL_FOLDERS:
+                    continue   # a server without nested folders ignores parentUid and lists the roots again
+                out[uid] = {"uid": uid, "title": f.get("title") or uid, "parentUid": parent}
+                queue.append(uid)
+        return out
+
+    def _add_folder(self, api: GrafanaApi, folders: dict[str, dict], uid: str) -> None:
+        """A folder a dashboard is in but the listing did not show (and its parents)."""
+        f = api.json("GET", f"/api/folders/{urllib.parse.quote(uid, safe='')}", what=f"read folder {uid}")
+        chain = [*(f.get("parents") or []), f]
+        parent = None
+        for p in chain:
+            puid = p.get("uid")
+            if puid and puid not in folders:
+                folders[puid] = {"uid": puid, "title": p.get("title") or puid,
+                                 "parentUid": p.get("parentUid") or parent}
+            parent = puid
+
+    def _search(self, api: GrafanaApi) -> list[dict]:
+        hits = api.paged("/api/search", what="search dashboards", params={"type": "dash-db"})
+        return [h for h in hits if h.get("type", "dash-db") == "dash-db" and h.get("uid")]
+
+    @staticmethod
+    def _folder_paths(folders: dict[str, dict]) -> dict[str, str]:
+        """uid → relative folder path by safe titles (siblings made unique)."""
+        used: dict[tuple[str | None, str], str] = {}
+        own: dict[str, str] = {}
+        for uid, f in folders.items():
+            name = safe_name(f["title"])
+            if name.endswith(".json"):
+                name += "_"
+            key = (f.get("parentUid"), name.lower())
+            if key in used and used[key] != uid:
+                name = safe_name(f"{f['title']}__{uid}", limit=160)
+            used[(f.get("parentUid"), name.lower())] = uid
+            own[uid] = name
+        paths: dict[str, str] = {}
+
+        def path(uid: str, depth: int = 0) -> str:
+            if uid in paths:
+                return paths[uid]
+            parent = folders[uid].get("parentUid")
+            if parent in folders and depth < 64:
+                p = f"{path(parent, depth + 1)}/{own[uid]}"
+            else:
+                p = own[uid]
+            paths[uid] = p
+            return p
+
+        for uid in folders:
+            path(uid)
+        return paths
+
+    def _export(self, api: GrafanaApi, into: Path) -> ArtifactResult:
+        c = self.config
+        version = None
+        with contextlib.suppress(CoderzBackupError, AttributeError):
+            version = api.json("GET", "/api/health", what="read /api/health").get("version")
+        hits = self._search(api)
+        folders = self._folders(api)
+        for h in hits:
+            fuid = h.get("folderUid")
+            if fuid and fuid not in folders and fuid not in VIRTUAL_FOLDERS:
+                self._add_folder(api, folders, fuid)
+        paths = self._folder_paths(folders)
+        datasources = api.json("GET", "/api/datasources", what="list the datasources")
+        if not isinstance(datasources, list):
+            raise ArtifactError(f"{api.where}: /api/datasources did not return a JSON array")
+        rules: list | None = None
+        if c.alert_rules:
+            try:
+                rules = api.json("GET", "/api/v1/provisioning/alert-rules", what="export the alert rules")
+            except GrafanaHTTPError as exc:
+                if exc.status == 404:
+                    raise ArtifactError(f"{api.where}: the alert-rule provisioning API is not there (HTTP 404); "
+                                        "unified alerting is disabled or Grafana is older than 9 — set "
+                                        f"services.{self.name}.alert_rules = false to back up without them") from None
+                raise
+            if not isinstance(rules, list):
+                raise ArtifactError(f"{api.where}: the alert-rules answer is not a JSON array")
+
+        files: list[FileRecord] = []
+        index: dict[str, str] = {}
+        base = f"{self.name}/dashboards"
+        for n, hit in enumerate(hits, 1):
+            uid = hit["uid"]
+            title = hit.get("title") or uid
+            try:
+                obj = api.json("GET", f"/api/dashboards/uid/{urllib.parse.quote(uid, safe='')}",
+                               what=f"read dashboard {title!r} (uid {uid})")
+            except ArtifactError as exc:
+                raise IncompleteArtifactError(
+                    f"{self.name}: partial export: search listed {len(hits)} dashboards, {n - 1} exported, then "
+                    f"dashboard {title!r} (uid {uid}) could not be read: {exc}") from None
+            dash = obj.get("dashboard") if isinstance(obj, dict) else None
+            if not isinstance(dash, dict) or dash.get("uid") != uid:
+                raise IncompleteArtifactError(f"{self.name}: partial export: dashboard {title!r} (uid {uid}) "
+                                              "came back without its model (no dashboard.uid)")
+            meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+            fuid = meta.get("folderUid") or hit.get("folderUid") or ""
+            obj["meta"] = {**meta, "folderUid": fuid}
+            folder = paths.get(fuid) if fuid else None
+            rel = f"{base}/{folder}/{safe_name(uid)}.json" if folder else f"{base}/{safe_name(uid)}.json"
+            if rel in index.values():
+                rel = rel[: -len(".json")] + f"__{n}.json"
+            files.append(write_stream(into, rel, [json.dumps(obj, indent=1, ensure_ascii=False).encode()],
+                                      compress=False))
+            index[uid] = rel[len(self.name) + 1:]
+        folder_list = [{**f, "path": paths[uid]} for uid, f in folders.items()]
+        files.append(self._write_json(into, "folders.json", folder_list))
+        files.append(self._write_json(into, "datasources.json", datasources))
+        if rules is not None:
+            files.append(self._write_json(into, "alert-rules.json", rules))
+        counts = {"dashboards": len(index), "folders": len(folder_list), "datasources": len(datasources),
+                  "alert_rules": len(rules) if rules is not None else None}
+        files.append(self._write_json(into, INDEX_FILE, {
+            "format": 1, "grafana_version": version, "url": c.url, "org_id": c.org_id,
+            "counts": counts, "dashboards": index}))
+        details = {"url": c.url, **counts, "grafana_version": version, "datasource_secrets": SECRETS_NOTE}
+        if rules is None:
+            details["alert_rules"] = "not exported (alert_rules = false)"
+        return ArtifactResult.from_files(self.name, self.kind, self.export_path, files,
+                                         summary=f"Grafana dashboards exported: {len(index)} files",
+                                         details=details)
+
+    def _write_json(self, into: Path, fname: str, obj: Any) -> FileRecord:
+        return write_stream(into, f"{self.name}/{fname}",
+                            [json.dumps(obj, indent=1, ensure_ascii=False).encode()], compress=False)
