@@ -12,8 +12,9 @@ import tarfile
 import pytest
 
 from coderz_backup.codecs import chain_for
-from coderz_backup.errors import VerifyError
+from coderz_backup.errors import RestoreError, VerifyError
 from coderz_backup.reader import SnapshotReader, as_artifact
+from coderz_backup.services.configs import ConfigsConfig, ConfigsService
 from coderz_backup.writer import ArtifactWriter, write_stream
 
 DATA = b"".join(b"line %d of a dump\n" % i for i in range(50_000))
@@ -146,3 +147,24 @@ def test_the_writer_refuses_a_compress_flag_its_name_contradicts(tmp_path):
     with pytest.raises(ValueError, match="does not match"):
         ArtifactWriter(tmp_path, "dump.rdb", compress=True)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_restore_reads_through_the_reader_so_bytes_changed_after_the_verify_change_nothing(tmp_path):
+    src = tmp_path / "src" / "opt" / "coderz" / "configs"
+    src.mkdir(parents=True)
+    (src / "app.env").write_text("A=1\n")
+    svc = ConfigsService("configs", ConfigsConfig(kind="configs", paths=[str(src)]), None)
+    snap = tmp_path / "snap"
+    [result] = svc.backup(snap)
+    entry = {**result.as_manifest(), "status": "ok"}
+    reader = SnapshotReader(snap, {"artifacts": [entry]})
+    assert "entries" in svc.verify(reader.artifact(entry))
+    # the medium is changed between the verify and the restore: same size, other bytes
+    raw = bytearray((snap / entry["path"]).read_bytes())
+    raw[-9] ^= 0x55
+    (snap / entry["path"]).write_bytes(bytes(raw))
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises((RestoreError, VerifyError), match="sha256 differs"):
+        svc.restore(reader.artifact(entry), target=target)
+    assert list(target.iterdir()) == []
