@@ -219,6 +219,7 @@ class ApisixService(BaseService):
 
     # -- backup ---------------------------------------------------------------
     def backup(self, into: Path) -> list[ArtifactResult]:
+        """Every object of every configured resource type, one JSON file per type, and the index."""
         started = time.monotonic()
         into = Path(into)
         written: list[FileRecord] = []

@@ -83,6 +83,7 @@ class ConfigsService(BaseService):
 
     # -- backup -------------------------------------------------------------
     def backup(self, into: Path) -> list[ArtifactResult]:
+        """A gzip tar of the configured paths (members relative to ``/``, owners and modes kept)."""
         missing = [p for p in self.config.paths if not os.path.lexists(p)]
         if missing:
             raise ArtifactError(f"{self.name}: configured path(s) do not exist: {', '.join(missing)}")

@@ -340,6 +340,7 @@ class EtcdService(BaseService):
 
     # -- backup -------------------------------------------------------------
     def backup(self, into: Path) -> list[ArtifactResult]:
+        """One snapshot (gRPC gateway stream, or etcdctl); bbolt magic and SHA-256 trailer checked as it is written."""
         started = time.monotonic()
         checker = SnapshotChecker()
         if self.config.method == "etcdctl":
@@ -433,6 +434,7 @@ class EtcdService(BaseService):
                 "set data_dir and start_command to restore in place")
 
     def health(self) -> str:
+        """The endpoint answers ``/version`` and the cluster is healthy."""
         try:
             with _Gateway(self, read_timeout=30.0) as gw:
                 try:

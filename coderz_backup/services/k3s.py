@@ -118,6 +118,7 @@ class K3sService(BaseService):
 
     # -- backup ---------------------------------------------------------------
     def backup(self, into: Path) -> list[ArtifactResult]:
+        """The datastore: an etcd snapshot (embedded etcd) or a tar of the SQLite db and token (kine)."""
         mode = self.detect_mode()
         started = time.monotonic()
         if mode == "sqlite":
@@ -207,6 +208,7 @@ class K3sService(BaseService):
 
     # -- verify ---------------------------------------------------------------
     def verify(self, artifact: ArtifactPath | Path) -> str:
+        """An etcd snapshot's trailer, or the tarball: members safe, state.db passes integrity_check, token present."""
         artifact = as_artifact(artifact)
         if artifact.name.endswith(".snapshot"):
             return verify_snapshot_file(artifact)

@@ -201,6 +201,7 @@ class PostgresService(BaseService):
 
     # -- backup -------------------------------------------------------------
     def backup(self, into: Path) -> list[ArtifactResult]:
+        """pg_dump (plain SQL) streamed through the writer into ``<name>.sql.gz``; header and trailer checked."""
         c = self.config
         argv = [c.pg_dump, *self._conn_args(), "--dbname", c.database, "--format=plain"]
         started = time.monotonic()
@@ -215,6 +216,7 @@ class PostgresService(BaseService):
 
     # -- verify -------------------------------------------------------------
     def verify(self, artifact: ArtifactPath | Path | Path) -> str:
+        """gzip intact, pg_dump's header and trailer present, no psql meta-command outside pg_dump's own."""
         artifact = as_artifact(artifact)
         head = bytearray()
         tail = b""

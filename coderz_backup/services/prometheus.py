@@ -169,6 +169,7 @@ class PrometheusService(BaseService):
         return name
 
     def backup(self, into: Path) -> list[ArtifactResult]:
+        """A TSDB snapshot (admin API) streamed out of the data dir as a gzip tar, then removed from it."""
         c = self.config
         if not c.data_dir:
             raise ArtifactError(f"{self.name}: set data_dir to Prometheus' --storage.tsdb.path (as seen from here, "
@@ -215,6 +216,7 @@ class PrometheusService(BaseService):
 
     # -- verify ---------------------------------------------------------------
     def verify(self, artifact: ArtifactPath | Path) -> str:
+        """gzip and tar intact, every block has its meta.json; the time range covered."""
         artifact = as_artifact(artifact)
         blocks = read_blocks(artifact, allow_empty=True)   # backup() refused an empty one unless the TSDB was
         if not blocks:
@@ -250,6 +252,7 @@ class PrometheusService(BaseService):
         return "ready"
 
     def restore(self, artifact: ArtifactPath | Path, *, already_stopped: bool = False, **_: object) -> str:
+        """Replace the TSDB with the snapshot's blocks (Prometheus stopped, old data kept aside)."""
         artifact = as_artifact(artifact)
         c = self.config
         try:

@@ -191,6 +191,7 @@ class RedisService(BaseService):
 
     # -- backup -------------------------------------------------------------
     def backup(self, into: Path) -> list[ArtifactResult]:
+        """One RDB (BGSAVE and the file, or the replication stream; see the module docstring), CRC-64 checked."""
         c = self.config
         client = self.client()
         try:
@@ -322,6 +323,7 @@ class RedisService(BaseService):
 
     # -- verify -------------------------------------------------------------
     def verify(self, artifact: ArtifactPath | Path | Path) -> str:
+        """RDB magic and version, and the CRC-64 trailer over the whole file."""
         artifact = as_artifact(artifact)
         checker = RdbChecker()
         head = b""
@@ -347,6 +349,7 @@ class RedisService(BaseService):
         return f"every key of Redis at {c.host}:{c.port} is replaced; the server is stopped and started with {start}"
 
     def health(self) -> str:
+        """PING answers; the key count."""
         client = self.client()
         try:
             if not client.ping():

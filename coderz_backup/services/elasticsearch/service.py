@@ -106,6 +106,7 @@ class ElasticsearchService(IndexExport, IndexRestore, ApiService):
 
     # -- verify -------------------------------------------------------------
     def verify(self, artifact: ArtifactPath | Path) -> str:
+        """The export (JSON and gzip intact, document counts match the index file) or the tarball (members safe)."""
         artifact = as_artifact(artifact)
         if artifact.is_dir():
             counts = self._verify_export(artifact)
