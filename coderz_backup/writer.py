@@ -65,11 +65,12 @@ class ArtifactWriter:
     """A file-like sink for one artifact; see the module docstring.
 
     ``observe`` (optional) is called with every uncompressed chunk, e.g. to compute a
-    CRC over the stream without a second read. ``compress`` states what the caller expects
-    of the name's codec chain (a ``.gz`` name is compressed); a mismatch is a programming error.
+    CRC over the stream without a second read.
+    The codecs follow from ``relpath`` (:func:`~coderz_backup.codecs.chain_for`): a ``.gz``
+    name is compressed, callers never say so themselves.
     """
 
-    def __init__(self, root: Path, relpath: str, *, compress: bool | None = None, check: Check | None = None,
+    def __init__(self, root: Path, relpath: str, *, check: Check | None = None,
                  observe: Callable[[bytes], None] | None = None):
         self.root = Path(root)
         self.relpath = relpath
@@ -86,11 +87,7 @@ class ArtifactWriter:
         self._raw = 0
         self._head = bytearray()
         self._tail = bytearray()
-        chain = chain_for(relpath)
-        if compress is not None and compress != bool(chain):
-            raise ValueError(f"{relpath}: compress={compress} does not match its name's codecs "
-                             f"({', '.join(c.name for c in chain) or 'none'})")
-        self._encoders = [c.encoder() for c in chain]
+        self._encoders = [c.encoder() for c in chain_for(relpath)]
         try:
             fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as exc:
@@ -177,26 +174,26 @@ class ArtifactWriter:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, root: Path, relpath: str, *, compress: bool | None = None, check: Check | None = None,
+    def open(cls, root: Path, relpath: str, *, check: Check | None = None,
              observe: Callable[[bytes], None] | None = None) -> Iterator["ArtifactWriter"]:
         """Context manager form: aborts on exception. Call :meth:`commit` inside."""
-        w = cls(root, relpath, compress=compress, check=check, observe=observe)
+        w = cls(root, relpath, check=check, observe=observe)
         try:
             yield w
         finally:
             w.abort()  # no-op after commit()
 
 
-def write_stream(root: Path, relpath: str, chunks: Iterable[bytes], *, compress: bool | None = None,
+def write_stream(root: Path, relpath: str, chunks: Iterable[bytes], *,
                  check: Check | None = None, observe: Callable[[bytes], None] | None = None) -> FileRecord:
     """Write an iterable of chunks as one artifact."""
-    with ArtifactWriter.open(root, relpath, compress=compress, check=check, observe=observe) as w:
+    with ArtifactWriter.open(root, relpath, check=check, observe=observe) as w:
         for chunk in chunks:
             w.write(chunk)
         return w.commit()
 
 
-def write_command(access: Access, argv: list[str], root: Path, relpath: str, *, compress: bool | None = None,
+def write_command(access: Access, argv: list[str], root: Path, relpath: str, *,
                   check: Check | None = None, env: dict[str, str] | None = None,
                   timeout: float | None = None, label: str | None = None) -> FileRecord:
     """Run a producer command through ``access`` and write its stdout as one artifact.
@@ -204,7 +201,7 @@ def write_command(access: Access, argv: list[str], root: Path, relpath: str, *, 
     The producer's exit status is checked *before* the completeness check and the
     rename, so a dump that dies mid-stream can never be committed.
     """
-    with ArtifactWriter.open(root, relpath, compress=compress, check=check) as w:
+    with ArtifactWriter.open(root, relpath, check=check) as w:
         with access.stream(argv, env=env, timeout=timeout, label=label) as cmd:
             for chunk in cmd.chunks(CHUNK):
                 w.write(chunk)

@@ -75,12 +75,12 @@ def test_prefix_copy_that_exits_non_zero_never_lands_under_its_final_name(tmp_pa
     acc = PrefixAccess(["sh", "-c", '"$@"; echo "error: connection to the pod lost" >&2; exit 3', "sh"])
     with pytest.raises(ProducerError, match="exited with status 3: error: connection to the pod lost"):
         with acc.open_read(str(src)) as fh:
-            write_stream(tmp_path / "out", "copy.rdb", iter(lambda: fh.read(CHUNK), b""), compress=False)
+            write_stream(tmp_path / "out", "copy.rdb", iter(lambda: fh.read(CHUNK), b""))
     assert not (tmp_path / "out" / "copy.rdb").exists()
     assert not list((tmp_path / "out").glob(".*partial"))
     ok = PrefixAccess(["env"])   # a prefix that works: the same copy lands
     with ok.open_read(str(src)) as fh:
-        write_stream(tmp_path / "out", "copy.rdb", iter(lambda: fh.read(CHUNK), b""), compress=False)
+        write_stream(tmp_path / "out", "copy.rdb", iter(lambda: fh.read(CHUNK), b""))
     assert (tmp_path / "out" / "copy.rdb").read_bytes() == src.read_bytes()
 
 

@@ -61,7 +61,7 @@ def test_a_dump_that_dies_mid_stream_is_never_committed(pgc, tmp_path):
     # 8 MB of output, then a failure: the partial file is removed, nothing under the final name
     with pytest.raises(ProducerError, match="status 2"):
         write_command(acc, ["sh", "-c", "head -c 8000000 /dev/zero; echo 'pg_dump: error: lost' >&2; exit 2"],
-                      tmp_path, "x.sql.gz", compress=True, label="pg_dump")
+                      tmp_path, "x.sql.gz", label="pg_dump")
     assert list(tmp_path.iterdir()) == []
 
 

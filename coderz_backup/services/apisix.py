@@ -275,7 +275,7 @@ class ApisixService(BaseService):
 
     def _write_json(self, into: Path, fname: str, obj: Any) -> FileRecord:
         data = (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode()
-        with ArtifactWriter.open(into, f"{self.folder}{fname}", compress=False) as w:
+        with ArtifactWriter.open(into, f"{self.folder}{fname}") as w:
             w.write(data)
             return w.commit()
 
@@ -379,7 +379,7 @@ class ApisixService(BaseService):
 
     def _export_type(self, client: _Admin, into: Path, rtype: str, state: dict) -> tuple[FileRecord, int]:
         n = 0
-        with ArtifactWriter.open(into, f"{self.folder}{rtype}.json", compress=False) as w:
+        with ArtifactWriter.open(into, f"{self.folder}{rtype}.json") as w:
             w.write(b"[")
             for item in self._items(client, rtype, state):
                 if not isinstance(item, dict) or not isinstance(item.get("value"), dict):

@@ -105,7 +105,7 @@ class ConfigsService(BaseService):
                                               f"({count} entries, {excluded} excluded): every file excluded, or "
                                               "the folders are empty")
 
-        with ArtifactWriter.open(into, self.artifact_path, compress=True, check=_check) as w:
+        with ArtifactWriter.open(into, self.artifact_path, check=_check) as w:
             try:
                 with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                     for path in self.config.paths:

@@ -357,7 +357,7 @@ class EtcdService(BaseService):
         with _Gateway(self, read_timeout=min(self.config.timeout_s, 300.0)) as gw:
             gw.authenticate(self.config.user, self._password())
             with gw.snapshot() as resp, contextlib.closing(gw.blobs(resp)) as blobs:
-                return write_stream(into, self.artifact_path, blobs, compress=False,
+                return write_stream(into, self.artifact_path, blobs,
                                     check=checker.check, observe=checker.observe)
 
     def _etcdctl_env(self) -> dict[str, str]:
@@ -408,8 +408,7 @@ class EtcdService(BaseService):
                     raise ArtifactError(f"{self._where()} is unreachable: {text}") from None
                 raise
             with self.access.open_read(str(target)) as fh:
-                return write_stream(into, self.artifact_path, iter(lambda: fh.read(CHUNK), b""),
-                                    compress=False, check=checker.check, observe=checker.observe)
+                return write_stream(into, self.artifact_path, iter(lambda: fh.read(CHUNK), b""), check=checker.check, observe=checker.observe)
         finally:
             if local:
                 shutil.rmtree(tmp, ignore_errors=True)

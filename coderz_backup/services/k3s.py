@@ -157,8 +157,7 @@ class K3sService(BaseService):
             source = f"{tmp_dir}/{files[0]}"
             checker = SnapshotChecker()
             with self.access.open_read(source) as fh:
-                rec = write_stream(into, self.snapshot_path, iter(lambda: fh.read(CHUNK), b""),
-                                   compress=False, check=checker.check, observe=checker.observe)
+                rec = write_stream(into, self.snapshot_path, iter(lambda: fh.read(CHUNK), b""), check=checker.check, observe=checker.observe)
         finally:
             try:
                 self.access.remove_tree(tmp_dir)
@@ -187,7 +186,7 @@ class K3sService(BaseService):
                 if count < 2:
                     raise IncompleteArtifactError(f"{self.name}: archive lacks state.db or token")
 
-            with ArtifactWriter.open(into, SQLITE_ARTIFACT, compress=True, check=_check) as w:
+            with ArtifactWriter.open(into, SQLITE_ARTIFACT, check=_check) as w:
                 with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                     info = tar.gettarinfo(os.path.join(db_dir, "state.db"), arcname="server/db/state.db")
                     info.size = os.path.getsize(copy)

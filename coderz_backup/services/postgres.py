@@ -206,7 +206,7 @@ class PostgresService(BaseService):
         argv = [c.pg_dump, *self._conn_args(), "--dbname", c.database, "--format=plain"]
         started = time.monotonic()
         rec = write_command(
-            self.access, argv, into, self.artifact_path, compress=True, check=check_dump,
+            self.access, argv, into, self.artifact_path, check=check_dump,
             env=self._env(), timeout=c.timeout_s, label=f"pg_dump of {c.database}@{c.host}:{c.port}",
         )
         log.info("%s: dumped %s (%d bytes raw, %d compressed) in %.1fs", self.name, c.database,

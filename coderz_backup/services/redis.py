@@ -203,13 +203,12 @@ class RedisService(BaseService):
                 checker.not_before, checker.where = time.time(), local
                 self._bgsave(client)
                 with self.access.open_read(local) as fh:
-                    rec = write_stream(into, self.artifact_path, iter(lambda: fh.read(CHUNK), b""),
-                                       compress=False, check=checker.check, observe=checker.observe)
+                    rec = write_stream(into, self.artifact_path, iter(lambda: fh.read(CHUNK), b""), check=checker.check, observe=checker.observe)
                 how = f"BGSAVE + copy of {local}"
             else:
                 if local:
                     log.info("%s: %s is not readable here; fetching the RDB over the network", self.name, local)
-                rec = write_stream(into, self.artifact_path, self._sync_rdb(), compress=False,
+                rec = write_stream(into, self.artifact_path, self._sync_rdb(),
                                    check=checker.check, observe=checker.observe)
                 how = "replication SYNC"
             keys = sum(v.get("keys", 0) for k, v in self._call(client.info, "keyspace").items()

@@ -15,7 +15,7 @@ from coderz_backup.codecs import chain_for
 from coderz_backup.errors import RestoreError, VerifyError
 from coderz_backup.reader import SnapshotReader, as_artifact
 from coderz_backup.services.configs import ConfigsConfig, ConfigsService
-from coderz_backup.writer import ArtifactWriter, write_stream
+from coderz_backup.writer import write_stream
 
 DATA = b"".join(b"line %d of a dump\n" % i for i in range(50_000))
 
@@ -141,12 +141,6 @@ def test_as_tar_wraps_the_decoded_content_in_a_one_file_tar(tmp_path):
                                           ("etcd.snapshot", []), ("grafana/index.json", []), (".gz", [])])
 def test_the_codec_chain_follows_the_name(name, codecs):
     assert [c.name for c in chain_for(name)] == codecs
-
-
-def test_the_writer_refuses_a_compress_flag_its_name_contradicts(tmp_path):
-    with pytest.raises(ValueError, match="does not match"):
-        ArtifactWriter(tmp_path, "dump.rdb", compress=True)
-    assert not list(tmp_path.iterdir())
 
 
 def test_a_restore_reads_through_the_reader_so_bytes_changed_after_the_verify_change_nothing(tmp_path):

@@ -34,7 +34,7 @@ def leftovers(folder) -> list[str]:
 def test_compressed_artifact_decompresses_to_the_stream_and_its_record_matches_the_file(tmp_path):
     data = payload(300_000)
 
-    rec = write_stream(tmp_path, "db.sql.gz", [data[:1000], data[1000:]], compress=True)
+    rec = write_stream(tmp_path, "db.sql.gz", [data[:1000], data[1000:]])
 
     on_disk = (tmp_path / "db.sql.gz").read_bytes()
     assert gzip.decompress(on_disk) == data
@@ -46,21 +46,21 @@ def test_compressed_artifact_decompresses_to_the_stream_and_its_record_matches_t
 def test_uncompressed_artifact_is_the_stream_byte_for_byte(tmp_path):
     data = payload(5000)
 
-    rec = write_stream(tmp_path, "redis.rdb", [data], compress=False)
+    rec = write_stream(tmp_path, "redis.rdb", [data])
 
     assert (tmp_path / "redis.rdb").read_bytes() == data
     assert rec.bytes == rec.raw_bytes == len(data)
 
 
 def test_finished_artifact_is_private_and_leaves_no_partial_file(tmp_path):
-    write_stream(tmp_path, "x.gz", [b"data"], compress=True)
+    write_stream(tmp_path, "x.gz", [b"data"])
 
     assert stat.S_IMODE(os.stat(tmp_path / "x.gz").st_mode) == 0o600
     assert leftovers(tmp_path) == ["x.gz"]
 
 
 def test_artifact_in_a_subfolder_gets_its_folder(tmp_path):
-    rec = write_stream(tmp_path, "grafana/dashboards/a.json", [b"{}"], compress=False)
+    rec = write_stream(tmp_path, "grafana/dashboards/a.json", [b"{}"])
 
     assert (tmp_path / "grafana" / "dashboards" / "a.json").read_bytes() == b"{}"
     assert rec.path == "grafana/dashboards/a.json"
@@ -68,7 +68,7 @@ def test_artifact_in_a_subfolder_gets_its_folder(tmp_path):
 
 def test_empty_output_is_refused_and_nothing_is_left(tmp_path):
     with pytest.raises(IncompleteArtifactError, match="wrote nothing"):
-        write_stream(tmp_path, "empty.sql.gz", [b"", b""], compress=True)
+        write_stream(tmp_path, "empty.sql.gz", [b"", b""])
 
     assert leftovers(tmp_path) == []
 
@@ -78,7 +78,7 @@ def test_a_check_that_rejects_the_stream_leaves_no_file(tmp_path):
         raise IncompleteArtifactError("no end marker")
 
     with pytest.raises(IncompleteArtifactError, match="no end marker"):
-        write_stream(tmp_path, "db.sql.gz", [b"-- dump"], compress=True, check=no_trailer)
+        write_stream(tmp_path, "db.sql.gz", [b"-- dump"], check=no_trailer)
 
     assert leftovers(tmp_path) == []
 
@@ -91,7 +91,7 @@ def test_a_producer_that_breaks_mid_stream_keeps_the_previous_file_of_that_name(
         raise ArtifactError("connection lost")
 
     with pytest.raises(ArtifactError, match="connection lost"):
-        write_stream(tmp_path, "db.sql.gz", chunks(), compress=True)
+        write_stream(tmp_path, "db.sql.gz", chunks())
 
     assert (tmp_path / "db.sql.gz").read_bytes() == b"last night's good dump"
     assert leftovers(tmp_path) == ["db.sql.gz"]
@@ -106,14 +106,14 @@ def test_the_check_sees_the_first_and_last_64k_of_the_uncompressed_stream(tmp_pa
 
     big = 7000 + 3 * KEEP   # chunks both smaller and larger than what is kept
     pieces = [data[:7000], data[7000:big]] + [data[i:i + 7000] for i in range(big, len(data), 7000)]
-    write_stream(tmp_path, "a.gz", pieces, compress=True, check=check)
+    write_stream(tmp_path, "a.gz", pieces, check=check)
 
     assert seen == {"head": data[:KEEP], "tail": data[-KEEP:], "raw": len(data)}
 
 
 def test_a_short_stream_is_seen_whole_as_head_and_tail(tmp_path):
     seen = {}
-    write_stream(tmp_path, "a", [b"PGDMP", b"...", b"END"], compress=False,
+    write_stream(tmp_path, "a", [b"PGDMP", b"...", b"END"],
                  check=lambda ends: seen.update(head=ends.head, tail=ends.tail))
 
     assert seen == {"head": b"PGDMP...END", "tail": b"PGDMP...END"}
@@ -123,7 +123,7 @@ def test_observe_receives_every_uncompressed_chunk_in_order(tmp_path):
     got = []
     data = [b"one", b"two", payload(100_000)]
 
-    write_stream(tmp_path, "a.gz", data, compress=True, observe=got.append)
+    write_stream(tmp_path, "a.gz", data, observe=got.append)
 
     assert got == data
 
@@ -133,12 +133,12 @@ def test_a_root_that_is_a_file_is_a_store_error_naming_it(tmp_path):
     blocker.write_text("x")
 
     with pytest.raises(StoreError, match="not-a-folder"):
-        ArtifactWriter(blocker, "a.gz", compress=True)
+        ArtifactWriter(blocker, "a.gz")
 
 
 def test_writer_context_aborts_when_the_block_raises(tmp_path):
     with pytest.raises(RuntimeError):
-        with ArtifactWriter.open(tmp_path, "a.gz", compress=True) as w:
+        with ArtifactWriter.open(tmp_path, "a.gz") as w:
             w.write(b"some")
             raise RuntimeError("caller gave up")
 
@@ -149,7 +149,7 @@ def test_command_that_exits_non_zero_after_writing_is_never_committed(tmp_path):
     argv = [sys.executable, "-c", "import sys; sys.stdout.write('x' * 100000); sys.stderr.write('disk gone'); sys.exit(3)"]
 
     with pytest.raises(ProducerError, match="exited with status 3: disk gone"):
-        write_command(LocalAccess(), argv, tmp_path, "dump.gz", compress=True, label="pg_dump")
+        write_command(LocalAccess(), argv, tmp_path, "dump.gz", label="pg_dump")
 
     assert leftovers(tmp_path) == []
 
@@ -157,7 +157,7 @@ def test_command_that_exits_non_zero_after_writing_is_never_committed(tmp_path):
 def test_command_output_is_written_as_the_artifact(tmp_path):
     argv = [sys.executable, "-c", "import sys; sys.stdout.write('hello ' * 1000)"]
 
-    rec = write_command(LocalAccess(), argv, tmp_path, "out.gz", compress=True)
+    rec = write_command(LocalAccess(), argv, tmp_path, "out.gz")
 
     assert gzip.decompress((tmp_path / "out.gz").read_bytes()) == b"hello " * 1000
     assert rec.raw_bytes == 6000

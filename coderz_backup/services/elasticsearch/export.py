@@ -85,8 +85,7 @@ class IndexExport:
                          "exported_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                          "indices": counts}
             files.append(write_stream(into, f"{self.name}/{INDEX_FILE}",
-                                      [json.dumps(index_doc, indent=1, sort_keys=True).encode() + b"\n"],
-                                      compress=False))
+                                      [json.dumps(index_doc, indent=1, sort_keys=True).encode() + b"\n"]))
             details: dict[str, Any] = {"elasticsearch": version, "url": self.config.url, "indices": counts,
                                        "documents": sum(counts.values()), "skipped_hidden": hidden,
                                        "skipped_closed": closed, "data_streams_not_exported": streams}
@@ -118,8 +117,7 @@ class IndexExport:
         if any(isinstance(v, dict) for v in flat.values()):  # a server that ignored flat_settings
             flat = flatten_settings(flat)
         base = f"{self.name}/{idx}"
-        files = [write_stream(into, f"{base}/{fname}", [json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"],
-                              compress=False)
+        files = [write_stream(into, f"{base}/{fname}", [json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"])
                  for fname, obj in (("mapping.json", mapping), ("settings.json", strip_private_settings(flat)),
                                     ("aliases.json", aliases))]
         rec, n = self._export_documents(es, into, idx)
@@ -131,7 +129,7 @@ class IndexExport:
 
     def _export_documents(self, es: EsClient, into: Path, idx: str) -> tuple[FileRecord | None, int]:
         rel = f"{self.name}/{idx}/documents.ndjson.gz"
-        with ArtifactWriter.open(into, rel, compress=True) as w:
+        with ArtifactWriter.open(into, rel) as w:
             state = {"written": 0, "total": None}
 
             def sink(hits: list[dict]) -> None:

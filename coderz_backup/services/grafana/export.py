@@ -137,8 +137,7 @@ class ApiExport:
             rel = f"{base}/{folder}/{safe_name(uid)}.json" if folder else f"{base}/{safe_name(uid)}.json"
             if rel in index.values():
                 rel = rel[: -len(".json")] + f"__{n}.json"
-            files.append(write_stream(into, rel, [json.dumps(obj, indent=1, ensure_ascii=False).encode()],
-                                      compress=False))
+            files.append(write_stream(into, rel, [json.dumps(obj, indent=1, ensure_ascii=False).encode()]))
             index[uid] = rel[len(self.name) + 1:]
         folder_list = [{**f, "path": paths[uid]} for uid, f in folders.items()]
         files.append(self._write_json(into, "folders.json", folder_list))
@@ -159,4 +158,4 @@ class ApiExport:
 
     def _write_json(self, into: Path, fname: str, obj: Any) -> FileRecord:
         return write_stream(into, f"{self.name}/{fname}",
-                            [json.dumps(obj, indent=1, ensure_ascii=False).encode()], compress=False)
+                            [json.dumps(obj, indent=1, ensure_ascii=False).encode()])
