@@ -65,7 +65,7 @@ How a service asks for one::
 from __future__ import annotations
 
 from ..errors import AccessError, ProducerError
-from .archive import ARCHIVE_ERRORS, ChunkReader, SeenMembers, check_member, tar_of_file
+from .archive import ARCHIVE_ERRORS, ChunkReader, SeenMembers, check_member
 from .capabilities import (ALL_CAPABILITIES, Access, Archives, Capability, Commands, ContainerControl, DataDirOps,
                            Files, Freezable, HostFiles, Lifecycle, ManagedLifecycle, Precheck, ReplaceCheck, Shell,
                            has, require)
@@ -81,5 +81,4 @@ __all__ = [
     "DataDirOps", "DockerAccess", "ExecStream", "Files", "Freezable", "HostFiles", "Lifecycle", "LocalAccess",
     "ManagedLifecycle", "Precheck", "PrefixAccess", "ProducerError", "ReplaceCheck", "SeenMembers", "Shell",
     "access_for", "check_member", "container_access", "docker_client", "has", "require",
-    "tar_of_file",
 ]

@@ -1,6 +1,6 @@
 """Tar streams and their safety checks, shared by every access and by the services that read
 their own artifacts: :func:`check_member` (the one member check), :class:`SeenMembers`,
-:class:`ChunkReader` (a file object over byte chunks), :func:`tar_of_file` and
+:class:`ChunkReader` (a file object over byte chunks) and
 ``ARCHIVE_ERRORS`` (everything a damaged gzip/tar can raise)."""
 
 from __future__ import annotations
@@ -8,27 +8,13 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-import time
 import zlib
-from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from isal import isal_zlib
 
-from .commands import CHUNK
 
-__all__ = ["ARCHIVE_ERRORS", "ChunkReader", "SeenMembers", "check_member", "tar_of_file"]
-
-
-def tar_of_file(path: str | Path, arcname: str, *, mode: int = 0o600) -> Iterator[bytes]:
-    """A one-file tar stream of ``path`` named ``arcname`` (for :meth:`Access.untar_into`), streamed."""
-    size = os.path.getsize(path)
-    info = tarfile.TarInfo(arcname)
-    info.size, info.mode, info.mtime = size, mode, int(time.time())
-    yield info.tobuf(format=tarfile.PAX_FORMAT)
-    with open(path, "rb") as fh:
-        yield from iter(lambda: fh.read(CHUNK), b"")
-    yield b"\0" * ((-size) % tarfile.BLOCKSIZE) + b"\0" * (2 * tarfile.BLOCKSIZE)
+__all__ = ["ARCHIVE_ERRORS", "ChunkReader", "SeenMembers", "check_member"]
 
 
 # Everything reading a damaged gzip/tar can raise. isal's and zlib's errors are not OSErrors:
