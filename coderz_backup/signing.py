@@ -73,15 +73,11 @@ class Signer:
         self.where = where            # the path or the Prefect Secret block (for messages)
         self.public_key = public_key_text(private_key.public_key())
 
-    def signature_document(self, manifest_bytes: bytes, *, also: bytes | None = None) -> bytes:
-        """The content of ``manifest.json.sig`` for these manifest bytes. ``also``: the manifest
-        being replaced, signed too while :meth:`SnapshotStore.update_manifest` swaps the two
-        (so the folder is valid at every instant, also after a crash between the renames)."""
+    def signature_document(self, manifest_bytes: bytes) -> bytes:
+        """The content of ``manifest.json.sig`` for these manifest bytes."""
         sig = self._key.sign(SIGNED_PREFIX + manifest_bytes)
         doc = {"format": SIGNATURE_FORMAT, "algorithm": "ed25519", "key": self.public_key,
                "signature": base64.b64encode(sig).decode()}
-        if also is not None:
-            doc["also"] = [base64.b64encode(self._key.sign(SIGNED_PREFIX + also)).decode()]
         return (json.dumps(doc, indent=2) + "\n").encode()
 
 
@@ -206,7 +202,6 @@ def authenticate(folder: Path, manifest_bytes: bytes | None, *, own_key: str | N
     try:
         doc = json.loads(raw)
         key_text, sig = doc["key"], base64.b64decode(doc["signature"], validate=True)
-        others = [base64.b64decode(s, validate=True) for s in doc.get("also") or []]
         if doc.get("format") != SIGNATURE_FORMAT or doc.get("algorithm") != "ed25519":
             raise ValueError("unknown signature format")
         public_key = parse_public_key(key_text)
@@ -216,13 +211,9 @@ def authenticate(folder: Path, manifest_bytes: bytes | None, *, own_key: str | N
     if key_text not in accepted:
         raise SignatureError(f"snapshot {name} is signed by {key_text}, which is neither this host's key nor in "
                              "trusted_keys: refused. If that is your old host's key, add it to trusted_keys")
-    for candidate in (sig, *others):   # "also": a manifest update in progress (same key)
-        try:
-            public_key.verify(candidate, SIGNED_PREFIX + manifest_bytes)
-            break
-        except InvalidSignature:
-            continue
-    else:
+    try:
+        public_key.verify(sig, SIGNED_PREFIX + manifest_bytes)
+    except InvalidSignature:
         raise SignatureError(f"snapshot {name}: the signature does not match manifest.json — the manifest was "
                              "changed after it was signed: refused") from None
     return Authenticity(signed=True, key=key_text, own=key_text == own_key)

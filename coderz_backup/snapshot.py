@@ -210,19 +210,6 @@ class SnapshotStore:
             self.point_latest(snap.name)
         return final
 
-    def update_manifest(self, folder: Path, manifest: dict, *, signer) -> None:
-        """Replace the manifest of the finished snapshot ``folder`` (e.g. with the results of the
-        post-snapshot stage) and its signature, valid at every instant: the signature first
-        signs both versions, then the manifest is swapped, then the old one's signature goes."""
-        from .signing import SIGNATURE_FILE
-
-        old = read_manifest_bytes(folder)
-        new = manifest_bytes(manifest)
-        write_bytes_atomic(folder / SIGNATURE_FILE, signer.signature_document(new, also=old))
-        write_bytes_atomic(folder / MANIFEST, new)
-        write_bytes_atomic(folder / SIGNATURE_FILE, signer.signature_document(new))
-        fsync_dir(folder)
-
     def point_latest(self, name: str) -> None:
         """Swap ``latest`` to ``name`` atomically (symlink + rename)."""
         tmp = self.dest / f".latest-{os.getpid()}"

@@ -7,24 +7,32 @@ Off-site copies (and later drills) plug in here. A stage is a small object::
         def run(self, snapshot: Path, manifest: dict) -> StageResult: ...
 
 :func:`run_stages` runs the configured stages one after the other on the finished folder. A
-stage never changes the snapshot's artifacts and never fails the snapshot: an exception
-becomes a ``failed`` result with its message. The results are recorded in the manifest under
-``post_snapshot`` — re-signed with :meth:`~coderz_backup.snapshot.SnapshotStore.update_manifest`,
-so the snapshot stays authenticated at every instant. Without stages the manifest is left
-exactly as it was finished. Plain Python: the flow wraps it in one task.
+stage never changes the snapshot's files and never fails the snapshot: an exception becomes a
+``failed`` result with its message. The results are recorded with the snapshot in
+``post-snapshot.json`` beside the manifest (:data:`RECORD`): the signed manifest stays exactly
+as it was signed — so a copy elsewhere carries the same manifest — and the record names the
+manifest it belongs to by its sha256. Without stages nothing is written. Plain Python: the
+flow wraps it in one task.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
 
 from .errors import CoderzBackupError
+from .snapshot import read_manifest_bytes, write_bytes_atomic
 
-__all__ = ["SnapshotStage", "StageResult", "run_stages", "stages_for"]
+__all__ = ["RECORD", "SnapshotStage", "StageResult", "read_record", "run_stages", "stages_for"]
+
+#: the post-snapshot record beside ``manifest.json``
+RECORD = "post-snapshot.json"
 
 log = logging.getLogger("coderz_backup")
 
@@ -58,8 +66,8 @@ def stages_for(cfg) -> list[SnapshotStage]:
     return []
 
 
-def run_stages(stages: Sequence[SnapshotStage], store, folder: Path, manifest: dict, *, signer) -> list[StageResult]:
-    """Run ``stages`` on the finished snapshot ``folder``; record their results in its manifest."""
+def run_stages(stages: Sequence[SnapshotStage], folder: Path, manifest: dict) -> list[StageResult]:
+    """Run ``stages`` on the finished snapshot ``folder``; record their results beside its manifest."""
     if not stages:
         return []
     results: list[StageResult] = []
@@ -76,6 +84,27 @@ def run_stages(stages: Sequence[SnapshotStage], store, folder: Path, manifest: d
         (log.info if result.status != "failed" else log.error)("post-snapshot %s: %s %s", result.stage,
                                                                 result.status, result.detail)
         results.append(result)
-    manifest["post_snapshot"] = [r.as_manifest() for r in results]
-    store.update_manifest(folder, manifest, signer=signer)
+    signed = read_manifest_bytes(folder) or b""
+    record = {"snapshot": folder.name, "manifest_sha256": hashlib.sha256(signed).hexdigest(),
+              "stages": [r.as_manifest() for r in results]}
+    write_bytes_atomic(folder / RECORD, (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode())
     return results
+
+
+def read_record(folder: Path) -> dict | None:
+    """The post-snapshot record of ``folder`` when it belongs to its current manifest, else None
+    (no stage ran, or the record is unreadable or left from another manifest)."""
+    try:
+        fd = os.open(folder / RECORD, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        raw = fh.read(1 << 20)
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    signed = read_manifest_bytes(folder) or b""
+    if not isinstance(record, dict) or record.get("manifest_sha256") != hashlib.sha256(signed).hexdigest():
+        return None
+    return record

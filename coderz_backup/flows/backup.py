@@ -108,9 +108,9 @@ def size_check(results: list[ArtifactResult], snapshot_dir: str, min_bytes: dict
 
 
 @task(name="post-snapshot", task_run_name="post-snapshot", cache_policy=NO_CACHE)
-def post_snapshot(stages: list, store: Any, folder: Path, manifest: dict, signer: Any) -> list[dict]:
-    """The post-snapshot stage (see coderz_backup.stages): results recorded in the manifest."""
-    return [r.as_manifest() for r in run_stages(stages, store, folder, manifest, signer=signer)]
+def post_snapshot(stages: list, folder: Path, manifest: dict) -> list[dict]:
+    """The post-snapshot stage (see coderz_backup.stages): results recorded beside the manifest."""
+    return [r.as_manifest() for r in run_stages(stages, folder, manifest)]
 
 
 @task(name="publish-report", task_run_name="publish-report", cache_policy=NO_CACHE)
@@ -287,7 +287,7 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
         log.error("no usable artifact: %s kept for its log, `latest` not moved", final)
     stages = stages_for(cfg) if usable else []
     if stages:   # off-site copies and the like, on the finished snapshot (recorded in its manifest)
-        post_snapshot(stages, store, final, manifest, signer)
+        post_snapshot(stages, final, manifest)
     deleted = rotate(store, keep_days=cfg.keep_days, current=snap.name, current_usable=usable)
     try:
         publish_report(manifest, str(final), report_key)

@@ -1,4 +1,4 @@
-"""The post-snapshot stage: runs on the finished snapshot, records its results in the signed manifest."""
+"""The post-snapshot stage: runs on the finished snapshot, records its results beside the signed manifest."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from coderz_backup.errors import ArtifactError, SignatureError
+from coderz_backup.errors import ArtifactError
 from coderz_backup.signing import SIGNATURE_FILE, authenticate, load_signer
-from coderz_backup.snapshot import MANIFEST, SnapshotStore, manifest_bytes, read_manifest_bytes
-from coderz_backup.stages import StageResult, run_stages
+from coderz_backup.snapshot import MANIFEST, SnapshotStore, read_manifest_bytes
+from coderz_backup.stages import RECORD, StageResult, read_record, run_stages
 
 T0 = dt.datetime(2026, 12, 1, 3, 0, 0, tzinfo=dt.timezone.utc)
 
@@ -49,49 +49,44 @@ def finished(tmp_path):
     (snap.path / "db.sql.gz").write_bytes(b"x")
     manifest = {"snapshot": snap.name, "status": "ok", "artifacts": []}
     final = store.finish(snap, manifest, make_latest=True, signer=signer)
-    return store, final, manifest, signer
+    return final, manifest, signer
 
 
-def _authentic(folder: Path, signer) -> dict:
-    raw = read_manifest_bytes(folder)
-    authenticate(folder, raw, own_key=signer.public_key, trusted=[])
-    return json.loads(raw)
-
-
-def test_stage_results_are_recorded_in_the_manifest_which_stays_authentic(finished, tmp_path):
-    store, final, manifest, signer = finished
+def test_stage_results_are_recorded_beside_the_manifest_which_stays_as_signed(finished, tmp_path):
+    final, manifest, signer = finished
+    signed = (final / MANIFEST).read_bytes(), (final / SIGNATURE_FILE).read_bytes()
     (tmp_path / "elsewhere").mkdir()
     results = run_stages([CopyTo(tmp_path / "elsewhere"), Broken(ArtifactError("bucket unreachable"))],
-                         store, final, manifest, signer=signer)
+                         final, manifest)
     assert [(r.stage, r.status) for r in results] == [("copy", "ok"), ("broken", "failed")]
-    recorded = _authentic(final, signer)["post_snapshot"]
-    assert [(r["stage"], r["status"], r["detail"]) for r in recorded] == [
+    record = read_record(final)
+    assert [(r["stage"], r["status"], r["detail"]) for r in record["stages"]] == [
         ("copy", "ok", f"copied to {tmp_path / 'elsewhere'}"), ("broken", "failed", "bucket unreachable")]
-    # the copy was taken from the finished folder: the manifest it carries is the one as finished
-    assert "post_snapshot" not in json.loads((tmp_path / "elsewhere" / final.name / MANIFEST).read_text())
-    assert (final / "db.sql.gz").read_bytes() == b"x"      # artifacts untouched
+    assert ((final / MANIFEST).read_bytes(), (final / SIGNATURE_FILE).read_bytes()) == signed
+    authenticate(final, read_manifest_bytes(final), own_key=signer.public_key, trusted=[])
+    # the copy carries the very manifest the local snapshot has
+    assert (tmp_path / "elsewhere" / final.name / MANIFEST).read_bytes() == signed[0]
+    assert (final / "db.sql.gz").read_bytes() == b"x"      # files untouched
 
 
 def test_an_unexpected_exception_in_a_stage_is_a_failed_result_not_a_lost_snapshot(finished):
-    store, final, manifest, signer = finished
-    [result] = run_stages([Broken(KeyError("oops"))], store, final, manifest, signer=signer)
+    final, manifest, signer = finished
+    [result] = run_stages([Broken(KeyError("oops"))], final, manifest)
     assert result.status == "failed" and "KeyError" in result.detail
-    assert _authentic(final, signer)["status"] == "ok"
+    authenticate(final, read_manifest_bytes(final), own_key=signer.public_key, trusted=[])
 
 
-def test_without_stages_the_manifest_is_left_byte_for_byte(finished):
-    store, final, manifest, signer = finished
-    before = (final / MANIFEST).read_bytes(), (final / SIGNATURE_FILE).read_bytes()
-    assert run_stages([], store, final, manifest, signer=signer) == []
-    assert ((final / MANIFEST).read_bytes(), (final / SIGNATURE_FILE).read_bytes()) == before
+def test_without_stages_nothing_is_written(finished):
+    final, manifest, _ = finished
+    before = sorted(p.name for p in final.iterdir())
+    assert run_stages([], final, manifest) == []
+    assert sorted(p.name for p in final.iterdir()) == before and not (final / RECORD).exists()
 
 
-def test_a_crash_between_the_manifest_swaps_leaves_either_version_authentic(finished):
-    _, final, manifest, signer = finished
-    old = read_manifest_bytes(final)
-    new = manifest_bytes({**manifest, "post_snapshot": []})
-    (final / SIGNATURE_FILE).write_bytes(signer.signature_document(new, also=old))   # step 1 done, then a crash
-    authenticate(final, old, own_key=signer.public_key, trusted=[])
-    authenticate(final, new, own_key=signer.public_key, trusted=[])
-    with pytest.raises(SignatureError, match="does not match"):
-        authenticate(final, new + b" ", own_key=signer.public_key, trusted=[])
+def test_a_record_that_does_not_belong_to_the_manifest_is_not_read(finished, tmp_path):
+    final, manifest, _ = finished
+    run_stages([CopyTo(tmp_path)], final, manifest)
+    record = json.loads((final / RECORD).read_text())
+    record["manifest_sha256"] = "0" * 64            # left from another manifest, or made up
+    (final / RECORD).write_text(json.dumps(record))
+    assert read_record(final) is None
