@@ -79,9 +79,7 @@ def backup_service(name: str, service_config: Any, snapshot_dir: str) -> list[Ar
         log.warning("%s: attempt %d", name, attempt)
     try:
         svc = create(name, service_config)
-        from ..access import Precheck, has   # declared by the access, not probed
-        if has(svc.access, Precheck):  # e.g. the service's container exists and runs
-            svc.access.precheck()
+        svc.precheck()   # e.g. the service's container exists and runs
         results = svc.backup(Path(snapshot_dir))
     except CoderzBackupError as exc:
         log.error("%s: attempt %d failed: %s", name, attempt, exc)

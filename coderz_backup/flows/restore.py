@@ -31,6 +31,7 @@ from prefect.states import Cancelled, Failed
 from pydantic import Field
 
 from ..config import load
+from ..dependents import start_again, stop_running
 from ..errors import ConfigError, CoderzBackupError, RestoreError, RunFailed, VerifyError
 from ..reader import SnapshotReader
 from ..report import human_size
@@ -107,39 +108,6 @@ def _dependents(cfg, services: list[str]) -> list[str]:
             if c not in out:
                 out.append(c)
     return out
-
-
-def _stop_containers(names: list[str], stopped: list[str]) -> None:
-    """Stop the running ones among ``names``, appending each to ``stopped`` as it goes (so the
-    caller starts them again even when a later one fails to stop)."""
-    from ..access import container_access
-
-    for name in names:
-        acc = container_access(name)
-        try:
-            running = acc.is_running()
-        except CoderzBackupError as exc:
-            log.warning("container %s: %s (not stopped)", name, exc)
-            continue
-        if running:
-            acc.stop_service(timeout=120)
-            log.info("container %s stopped for the restore", name)
-            stopped.append(name)
-
-
-def _start_containers(names: list[str]) -> list[str]:
-    """Start ``names`` again; return the problems (empty when all run again)."""
-    from ..access import container_access
-
-    problems = []
-    for name in names:
-        try:
-            container_access(name).start_service(timeout=180)
-            log.info("container %s started again", name)
-        except CoderzBackupError as exc:
-            log.error("container %s did not start again: %s", name, exc)
-            problems.append(f"{name}: {exc}")
-    return problems
 
 
 def _plan(snap, entries, cfg, lacking, safety: bool, auth=None) -> str:
@@ -224,14 +192,14 @@ def coderz_restore(
             services = list(dict.fromkeys(a["service"] for a in entries))
             stopped: list[str] = []
             try:
-                _stop_containers(_dependents(cfg, services), stopped)
+                stop_running(_dependents(cfg, services), stopped)
                 results = _restore_all(cfg, snap, entries)
             except CoderzBackupError as exc:   # a dependent container would not stop: nothing restored
                 log.error("restore not started: %s", exc)
                 results = [{"service": s, "status": "failed", "health": None,
                             "detail": f"not restored (nothing of it changed): {exc}"} for s in services]
             finally:
-                restart_problems = _start_containers(stopped)   # whatever was stopped runs again
+                restart_problems = start_again(stopped)   # whatever was stopped runs again
             report = _report(snap, results, safety, cfg, stopped, restart_problems, config, auth)
             _publish("coderz-restore-report", report, f"Restore report for {snap.name}")
             if cfg.email is not None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Protocol, Sequence
 
+from ..access import Precheck, has
 from ..errors import ArtifactError, CoderzBackupError, ConfigError, PartialBackupError, SecretError
 from ..reader import ArtifactPath
 from ..writer import FileRecord
@@ -83,6 +84,9 @@ class Service(Protocol):
 
     def artifacts(self) -> list[str]: ...
 
+    def precheck(self) -> None:
+        """Checks before a backup attempt (BaseService: the access's own precheck, if it has one)."""
+
     def backup(self, into: Path) -> list[ArtifactResult]: ...
 
     def verify(self, artifact: ArtifactPath | Path) -> str:
@@ -119,6 +123,12 @@ class BaseService:
 
     def artifacts(self) -> list[str]:
         return [a.format(name=self.name) for a in self.artifact_names]
+
+    def precheck(self) -> None:
+        """Before a backup attempt: what the access can check up front (a container exists and
+        runs), so a missing one fails with that reason instead of a producer's error."""
+        if has(self.access, Precheck):
+            self.access.precheck()
 
 
 def backup_each(service: str, steps: Sequence[tuple[str, Callable[[], ArtifactResult]]]) -> list[ArtifactResult]:
