@@ -124,8 +124,10 @@ def _parser() -> argparse.ArgumentParser:
                           description="Validate the config file and list every problem (exit 0 valid, 2 invalid).")
     _common(chk)
 
+    from . import offsite_cli
     from . import setup as setup_cmd
 
+    offsite_cli.register_cli(sub)
     setup_cmd.register_cli(sub)
     return p
 
@@ -161,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_verify(args)
         if args.command == "restore":
             return cmd_list(args) if args.list else cmd_restore(args)
+        if args.command in ("offsite", "fetch"):
+            from . import offsite_cli
+
+            return offsite_cli.run_cli(args)
         if args.command == "setup":
             from . import setup as setup_cmd
 
@@ -348,12 +354,14 @@ def cmd_backup(args) -> int:
         print(f"✗ backup did not run: {msg}", file=sys.stderr)
         return EXIT_UNUSABLE
     s = progress.summary
-    print(render_report(s["manifest"]))
+    print(render_report(s["manifest"], s.get("offsite") or []))
     print(f"Snapshot: {s['path']}")
     if s["deleted"]:
         print(f"Rotation: deleted {', '.join(s['deleted'])}")
     if s.get("mail") and s["mail"] != "not configured":
         print(f"Mail: {s['mail']}")
+    if s["status"] == "ok" and any(r["status"] == "failed" for r in s.get("offsite") or []):
+        return EXIT_PARTIAL   # the local snapshot is fine, a copy of it is missing
     return {"ok": EXIT_OK, "partial": EXIT_PARTIAL}.get(s["status"], EXIT_UNUSABLE)
 
 

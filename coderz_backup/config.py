@@ -23,6 +23,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
 from .schema import ServiceBase, _Model, resolve_secret
+from .offsite import TargetConfig
 from .services import KIND_MODELS, ServiceConfig
 
 __all__ = [
@@ -164,6 +165,8 @@ class Config(_Model):
     email: EmailConfig | None = Field(None, description="alert mail settings; absent = no mail")
     size_check: SizeCheckConfig = Field(default_factory=SizeCheckConfig, description="size checks")
     services: dict[str, ServiceConfig] = Field(default_factory=dict, description="services, by artifact base name")
+    offsite: dict[str, TargetConfig] = Field(default_factory=dict, description="off-site targets, by name: every "
+                                             "finished snapshot is copied to each enabled one")
     docker: bool = Field(False, description="the built-in default services run as the Coderz Stack's Docker "
                                            "containers (coderz-postgres, coderz-redis, …); no effect on "
                                            "[services.*] tables you write yourself")
@@ -183,7 +186,7 @@ class Config(_Model):
             parse_public_key(key)   # ValueError says what is wrong with it
         return v
 
-    @field_validator("services")
+    @field_validator("services", "offsite")
     @classmethod
     def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
         bad = [n for n in v if not SERVICE_NAME.match(n)]

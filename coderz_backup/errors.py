@@ -19,6 +19,7 @@ where they happen, with a message that says what failed, why, and what to do::
     ├── VerifyError                   an artifact on disk fails its checks
     │   └── SignatureError            a snapshot is unsigned, signed by an unknown key, or altered
     ├── RestoreError                  a restore step failed
+    ├── OffsiteError                  an off-site target cannot be reached, written or read
     └── RunFailed                     a run finished and reports failures (its flow's Failed state)
 
 Messages never contain secret values: secrets travel in process environments
@@ -43,6 +44,7 @@ __all__ = [
     "RestoreError",
     "PartialBackupError",
     "RunFailed",
+    "OffsiteError",
     "SignatureError",
 ]
 
@@ -128,6 +130,10 @@ class SignatureError(VerifyError):
 
 class RestoreError(CoderzBackupError):
     """A restore step failed."""
+
+
+class OffsiteError(CoderzBackupError):
+    """An off-site target is unreachable, refuses a write, or holds a damaged or incomplete copy."""
 
 
 class RunFailed(CoderzBackupError):

@@ -40,16 +40,19 @@ def _started(manifest: dict) -> dt.datetime:
     return dt.datetime.strptime(manifest["started_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
 
 
-def result_bodies(manifest: dict, snapshot_path: str) -> tuple[str, str, str]:
-    """(subject, html, text) for a finished snapshot."""
-    subj = subject(manifest["status"], _started(manifest), total_bytes=manifest["total_bytes"],
-                   failed=manifest["failed"])
+def result_bodies(manifest: dict, snapshot_path: str, offsite: list[dict] = ()) -> tuple[str, str, str]:
+    """(subject, html, text) for a finished snapshot (and its off-site copies: a failed one is ⚠️)."""
+    lost = [r for r in offsite if r["status"] == "failed"]
+    status = "partial" if manifest["status"] == "ok" and lost else manifest["status"]
+    subj = subject(status, _started(manifest), total_bytes=manifest["total_bytes"],
+                   failed=manifest["failed"] + len(lost))
     findings = (manifest.get("size_check") or {}).get("findings", [])
     rows = [(a["path"], a["status"], human_size(a["bytes"]) if a["status"] == "ok" else "—",
              f"{a.get('duration_s', 0):.1f}s", str(a.get("attempts", "")), a.get("error") or "")
             for a in manifest["artifacts"]]
     head = ("artifact", "status", "size", "duration", "attempts", "error")
-    needs_help = manifest["status"] != "ok"
+    needs_help = status != "ok"
+    copies = [f"{r['stage']}: {r['status']} — {r['detail']}" for r in offsite]
 
     text = [subj, "", f"Snapshot: {snapshot_path} (status {manifest['status']})",
             f"Passed {manifest['passed']} · Failed {manifest['failed']} · Skipped {manifest['skipped']} · "
@@ -58,9 +61,11 @@ def result_bodies(manifest: dict, snapshot_path: str) -> tuple[str, str, str]:
     text += ["  ".join(str(c).ljust(w) for c, w in zip(r, (28, 8, 8, 9, 8))).rstrip() for r in rows]
     if findings:
         text += ["", "Size check:"] + [f"  [{f['level']}] {f['message']}" for f in findings]
+    if copies:
+        text += ["", "Off-site:"] + [f"  {c}" for c in copies]
     if needs_help:
         text += ["", "What to do:", f"  Full log: {snapshot_path}/backup.log", *(f"  {h}" for h in RERUN_HELP)]
-    text += ["", render_report(manifest)]
+    text += ["", render_report(manifest, offsite)]
 
     e = html.escape
     colour = {"ok": "#1a7f37", "failed": "#cf222e", "skipped": "#6e7781"}
@@ -77,6 +82,8 @@ def result_bodies(manifest: dict, snapshot_path: str) -> tuple[str, str, str]:
     if findings:
         parts.append("<h3>Size check</h3><ul>" + "".join(
             f"<li><b>{e(f['level'])}</b>: {e(f['message'])}</li>" for f in findings) + "</ul>")
+    if copies:
+        parts.append("<h3>Off-site</h3><ul>" + "".join(f"<li>{e(c)}</li>" for c in copies) + "</ul>")
     if needs_help:
         parts.append("<h3>What to do</h3><ul>" + f"<li>Full log: <code>{e(snapshot_path)}/backup.log</code></li>"
                      + "".join(f"<li><code>{e(h)}</code></li>" for h in RERUN_HELP) + "</ul>")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Sequence
 
 __all__ = ["human_size", "header", "section_line", "summary", "render_report", "BOX_WIDTH"]
 
@@ -56,14 +56,15 @@ def summary(passed: int, failed: int, skipped: int, total_bytes: int, *, title: 
     ])
 
 
-def render_report(manifest: dict) -> str:
-    """The product document's boxed report for a finished snapshot's manifest."""
+def render_report(manifest: dict, offsite: Sequence[dict] = ()) -> str:
+    """The product document's boxed report for a finished snapshot's manifest (and its off-site copies)."""
     lines = header(manifest["snapshot"])
     sections: dict[str, list[dict]] = {}
     for a in manifest["artifacts"]:
         sections.setdefault(a.get("section") or a["service"], []).append(a)
+    total = len(sections) + (1 if offsite else 0)
     for i, (title, arts) in enumerate(sections.items(), 1):
-        lines.append(section_line(i, len(sections), title))
+        lines.append(section_line(i, total, title))
         for a in arts:
             name = a["path"].rstrip("/")
             if a["status"] == "ok":
@@ -74,6 +75,11 @@ def render_report(manifest: dict) -> str:
             else:
                 first = (a.get("error") or "failed").splitlines()[0]
                 lines.append(f"✗ {name} — {first}")
+    if offsite:
+        lines.append(section_line(total, total, "Off-site"))
+        for r in offsite:
+            mark = "✓" if r["status"] == "ok" else "✗"
+            lines.append(f"{mark} {r['stage'].removeprefix('offsite-')}: {r['detail'].splitlines()[0]}")
     for finding in (manifest.get("size_check") or {}).get("findings", []):
         lines.append(f"⚠ size check: {finding['message']}")
     title = {"ok": "Backup Complete", "partial": "Backup Completed with Failures"}.get(

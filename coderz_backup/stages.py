@@ -29,7 +29,8 @@ from typing import Protocol, Sequence
 from .errors import CoderzBackupError
 from .snapshot import read_manifest_bytes, write_bytes_atomic
 
-__all__ = ["RECORD", "SnapshotStage", "StageResult", "read_record", "run_stages", "stages_for"]
+__all__ = ["RECORD", "SnapshotStage", "StageResult", "failed_result", "read_record", "run_stage", "run_stages",
+           "write_record"]
 
 #: the post-snapshot record beside ``manifest.json``
 RECORD = "post-snapshot.json"
@@ -61,34 +62,43 @@ class SnapshotStage(Protocol):
     def run(self, snapshot: Path, manifest: dict) -> StageResult: ...
 
 
-def stages_for(cfg) -> list[SnapshotStage]:
-    """The stages a config asks for, in order (none yet: off-site targets add theirs here)."""
-    return []
-
-
 def run_stages(stages: Sequence[SnapshotStage], folder: Path, manifest: dict) -> list[StageResult]:
     """Run ``stages`` on the finished snapshot ``folder``; record their results beside its manifest."""
     if not stages:
         return []
-    results: list[StageResult] = []
-    for stage in stages:
-        started = time.monotonic()
-        try:
-            result = stage.run(folder, manifest)
-        except CoderzBackupError as exc:
-            result = StageResult(stage.name, "failed", str(exc))
-        except Exception as exc:  # noqa: BLE001 - a stage never takes the finished snapshot down
+    results = [run_stage(stage, folder, manifest) for stage in stages]
+    write_record(folder, results)
+    return results
+
+
+def failed_result(stage: str, exc: BaseException | None, message: str = "") -> StageResult:
+    """The result of a stage that raised (our errors by their message, anything else with its type)."""
+    if isinstance(exc, CoderzBackupError):
+        return StageResult(stage, "failed", str(exc))
+    return StageResult(stage, "failed", f"{type(exc).__name__}: {exc}" if exc else message or "failed")
+
+
+def run_stage(stage: SnapshotStage, folder: Path, manifest: dict) -> StageResult:
+    """One stage, its exception turned into a ``failed`` result (never raises for the stage)."""
+    started = time.monotonic()
+    try:
+        result = stage.run(folder, manifest)
+    except Exception as exc:  # noqa: BLE001 - a stage never takes the finished snapshot down
+        if not isinstance(exc, CoderzBackupError):
             log.exception("post-snapshot stage %s failed unexpectedly", stage.name)
-            result = StageResult(stage.name, "failed", f"{type(exc).__name__}: {exc}")
-        result.duration_s = time.monotonic() - started
-        (log.info if result.status != "failed" else log.error)("post-snapshot %s: %s %s", result.stage,
-                                                                result.status, result.detail)
-        results.append(result)
+        result = failed_result(stage.name, exc)
+    result.duration_s = time.monotonic() - started
+    return result
+
+
+def write_record(folder: Path, results: Sequence[StageResult]) -> None:
+    """Record ``results`` in ``post-snapshot.json`` beside the manifest of ``folder`` (logged too)."""
+    for r in results:
+        (log.info if r.status != "failed" else log.error)("post-snapshot %s: %s — %s", r.stage, r.status, r.detail)
     signed = read_manifest_bytes(folder) or b""
     record = {"snapshot": folder.name, "manifest_sha256": hashlib.sha256(signed).hexdigest(),
               "stages": [r.as_manifest() for r in results]}
     write_bytes_atomic(folder / RECORD, (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode())
-    return results
 
 
 def read_record(folder: Path) -> dict | None:

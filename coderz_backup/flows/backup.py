@@ -35,7 +35,7 @@ from prefect.runtime import task_run as rt_task_run
 from prefect.states import Failed
 
 from .. import __version__
-from .. import mail, notify, sizecheck
+from .. import mail, notify, offsite, sizecheck
 from .. import manifest as manifest_schema
 from ..progress import add_listener, emit as _emit, remove_listener
 from ..config import Config, ServiceConfig, load
@@ -46,7 +46,7 @@ from ..runlog import run_log
 from ..services import REGISTRY, ArtifactResult, create, expected_artifacts
 from ..signing import load_signer
 from ..snapshot import SnapshotStore
-from ..stages import run_stages, stages_for
+from ..stages import StageResult, failed_result, write_record
 from . import api_log_handlers
 from .alerts import alert_on_failure, outcome_mailed
 
@@ -105,10 +105,33 @@ def size_check(results: list[ArtifactResult], snapshot_dir: str, min_bytes: dict
     return results, [f.as_dict() for f in findings]
 
 
-@task(name="post-snapshot", task_run_name="post-snapshot", cache_policy=NO_CACHE)
-def post_snapshot(stages: list, folder: Path, manifest: dict) -> list[dict]:
-    """The post-snapshot stage (see coderz_backup.stages): results recorded beside the manifest."""
-    return [r.as_manifest() for r in run_stages(stages, folder, manifest)]
+@task(name="post-snapshot", cache_policy=NO_CACHE)
+def post_snapshot_step(stage: Any, folder: str, manifest: dict) -> StageResult:
+    """One step of the post-snapshot stage (an off-site copy): raises when it fails, so it is retried."""
+    return stage.run(Path(folder), manifest)
+
+
+def _post_snapshot(cfg: Config, stages: list, folder: Path, manifest: dict) -> list[StageResult]:
+    """Every step as its own task (``offsite-<target>``), concurrently; results beside the manifest."""
+    futures = {}
+    for stage in stages:
+        t = post_snapshot_step.with_options(task_run_name=stage.name, retries=cfg.retries,
+                                            retry_delay_seconds=cfg.retry_delay_s or 0)
+        futures[t.submit(stage, str(folder), manifest)] = (stage, time.monotonic())
+    results: dict[str, StageResult] = {}
+    for fut in as_completed(list(futures)):
+        stage, started = futures[fut]
+        value = fut.result(raise_on_failure=False)
+        if fut.state.is_completed() and isinstance(value, StageResult):
+            result = value
+        else:
+            result = failed_result(stage.name, value if isinstance(value, BaseException) else None,
+                                   fut.state.message or "")
+        result.duration_s = time.monotonic() - started
+        results[stage.name] = result
+    ordered = [results[s.name] for s in stages]
+    write_record(folder, ordered)
+    return ordered
 
 
 @task(name="publish-report", task_run_name="publish-report", cache_policy=NO_CACHE)
@@ -143,11 +166,11 @@ def send_mail(email_cfg: Any, subject: str, html: str, text: str) -> str:
     return subject
 
 
-def _mail_outcome(cfg: Config, manifest: dict, snapshot_path: str) -> str:
+def _mail_outcome(cfg: Config, manifest: dict, snapshot_path: str, after: list[StageResult] = ()) -> str:
     """Send the result mail; return what happened (for the summary). Never raises."""
     if cfg.email is None:
         return "not configured"
-    subject, html, text = notify.result_bodies(manifest, snapshot_path)
+    subject, html, text = notify.result_bodies(manifest, snapshot_path, [r.as_manifest() for r in after])
     fut = send_mail.with_options(task_run_name="send-mail", retries=cfg.email.retries,
                                  retry_delay_seconds=cfg.email.retry_delay_s or 0).submit(cfg.email, subject, html, text)
     value = fut.result(raise_on_failure=False)
@@ -195,8 +218,12 @@ def run_backup(cfg: Config, *, only: list[str] | None = None, report_key: str = 
             summary, final_path = _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous,
                                                    report_key, signer)
             _emit("finished", summary=summary, path=str(final_path))
-    if summary["status"] == "ok":
+    lost = [r["stage"].removeprefix("offsite-") for r in summary["offsite"] if r["status"] == "failed"]
+    if summary["status"] == "ok" and not lost:
         return summary
+    if summary["status"] == "ok":
+        msg = f"off-site copy to {', '.join(lost)} failed (the local snapshot {summary['snapshot']} is complete)"
+        return Failed(message=msg, data=RunFailed(msg, summary))
     total = summary["passed"] + summary["failed"]
     msg = (f"{summary['failed']} of {total} artifacts failed" if summary["passed"]
            else f"no usable snapshot: {summary['failed']} of {total} artifacts failed")
@@ -283,17 +310,18 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
         log.info("latest -> %s", snap.name)
     else:
         log.error("no usable artifact: %s kept for its log, `latest` not moved", final)
-    stages = stages_for(cfg) if usable else []
-    if stages:   # off-site copies and the like, on the finished snapshot (recorded in its manifest)
-        post_snapshot(stages, final, manifest)
+    stages = offsite.stages_for(cfg, store) if usable else []
+    # off-site copies, on the finished snapshot (recorded in post-snapshot.json beside the manifest)
+    after = _post_snapshot(cfg, stages, final, manifest) if stages else []
     deleted = rotate(store, keep_days=cfg.keep_days, current=snap.name, current_usable=usable)
     try:
         publish_report(manifest, str(final), report_key)
     except Exception as exc:  # noqa: BLE001 - the UI report is a convenience, the snapshot is done
         log.warning("could not publish the report to Prefect: %s", exc)
-    mail = _mail_outcome(cfg, manifest, str(final))
+    mail = _mail_outcome(cfg, manifest, str(final), after)
     if rt_flow_run.id and cfg.email is not None:
         outcome_mailed(str(rt_flow_run.id))  # the outcome mail went (or was tried): hooks stay quiet
     summary = manifest_schema.summary_of(manifest)
-    summary.update(path=str(final), deleted=deleted, mail=mail, size_check=findings, manifest=manifest)
+    summary.update(path=str(final), deleted=deleted, mail=mail, size_check=findings, manifest=manifest,
+                   offsite=[r.as_manifest() for r in after])
     return summary, final

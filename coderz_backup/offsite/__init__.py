@@ -1,0 +1,81 @@
+"""Off-site copies: every finished snapshot also goes to the targets of ``[offsite.<name>]``.
+
+A target kind lives in one module (``offsite/<kind>.py``: its config model and its class
+implementing :class:`~coderz_backup.offsite.base.Target`), registered by one line in
+:data:`KINDS`; the config union follows. What is common to every kind — copy order, what makes
+a remote copy complete, listing, fetching back — is :mod:`.copy`.
+
+In a backup run each enabled target is one ``offsite-<name>`` task of the post-snapshot stage
+(:mod:`coderz_backup.stages`), retried like a service: it pushes the new snapshot and every local
+one the target is missing (a target that was down catches up on the next run). A failed copy
+leaves the local snapshot as it is and makes the run ⚠️ (exit 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from ..errors import ConfigError
+from ..snapshot import SnapshotStore
+from ..stages import StageResult
+from .base import Target, TargetBase
+from .copy import PushResult, complete_snapshots, fetch, push
+from .dir import DirTarget
+
+__all__ = ["KINDS", "OffsiteStage", "PushResult", "Target", "TargetConfig", "complete_snapshots", "create",
+           "fetch", "push"]
+
+#: every off-site target kind this version supports
+KINDS: tuple[type, ...] = (DirTarget,)
+
+TARGET_MODELS: dict[str, type[TargetBase]] = {cls.kind: cls.config_model for cls in KINDS}
+
+#: one ``[offsite.<name>]`` table: the kind's model, chosen by its ``kind`` key
+TargetConfig = Annotated[Union[tuple(TARGET_MODELS.values())], Field(discriminator="kind")]  # type: ignore[valid-type]
+
+
+def create(name: str, config) -> Target:
+    """The target object for an ``[offsite.<name>]`` table."""
+    cls = next((c for c in KINDS if c.kind == config.kind), None)
+    if cls is None:
+        raise ConfigError(f"offsite.{name}", [f"kind {config.kind!r} is not supported by this version"])
+    return cls(name, config)
+
+
+class OffsiteStage:
+    """The post-snapshot step for one target: push the new snapshot, then what the target misses."""
+
+    def __init__(self, name: str, config, store: SnapshotStore):
+        self.target_name = name
+        self.name = f"offsite-{name}"
+        self.config = config
+        self.store = store
+
+    def run(self, snapshot: Path, manifest: dict) -> StageResult:
+        """Raises (OffsiteError) when a copy fails: the flow retries the task, then records it failed."""
+        target = create(self.target_name, self.config)
+        pushed = [push(snapshot, target)]
+        remote = set(complete_snapshots(target))
+        for snap in self.store.list():   # newest first: what an earlier failed run did not send
+            if snap.name != snapshot.name and snap.name not in remote and snap.manifest \
+                    and snap.manifest.get("status") in ("ok", "partial"):
+                pushed.append(push(snap.path, target))
+        sent = [p for p in pushed if not p.already_there]
+        detail = (f"{pushed[0].files} files, {pushed[0].bytes} bytes to {target.describe()}"
+                  if not pushed[0].already_there else f"already on {target.describe()}")
+        if len(sent) > (0 if pushed[0].already_there else 1):
+            detail += f"; caught up {', '.join(p.snapshot for p in sent if p.snapshot != snapshot.name)}"
+        return StageResult(self.name, "ok", detail, details={
+            "target": self.target_name, "kind": self.config.kind, "where": target.describe(),
+            "snapshots": [p.snapshot for p in sent], "bytes": sum(p.bytes for p in sent),
+            "files": sum(p.files for p in sent)})
+
+
+def stages_for(cfg, store: SnapshotStore) -> list[OffsiteStage]:
+    """One stage per enabled target, in config order."""
+    return [OffsiteStage(name, t, store) for name, t in (getattr(cfg, "offsite", None) or {}).items() if t.enabled]
+
+

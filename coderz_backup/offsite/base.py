@@ -1,0 +1,59 @@
+"""The contract every off-site target kind implements (restic's backend shape).
+
+A target stores files under relative paths (``<snapshot>/<file>``) and answers a few small
+calls; everything else — which files in which order, what makes a copy complete, what is
+checked — is the same for every kind and lives in :mod:`coderz_backup.offsite.copy`:
+
+- :meth:`Target.put` stores one file from a local path and checks what arrived (a re-read,
+  the store's own checksum); it never leaves a half-written file under the final name.
+- :meth:`Target.open` reads one file back; :meth:`Target.names` lists the names directly
+  under a folder; :meth:`Target.exists`; :meth:`Target.remove` deletes a snapshot's folder.
+
+Every failure is an :class:`~coderz_backup.errors.OffsiteError` whose message says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import BinaryIO, ClassVar, Protocol
+
+from pydantic import Field
+
+from ..schema import _Model
+
+__all__ = ["Target", "TargetBase"]
+
+
+class TargetBase(_Model):
+    """Keys every ``[offsite.<name>]`` table has."""
+
+    kind: str
+    enabled: bool = Field(True, description="copy each finished snapshot to this target")
+    timeout_s: float = Field(3600.0, gt=0, description="give up on one copy attempt after this long")
+
+
+class Target(Protocol):
+    """One off-site target (see the module docstring)."""
+
+    kind: ClassVar[str]
+    config_model: ClassVar[type[TargetBase]]
+    name: str
+
+    def describe(self) -> str:
+        """Where the copies go, in words (no secrets)."""
+
+    def put(self, rel: str, source: Path, *, size: int, sha256: str) -> None:
+        """Store ``source`` as ``rel`` and check what arrived (size and sha256)."""
+
+    def open(self, rel: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        """Read ``rel`` back (OffsiteError when it is not there)."""
+
+    def names(self, rel: str = "") -> list[str]:
+        """The names directly under folder ``rel`` ("" = the target's root); [] when there is none."""
+
+    def exists(self, rel: str) -> bool:
+        """True when file ``rel`` is there."""
+
+    def remove(self, rel: str) -> None:
+        """Delete the folder ``rel`` and everything in it (missing is fine)."""

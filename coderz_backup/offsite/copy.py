@@ -1,0 +1,190 @@
+"""What every off-site target kind shares: how a snapshot is copied, what makes a copy complete,
+how one is listed and fetched back.
+
+A remote snapshot is the folder ``<snapshot>/`` on the target holding the snapshot's files, its
+``manifest.json`` and ``manifest.json.sig``. :func:`push` writes the artifacts (and
+``backup.log``) first, every file checked on arrival against the signed manifest, then the
+manifest, then its signature **last**: a folder without the signature is incomplete — never
+listed (:func:`complete_snapshots`), fetched, or counted — and the next push starts it over.
+
+:func:`fetch` brings a remote snapshot into a local store: the manifest and its signature
+first, which must check (this host's key or a trusted one), then every file the manifest
+lists, each compared with its signed size and sha256 through the reader, and only then the
+folder gets its snapshot name — a fetch cut short or refused leaves nothing that looks like a
+snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import CoderzBackupError, OffsiteError, VerifyError
+from ..reader import SnapshotReader, safe_relpath
+from ..signing import SIGNATURE_FILE, Authenticity, authenticate
+from ..snapshot import IN_PROGRESS_PREFIX, MANIFEST, SNAPSHOT_NAME, SnapshotStore, fsync_dir, read_manifest_bytes
+from .base import Target
+
+__all__ = ["PushResult", "complete_snapshots", "fetch", "push", "snapshot_files"]
+
+LOG = "backup.log"
+CHUNK = 1 << 20
+
+
+@dataclass
+class PushResult:
+    """What one push did."""
+
+    snapshot: str
+    files: int = 0
+    bytes: int = 0
+    duration_s: float = 0.0
+    already_there: bool = False
+    details: dict = field(default_factory=dict)
+
+
+def snapshot_files(manifest: dict) -> list[dict]:
+    """The file records of a snapshot's ok artifacts (what a complete copy must hold), in order."""
+    out = []
+    for entry in manifest.get("artifacts", []) or []:
+        if entry.get("status") == "ok":
+            out += entry.get("files") or [entry]
+    return out
+
+
+def _sha256(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            h.update(chunk)
+            n += len(chunk)
+    return n, h.hexdigest()
+
+
+def _remote_bytes(target: Target, rel: str, limit: int = 8 << 20) -> bytes:
+    with target.open(rel) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise OffsiteError(f"off-site {target.name}: {rel} is larger than a manifest can be")
+    return data
+
+
+def push(folder: Path, target: Target) -> PushResult:
+    """Copy the finished local snapshot ``folder`` to ``target`` (see the module docstring)."""
+    started = time.monotonic()
+    name = folder.name
+    manifest_raw = read_manifest_bytes(folder)
+    if manifest_raw is None or not (folder / SIGNATURE_FILE).is_file():
+        raise OffsiteError(f"snapshot {name} has no signed manifest; only finished, signed snapshots are copied")
+    manifest = json.loads(manifest_raw)
+    result = PushResult(name)
+    if target.exists(f"{name}/{SIGNATURE_FILE}") and target.exists(f"{name}/{MANIFEST}"):
+        if _remote_bytes(target, f"{name}/{MANIFEST}") == manifest_raw:
+            result.already_there = True
+            result.duration_s = time.monotonic() - started
+            return result
+        raise OffsiteError(f"off-site {target.name}: holds another snapshot named {name} (its manifest differs "
+                           "from this one); not overwritten — move it away on the target")
+    if target.names(name):
+        target.remove(name)   # an earlier push cut short: start it over
+    for rec in snapshot_files(manifest):
+        rel = safe_relpath(rec["path"])
+        target.put(f"{name}/{rel}", folder / rel, size=rec["bytes"], sha256=rec["sha256"])
+        result.files += 1
+        result.bytes += rec["bytes"]
+    if (folder / LOG).is_file():
+        size, digest = _sha256(folder / LOG)
+        target.put(f"{name}/{LOG}", folder / LOG, size=size, sha256=digest)
+        result.files += 1
+        result.bytes += size
+    with tempfile.TemporaryDirectory(prefix="coderz-push-") as tmp:
+        # the exact bytes that were signed, from one read (not the folder again)
+        for fname, data in ((MANIFEST, manifest_raw), (SIGNATURE_FILE, (folder / SIGNATURE_FILE).read_bytes())):
+            local = Path(tmp) / fname
+            local.write_bytes(data)
+            target.put(f"{name}/{fname}", local, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            result.files += 1
+            result.bytes += len(data)
+    result.duration_s = time.monotonic() - started
+    return result
+
+
+def complete_snapshots(target: Target) -> list[str]:
+    """Names of the complete remote snapshots (manifest and signature there), newest first."""
+    return sorted((n for n in target.names() if SNAPSHOT_NAME.match(n)
+                   and target.exists(f"{n}/{MANIFEST}") and target.exists(f"{n}/{SIGNATURE_FILE}")), reverse=True)
+
+
+def fetch(target: Target, name: str, dest: Path, *, own_key: str | None, trusted: list[str]) -> tuple[Path, Authenticity]:
+    """Bring the remote snapshot ``name`` into the local store ``dest`` (see the module docstring)."""
+    if not SNAPSHOT_NAME.match(name):
+        raise OffsiteError(f"{name!r} is not a snapshot name (YYYY-MM-DD_HH-MM-SS)")
+    if name not in complete_snapshots(target):
+        raise OffsiteError(f"off-site {target.name} holds no complete snapshot {name} "
+                           f"(see `coderz-backup offsite list {target.name}`)")
+    store = SnapshotStore(dest)
+    store.prepare()
+    final = store.dest / name
+    if final.exists():
+        raise OffsiteError(f"{final} exists already; fetch into another --dest or move it away")
+    with store.lock():
+        work = store.dest / f"{IN_PROGRESS_PREFIX}fetch-{name}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(mode=0o700)
+        try:
+            manifest_raw = _remote_bytes(target, f"{name}/{MANIFEST}")
+            (work / MANIFEST).write_bytes(manifest_raw)
+            (work / SIGNATURE_FILE).write_bytes(_remote_bytes(target, f"{name}/{SIGNATURE_FILE}", 64 * 1024))
+            os.chmod(work / MANIFEST, 0o600)
+            os.chmod(work / SIGNATURE_FILE, 0o600)
+            # the signature first: nothing the manifest names is fetched before it checks
+            auth = authenticate(_named(work, name), manifest_raw,
+                                own_key=own_key, trusted=trusted)
+            manifest = json.loads(manifest_raw)
+            for rec in snapshot_files(manifest):
+                _download(target, f"{name}/{safe_relpath(rec['path'])}", work / safe_relpath(rec["path"]))
+            if target.exists(f"{name}/{LOG}"):
+                _download(target, f"{name}/{LOG}", work / LOG)
+            reader = SnapshotReader(work, manifest)
+            for entry in manifest.get("artifacts", []):
+                if entry.get("status") == "ok":
+                    reader.check(entry)   # size and sha256 of every file against the signed manifest
+            fsync_dir(work)
+            os.rename(work, final)
+            fsync_dir(store.dest)
+        except (CoderzBackupError, OSError) as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise OffsiteError(f"fetching {name} into {dest} failed: {exc.strerror or exc}") from None
+            if isinstance(exc, VerifyError) and not isinstance(exc, OffsiteError):
+                raise type(exc)(f"{name} from off-site {target.name} refused, nothing kept: {exc}") from None
+            raise
+    return final, auth
+
+
+class _named:
+    """The folder being fetched, named as the snapshot it will become (the name the signature
+    check uses in its messages)."""
+
+    def __init__(self, folder: Path, name: str):
+        self._folder, self.name = folder, name
+
+    def __truediv__(self, other: str) -> Path:
+        return self._folder / other
+
+
+def _download(target: Target, rel: str, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out, target.open(rel) as src:
+        shutil.copyfileobj(src, out, CHUNK)
+        out.flush()
+        os.fsync(out.fileno())
+

@@ -1,0 +1,110 @@
+"""Off-site copies to a mounted folder (``kind = "dir"``), the way an operator uses them: through the
+real backup flow and the CLI, with the stack's real PostgreSQL, Redis and configs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from helpers import run_cli
+
+from coderz_backup.signing import SIGNATURE_FILE
+from coderz_backup.snapshot import MANIFEST
+
+
+def _with_target(stack, path) -> None:
+    stack.config.write_text(stack.config.read_text() + f'\n[offsite.usb]\nkind = "dir"\npath = "{path}"\n')
+
+
+def _backup(stack):
+    res = run_cli(["backup", "--config", str(stack.config)], stack.env)
+    return res, stack.snapshots()[-1]
+
+
+def test_every_finished_snapshot_lands_on_the_target_complete_and_is_listed(stack, tmp_path):
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    _with_target(stack, drive)
+    res, snap = _backup(stack)
+    assert res.returncode == 0, res.stdout + res.stderr
+    copy = drive / snap.name
+    # the very files that were signed: the manifest and its signature byte for byte, every artifact
+    assert (copy / MANIFEST).read_bytes() == (snap / MANIFEST).read_bytes()
+    assert (copy / SIGNATURE_FILE).read_bytes() == (snap / SIGNATURE_FILE).read_bytes()
+    for entry in json.loads((snap / MANIFEST).read_text())["artifacts"]:
+        for rec in entry["files"] or [entry]:
+            assert (copy / rec["path"]).read_bytes() == (snap / rec["path"]).read_bytes()
+    assert not list(drive.rglob(".*.partial"))
+    # where the operator sees it: the report's Off-site section, the record beside the manifest, the list
+    assert "Off-site" in res.stdout and f"✓ usb: " in res.stdout
+    record = json.loads((snap / "post-snapshot.json").read_text())
+    assert [(s["stage"], s["status"]) for s in record["stages"]] == [("offsite-usb", "ok")]
+    listed = run_cli(["offsite", "list", "--json", "--config", str(stack.config)], stack.env)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == {"usb": [snap.name]}
+
+
+def test_a_target_that_is_down_makes_the_run_a_warning_and_the_next_run_catches_up(stack, tmp_path):
+    drive = tmp_path / "drive"          # not mounted (missing) during the first run
+    _with_target(stack, drive)
+    first, snap1 = _backup(stack)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "✗ usb: " in first.stdout and "is not a folder (is the drive mounted?)" in first.stdout
+    assert (snap1 / MANIFEST).is_file() and (stack.dest / "latest").resolve() == snap1   # local snapshot fine
+    drive.mkdir()
+    second, snap2 = _backup(stack)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert sorted(p.name for p in drive.iterdir()) == sorted([snap1.name, snap2.name])   # the missed one too
+    assert f"caught up {snap1.name}" in second.stdout
+
+
+def test_a_copy_cut_short_is_never_listed_and_push_completes_it(stack, tmp_path):
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    res, snap = _backup(stack)                       # no target yet
+    assert res.returncode == 0
+    _with_target(stack, drive)
+    # what a push killed before its last write leaves: everything but the signature
+    shutil.copytree(snap, drive / snap.name)
+    (drive / snap.name / SIGNATURE_FILE).unlink()
+    listed = run_cli(["offsite", "list", "--json", "--config", str(stack.config)], stack.env)
+    assert json.loads(listed.stdout) == {"usb": []}
+    push = run_cli(["offsite", "push", snap.name, "--config", str(stack.config)], stack.env)
+    assert push.returncode == 0, push.stdout + push.stderr
+    assert (drive / snap.name / SIGNATURE_FILE).read_bytes() == (snap / SIGNATURE_FILE).read_bytes()
+    again = run_cli(["offsite", "push", "--config", str(stack.config)], stack.env)
+    assert again.returncode == 0 and "already on" in again.stdout
+
+
+def test_fetch_on_a_new_host_brings_back_a_verified_snapshot_and_refuses_a_tampered_one(stack, tmp_path):
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    _with_target(stack, drive)
+    res, snap = _backup(stack)
+    assert res.returncode == 0, res.stdout + res.stderr
+    new_host = tmp_path / "new-host"
+    fetched = run_cli(["fetch", snap.name, "--from", "usb", "--dest", str(new_host), "--config", str(stack.config)],
+                      stack.env)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    assert "every file matches its signed sha256" in fetched.stdout
+    verify = run_cli(["verify", snap.name, "--dest", str(new_host), "--config", str(stack.config)], stack.env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    # the drive is hostile: one artifact changed after the copy (same size, other bytes)
+    entry = next(e for e in json.loads((snap / MANIFEST).read_text())["artifacts"] if e["path"].endswith(".sql.gz"))
+    victim = drive / snap.name / entry["path"]
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    other = tmp_path / "other-host"
+    refused = run_cli(["fetch", snap.name, "--from", "usb", "--dest", str(other), "--config", str(stack.config)],
+                      stack.env)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "sha256 differs from the manifest" in refused.stderr and "refused, nothing kept" in refused.stderr
+    assert not [p for p in other.iterdir() if not p.name.startswith(".coderz-backup.lock")]
+
+    # a manifest changed on the drive no longer matches its signature: refused before any file is fetched
+    manifest = drive / snap.name / MANIFEST
+    manifest.write_text(manifest.read_text().replace('"status": "ok"', '"status": "ok" '))
+    forged = run_cli(["fetch", snap.name, "--from", "usb", "--dest", str(other), "--config", str(stack.config)],
+                     stack.env)
+    assert forged.returncode == 1 and "signature does not match" in forged.stderr
