@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                                                            "(env KEEP_DAYS; default 7)")
     b.add_argument("--only", metavar="NAME", action="append",
                    help="back up only this service (config table name); repeatable")
+    b.add_argument("--no-offsite", dest="offsite", action="store_false",
+                   help="do not copy this snapshot to the [offsite.*] targets")
     b.add_argument("--verbose", "-v", action="store_true", help="also show Prefect's own log lines")
 
     ls = sub.add_parser("list", help="list snapshots, newest first",
@@ -341,7 +343,7 @@ def cmd_backup(args) -> int:
             add_listener(progress)
             try:
                 state = coderz_backup(dest=args.dest, keep=args.keep, only=args.only, config=args.config,
-                                      return_state=True)
+                                      offsite=args.offsite, return_state=True)
             finally:
                 remove_listener(progress)
     except OrchestratorError as exc:

@@ -13,7 +13,7 @@ import sys
 
 from . import offsite
 from .config import load
-from .errors import ConfigError, CoderzBackupError, OffsiteError, VerifyError
+from .errors import ConfigError, CoderzBackupError, VerifyError
 from .snapshot import SnapshotStore
 
 __all__ = ["register_cli", "run_cli"]

@@ -108,3 +108,13 @@ def test_fetch_on_a_new_host_brings_back_a_verified_snapshot_and_refuses_a_tampe
     forged = run_cli(["fetch", snap.name, "--from", "usb", "--dest", str(other), "--config", str(stack.config)],
                      stack.env)
     assert forged.returncode == 1 and "signature does not match" in forged.stderr
+
+
+def test_no_offsite_skips_the_targets_for_one_run(stack, tmp_path):
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    _with_target(stack, drive)
+    res = run_cli(["backup", "--no-offsite", "--config", str(stack.config)], stack.env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert list(drive.iterdir()) == [] and "Off-site" not in res.stdout
+    assert not (stack.snapshots()[-1] / "post-snapshot.json").exists()

@@ -188,6 +188,7 @@ def coderz_backup(
     keep: int | None = None,
     only: list[str] | None = None,
     config: str | None = None,
+    offsite: bool = True,
 ):
     """Back up every enabled service of the Coderz Stack into a new dated snapshot.
 
@@ -196,14 +197,17 @@ def coderz_backup(
         keep: rotation, keep this many days (0 = forever; default: KEEP_DAYS, config, 7).
         only: back up just these services (config table names).
         config: path of the TOML config file.
+        offsite: copy the snapshot to the [offsite.*] targets (false: skip them for this run).
     """
     cfg = load(config, dest=dest, keep=keep)
-    return run_backup(cfg, only=only)
+    return run_backup(cfg, only=only, offsite=offsite)
 
 
-def run_backup(cfg: Config, *, only: list[str] | None = None, report_key: str = "coderz-backup"):
+def run_backup(cfg: Config, *, only: list[str] | None = None, report_key: str = "coderz-backup",
+               offsite: bool = True):
     """The backup itself (inside a flow run). ``report_key`` names the report artifacts: the
-    nightly ones are ``coderz-backup-*``, a restore's safety backup publishes its own."""
+    nightly ones are ``coderz-backup-*``, a restore's safety backup publishes its own (and is
+    never sent off-site: ``offsite=False``)."""
     services = cfg.enabled_services(only)
     signer = load_signer(cfg.signing_key)  # an unusable key stops the run before anything is written
     store = SnapshotStore(cfg.dest)
@@ -216,7 +220,7 @@ def run_backup(cfg: Config, *, only: list[str] | None = None, report_key: str = 
         snap = store.begin(started)
         with run_log(snap.path / "backup.log", extra_handlers=api_log_handlers()):
             summary, final_path = _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous,
-                                                   report_key, signer)
+                                                   report_key, signer, offsite)
             _emit("finished", summary=summary, path=str(final_path))
     lost = [r["stage"].removeprefix("offsite-") for r in summary["offsite"] if r["status"] == "failed"]
     if summary["status"] == "ok" and not lost:
@@ -230,7 +234,8 @@ def run_backup(cfg: Config, *, only: list[str] | None = None, report_key: str = 
     return Failed(message=msg, data=RunFailed(msg, summary))
 
 
-def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous, report_key, signer):
+def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous, report_key, signer,
+                     copy_offsite=True):
     log.info("coderz-backup %s on %s: snapshot %s into %s (keep %s days, flow run %s)",
              __version__, socket.gethostname(), snap.name, cfg.dest,
              cfg.keep_days or "∞", rt_flow_run.id)
@@ -310,7 +315,7 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
         log.info("latest -> %s", snap.name)
     else:
         log.error("no usable artifact: %s kept for its log, `latest` not moved", final)
-    stages = offsite.stages_for(cfg, store) if usable else []
+    stages = offsite.stages_for(cfg, store) if usable and copy_offsite else []
     # off-site copies, on the finished snapshot (recorded in post-snapshot.json beside the manifest)
     after = _post_snapshot(cfg, stages, final, manifest) if stages else []
     deleted = rotate(store, keep_days=cfg.keep_days, current=snap.name, current_usable=usable)

@@ -266,7 +266,7 @@ def _wait_for_approval(name: str, plan: str, timeout_s: int) -> str | None:
 def _safety_backup(cfg, services: list[str]) -> str:
     safety_cfg = cfg.model_copy(update={"dest": cfg.dest / SAFETY_DIR, "email": None})
     log.info("safety backup of %s into %s", ", ".join(services), safety_cfg.dest)
-    outcome = run_backup(safety_cfg, only=services, report_key=SAFETY_REPORT_KEY)
+    outcome = run_backup(safety_cfg, only=services, report_key=SAFETY_REPORT_KEY, offsite=False)
     summary = outcome if isinstance(outcome, dict) else getattr(getattr(outcome, "data", None), "summary", None)
     if not isinstance(summary, dict) or summary.get("status") != "ok":
         raise RestoreError("the safety backup of the current state failed, so nothing was restored "
