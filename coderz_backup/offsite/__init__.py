@@ -24,12 +24,13 @@ from ..stages import StageResult
 from .base import Target, TargetBase
 from .copy import PushResult, complete_snapshots, fetch, push
 from .dir import DirTarget
+from .s3 import S3Target
 
 __all__ = ["KINDS", "OffsiteStage", "PushResult", "Target", "TargetConfig", "complete_snapshots", "create",
            "fetch", "push"]
 
 #: every off-site target kind this version supports
-KINDS: tuple[type, ...] = (DirTarget,)
+KINDS: tuple[type, ...] = (DirTarget, S3Target)
 
 TARGET_MODELS: dict[str, type[TargetBase]] = {cls.kind: cls.config_model for cls in KINDS}
 

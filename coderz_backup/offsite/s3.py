@@ -1,0 +1,413 @@
+"""``kind = "s3"``: a bucket on AWS S3 or any S3-compatible store (MinIO, SeaweedFS, Ceph, …).
+
+A snapshot lands under ``<prefix><snapshot>/`` with the local file names. Files are uploaded
+with boto3's transfer manager (``upload_file``): one PUT below ``part_size_mb``, a multipart
+upload with ``max_concurrency`` parts in flight above it (memory stays bounded by the parts
+in flight, whatever the file's size). Every request carries an ``x-amz-checksum-sha256`` the
+store checks before it accepts the bytes (of the whole object, or of each part).
+
+**How arrival is checked** (:meth:`S3Target.put`): after the upload a HEAD must report the
+size that was sent, and the store's own SHA-256 of what it keeps must match what the
+manifest says:
+
+- one-part object: ``ChecksumSHA256`` is the base64 of the file's sha256 — compared with the
+  manifest's sha256 directly;
+- multipart object: ``ChecksumSHA256`` is the composite ``<sha256 of the parts' sha256s>-N``.
+  The same composite is computed from the local file (same part boundaries) in the one pass
+  that also checks the local file's sha256 against the manifest, so a match proves that the
+  store holds exactly the manifest's bytes;
+- a store that reports no checksum (or other part boundaries than expected): the object is
+  read back and hashed.
+
+The plaintext sha256 is also kept as object metadata ``x-amz-meta-sha256`` (for operators and
+other tools; it must come back as sent, but it is not taken as proof of the content). A check
+that fails deletes the object: ``OffsiteError … not kept``. PUT and CompleteMultipartUpload
+are atomic, so no half-written object ever shows under its name (a multipart upload that
+fails is aborted; one whose process is killed stays invisible until a lifecycle rule
+``AbortIncompleteMultipartUpload`` cleans it up).
+
+:meth:`S3Target.remove` deletes the *current* objects under a folder. On a versioned bucket
+(and Object Lock needs one) that writes delete markers: the versions stay, a locked one until
+its retention date — coderz-backup never deletes object versions, expiring them is the
+bucket's lifecycle rules' job. Objects the store refuses to delete are logged one line each.
+
+Credentials are secret references (``env:NAME``, ``prefect-secret:NAME`` or the literal),
+resolved only when the first request is made; none given means boto3's default chain
+(``AWS_*`` environment, ``~/.aws``, an instance role). They never show in a message or a log.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import logging
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar, Iterator, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from ..errors import OffsiteError
+from ..reader import safe_relpath
+from ..schema import resolve_secret
+from .base import TargetBase
+
+__all__ = ["S3Target", "S3TargetConfig"]
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+MiB = 1 << 20
+#: codes that mean "these credentials may not do this" (wrong key, wrong secret, no permission)
+AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
+              "InvalidClientTokenId", "AuthorizationHeaderMalformed", "403", "Forbidden"}
+MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+class S3TargetConfig(TargetBase):
+    """A bucket on AWS S3 or an S3-compatible store that receives a copy of every snapshot."""
+
+    kind: Literal["s3"]
+    bucket: str = Field(..., min_length=3, max_length=63, description="the bucket (it must exist)")
+    prefix: str = Field("coderz/", description="key prefix: a snapshot lands under <prefix><snapshot>/ "
+                                               "(\"\" = the bucket's root)")
+    endpoint_url: str | None = Field(None, description="the store's URL for an S3-compatible store, e.g. "
+                                                       "https://minio.example:9000 (unset: AWS S3)")
+    region: str = Field("us-east-1", description="the bucket's region (request signing)")
+    access_key_id: SecretStr | None = Field(None, description="access key id reference (env:NAME recommended; "
+                                                              "unset: boto3's default credential chain)")
+    secret_access_key: SecretStr | None = Field(None, description="secret access key reference (env:NAME "
+                                                                  "recommended)")
+    part_size_mb: int = Field(64, ge=5, le=5120, description="files above this size go as a multipart upload "
+                                                            "with parts of this size (MiB; S3's minimum is 5)")
+    max_concurrency: int = Field(4, ge=1, le=64, description="parts of one file uploaded in parallel "
+                                                            "(memory: about part_size_mb times this)")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if v.startswith("/") or "//" in v or ".." in v.split("/") or "\\" in v:
+            raise ValueError("prefix is a key prefix like \"coderz/\" (no leading slash, no .. or //)")
+        return v if not v or v.endswith("/") else v + "/"
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("endpoint_url starts with https:// (or http:// for a store on this host)")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _keys_together(self):
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set both access_key_id and secret_access_key, or neither (boto3's default chain)")
+        return self
+
+
+class S3Target:
+    kind: ClassVar[str] = "s3"
+    config_model: ClassVar[type[S3TargetConfig]] = S3TargetConfig
+
+    def __init__(self, name: str, config: S3TargetConfig):
+        self.name = name
+        self.config = config
+        self.bucket = config.bucket
+        self.prefix = config.prefix
+        self._cl = None
+        self._secrets: tuple[str, ...] = ()
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        where = self.config.endpoint_url or f"AWS S3 ({self.config.region})"
+        return f"s3://{self.bucket}/{self.prefix} at {where}"
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _client(self):
+        with self._lock:
+            if self._cl is None:
+                import boto3
+                from botocore.config import Config
+
+                cfg = self.config
+                key_id = resolve_secret(cfg.access_key_id, what=f"offsite.{self.name}.access_key_id")
+                secret = resolve_secret(cfg.secret_access_key, what=f"offsite.{self.name}.secret_access_key")
+                self._secrets = tuple(s for s in (key_id, secret) if s)
+                session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret,
+                                                region_name=cfg.region)
+                self._cl = session.client("s3", endpoint_url=cfg.endpoint_url, config=Config(
+                    s3={"addressing_style": "path" if cfg.endpoint_url else "auto"},
+                    connect_timeout=min(cfg.timeout_s, 10.0), read_timeout=min(cfg.timeout_s, 60.0),
+                    retries={"mode": "standard", "max_attempts": 3},
+                    max_pool_connections=max(10, cfg.max_concurrency + 2)))
+            return self._cl
+
+    def _key(self, rel: str) -> str:
+        return self.prefix + safe_relpath(rel)
+
+    def _where(self) -> str:
+        return self.config.endpoint_url or f"AWS S3 ({self.config.region})"
+
+    def _clean(self, text: str) -> str:
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    def _error(self, exc: BaseException, doing: str) -> OffsiteError:
+        """A botocore/boto3 error as an operator message (never with a secret in it)."""
+        from botocore import exceptions as bx
+
+        inner = exc
+        if type(exc).__name__ == "S3UploadFailedError" and isinstance(exc.__context__, Exception):
+            inner = exc.__context__   # boto3 wraps the ClientError of an upload into its text
+        head = f"off-site {self.name}: {doing} on {self.describe()} failed"
+        if isinstance(inner, bx.ClientError):
+            err = inner.response.get("Error", {}) or {}
+            code = str(err.get("Code") or inner.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?"))
+            if code in AUTH_CODES:
+                return OffsiteError(f"{head}: the store refused the credentials ({code}) — check "
+                                    f"access_key_id/secret_access_key and that the key may read, write, list and "
+                                    f"delete in bucket {self.bucket}")
+            if code in MISSING_CODES:
+                return OffsiteError(f"{head}: it is not there ({code})")
+            if code == "NoSuchBucket":
+                return OffsiteError(f"{head}: bucket {self.bucket} does not exist at {self._where()} — create it "
+                                    "or fix bucket (and region/endpoint_url)")
+            if code in ("PermanentRedirect", "301", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"):
+                return OffsiteError(f"{head}: bucket {self.bucket} is in another region ({code}) — fix region")
+            if code in ("SlowDown", "ServiceUnavailable", "InternalError", "500", "503"):
+                return OffsiteError(f"{head}: the store is failing or throttling ({code}); the run retries, "
+                                    "the next run catches up")
+            msg = self._clean(str(err.get("Message") or ""))[:200]
+            return OffsiteError(f"{head}: {code}{': ' + msg if msg else ''}")
+        if isinstance(inner, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
+            return OffsiteError(f"{head}: {self._where()} did not answer in time (timeout_s {self.config.timeout_s:g}, "
+                                "at most 10 s to connect and 60 s per read) — is the store up and reachable?")
+        if isinstance(inner, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ProxyConnectionError)):
+            return OffsiteError(f"{head}: cannot reach {self._where()} — is the store up, is endpoint_url right, "
+                                "does the network/firewall let this host through?")
+        if isinstance(inner, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+            return OffsiteError(f"{head}: no credentials — set access_key_id and secret_access_key "
+                                "(env:NAME references) or configure boto3's default chain")
+        if isinstance(inner, bx.FlexibleChecksumError):
+            return OffsiteError(f"{head}: the bytes read do not match the store's own checksum (damaged in the "
+                                "store or on the way)")
+        if isinstance(inner, (bx.BotoCoreError, OSError)):
+            return OffsiteError(f"{head}: {type(inner).__name__}: {self._clean(str(inner))[:200]}")
+        return OffsiteError(f"{head}: {type(inner).__name__}")
+
+    @contextlib.contextmanager
+    def _mapped(self, doing: str) -> Iterator[None]:
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
+            raise self._error(exc, doing) from None
+
+    # -- the Target protocol ---------------------------------------------------------
+
+    def put(self, rel: str, source: Path, *, size: int, sha256: str) -> None:
+        from boto3.s3.transfer import TransferConfig
+        from s3transfer.utils import ChunksizeAdjuster
+
+        key = self._key(rel)
+        cl = self._client()
+        part = self.config.part_size_mb * MiB
+        multipart = size >= part
+        part = ChunksizeAdjuster().adjust_chunksize(part, size) if multipart else part
+        expected = _expected_checksum(source, size, sha256, part if multipart else None, self.name, rel)
+        transfer = TransferConfig(multipart_threshold=self.config.part_size_mb * MiB, multipart_chunksize=part,
+                                  max_concurrency=self.config.max_concurrency, use_threads=True)
+        with self._mapped(f"uploading {rel}"):
+            cl.upload_file(str(source), self.bucket, key, Config=transfer,
+                           ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha256}})
+        try:
+            with self._mapped(f"checking {rel} after the upload"):
+                head = cl.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+                problem = self._arrival_problem(head, key, size, sha256, expected)
+        except BaseException:
+            self._discard(key)
+            raise
+        if problem:
+            self._discard(key)
+            raise OffsiteError(f"off-site {self.name}: {rel} {problem}; not kept")
+
+    def _arrival_problem(self, head: dict, key: str, size: int, sha256: str, expected: str) -> str | None:
+        got_size = head.get("ContentLength")
+        if got_size != size:
+            return f"arrived as {got_size} bytes, not the {size} bytes sent"
+        meta = (head.get("Metadata") or {}).get("sha256")
+        if meta is not None and meta != sha256:
+            return "came back with another x-amz-meta-sha256 than was sent"
+        reported = head.get("ChecksumSHA256")
+        # same shape (both whole-object, or both composite of the same number of parts): compare
+        if reported is not None and reported.partition("-")[2] == expected.partition("-")[2]:
+            if reported != expected:
+                return "is kept by the store with another SHA-256 than the manifest's (the bytes changed)"
+            return None
+        # no checksum reported, or other part boundaries than this upload's: read it back
+        h = hashlib.sha256()
+        n = 0
+        body = self._client().get_object(Bucket=self.bucket, Key=key)["Body"]
+        try:
+            reader = _Body(body, self, key)
+            for chunk in iter(lambda: reader.read(CHUNK), b""):
+                h.update(chunk)
+                n += len(chunk)
+        finally:
+            body.close()
+        if (n, h.hexdigest()) != (size, sha256):
+            return f"read back as {n} bytes with another sha256 than the {size} bytes sent"
+        return None
+
+    def _discard(self, key: str) -> None:
+        try:
+            self._client().delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001 - the caller's error is the one to report
+            log.warning("off-site %s: could not delete %s after a failed check (%s)", self.name, key,
+                        type(exc).__name__)
+
+    @contextlib.contextmanager
+    def open(self, rel: str) -> Iterator[BinaryIO]:
+        key = self._key(rel)
+        with self._mapped(f"reading {rel}"):
+            resp = self._client().get_object(Bucket=self.bucket, Key=key)
+        body = resp["Body"]
+        try:
+            yield io.BufferedReader(_Body(body, self, rel), CHUNK)
+        finally:
+            with contextlib.suppress(Exception):
+                body.close()
+
+    def names(self, rel: str = "") -> list[str]:
+        base = (self._key(rel) + "/") if rel else self.prefix
+        found: set[str] = set()
+        with self._mapped(f"listing {base or '/'}"):
+            pages = self._client().get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base, Delimiter="/")
+            for page in pages:
+                for cp in page.get("CommonPrefixes") or []:
+                    name = cp["Prefix"][len(base):].rstrip("/")
+                    if name:
+                        found.add(name)
+                for obj in page.get("Contents") or []:
+                    name = obj["Key"][len(base):]
+                    if name:
+                        found.add(name)
+        return sorted(found)
+
+    def exists(self, rel: str) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._key(rel)
+        try:
+            self._client().head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            code = str((exc.response.get("Error") or {}).get("Code", ""))
+            if code in MISSING_CODES:
+                return False
+            raise self._error(exc, f"looking for {rel}") from None
+        except BotoCoreError as exc:
+            raise self._error(exc, f"looking for {rel}") from None
+
+    def remove(self, rel: str) -> None:
+        base = self._key(rel) + "/"
+        with self._mapped(f"listing {base} to delete it"):
+            pages = self._client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
+            keys = [{"Key": obj["Key"]} for page in pages for obj in page.get("Contents") or []]
+        self._delete(keys, f"{rel}/")
+        # a store with real folders (SeaweedFS) keeps the emptied folders listed; AWS has none
+        with self._mapped(f"listing {base} after deleting it"):
+            left = self._client().list_objects_v2(Bucket=self.bucket, Prefix=base, Delimiter="/", MaxKeys=2)
+        if [o for o in left.get("Contents") or [] if o["Key"] == base] or left.get("CommonPrefixes"):
+            folders = {base} | {k["Key"][:i + 1] for k in keys for i in range(len(base), len(k["Key"]))
+                                if k["Key"][i] == "/"}
+            self._delete([{"Key": f} for f in sorted(folders, key=len, reverse=True)], f"{rel}/", quiet=True)
+
+    def _delete(self, objects: list[dict[str, Any]], what: str, *, quiet: bool = False) -> int:
+        """Delete ``objects`` ({"Key", optional "VersionId"}) in batches of 1000; one log line for each
+        object the store refuses (Object Lock, a bucket policy), OffsiteError only when there was
+        something and none of it could be deleted (``quiet``: neither). Returns how many were deleted."""
+        if not objects:
+            return 0
+        deleted, refused = 0, 0
+        for i in range(0, len(objects), 1000):
+            batch = objects[i:i + 1000]
+            with self._mapped(f"deleting {what}"):
+                resp = self._client().delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            errors = resp.get("Errors") or []
+            for err in errors if not quiet else ():
+                version = f" (version {err['VersionId']})" if err.get("VersionId") else ""
+                log.warning("off-site %s: the store keeps %s%s: %s — left as it is", self.name, err.get("Key"),
+                            version, err.get("Code") or "refused")
+            refused += len(errors)
+            deleted += len(batch) - len(errors)
+        if deleted == 0 and not quiet:
+            raise OffsiteError(f"off-site {self.name}: none of the {refused} object(s) under {what} on "
+                               f"{self.describe()} could be deleted (Object Lock or a bucket policy keeps them); "
+                               "the key needs s3:DeleteObject, or wait for the retention to end")
+        return deleted
+
+
+class _Body(io.RawIOBase):
+    """A get_object body as a raw binary stream whose read errors are OffsiteErrors."""
+
+    def __init__(self, body, target: S3Target, rel: str):
+        self._body, self._target, self._rel = body, target, rel
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            data = self._body.read(len(buf))
+        except (BotoCoreError, OSError) as exc:
+            raise self._target._error(exc, f"reading {self._rel}") from None
+        except Exception as exc:   # urllib3's ProtocolError / IncompleteRead: the connection broke
+            if type(exc).__module__.startswith(("urllib3", "http")):
+                raise OffsiteError(f"off-site {self._target.name}: reading {self._rel} from "
+                                   f"{self._target.describe()} broke off ({type(exc).__name__}); try again") from None
+            raise
+        n = len(data)
+        buf[:n] = data
+        return n
+
+
+def _expected_checksum(source: Path, size: int, sha256: str, part: int | None, name: str, rel: str) -> str:
+    """What the store must report as ChecksumSHA256 for ``source``: base64 of its sha256 (one PUT) or
+    the composite ``base64(sha256(part digests))-N`` (multipart with parts of ``part`` bytes). One
+    pass over the local file, which must itself match the manifest (``size``, ``sha256``)."""
+    if part is None:
+        return base64.b64encode(bytes.fromhex(sha256)).decode()
+    whole = hashlib.sha256()
+    digests: list[bytes] = []
+    n = 0
+    with open(source, "rb") as fh:
+        while True:
+            h = hashlib.sha256()
+            left = part
+            while left:
+                chunk = fh.read(min(CHUNK, left))
+                if not chunk:
+                    break
+                h.update(chunk)
+                whole.update(chunk)
+                left -= len(chunk)
+            got = part - left
+            if not got:
+                break
+            n += got
+            digests.append(h.digest())
+            if left:
+                break
+    if (n, whole.hexdigest()) != (size, sha256):
+        raise OffsiteError(f"off-site {name}: {rel} here is {n} bytes with another sha256 than the manifest's "
+                           f"{size} bytes (the local file changed); not sent, not kept")
+    return base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode() + f"-{len(digests)}"
