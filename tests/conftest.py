@@ -4,6 +4,7 @@
   test modules import Prefect, so in-process flows and CLI subprocesses share it.
 - PostgreSQL 15 (two clusters: source and restore target) and Redis 7 started by
   :mod:`coderz_backup.sandbox`, the same code the README's demo uses.
+- SeaweedFS (``weed mini``, a real S3 server) for the off-site S3 tests (:mod:`seaweed`).
 
 A run that collects only ``tests/unit`` (the unit tier: no servers, no Docker, no network)
 starts none of this; its Prefect settings point at a closed port, so a unit test that
@@ -212,6 +213,16 @@ def stack(tmp_path, make_db, redis_server, cli_env):
     s = Stack(tmp_path, env, services, tmp_path / "snapshots")
     s.dbs = (a, b)
     return s
+
+
+@pytest.fixture(scope="session")
+def seaweed():
+    """A real S3 server: SeaweedFS ``weed mini`` on free 127.0.0.1 ports (see tests/seaweed.py)."""
+    from seaweed import SeaweedS3
+
+    srv = SeaweedS3(_SESSION_DIR / "seaweed").start()
+    yield srv
+    srv.stop()
 
 
 @pytest.fixture
