@@ -62,7 +62,7 @@ CHUNK = 1 << 20
 MiB = 1 << 20
 #: codes that mean "these credentials may not do this" (wrong key, wrong secret, no permission)
 AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
-              "InvalidClientTokenId", "AuthorizationHeaderMalformed", "403", "Forbidden"}
+              "InvalidClientTokenId", "403", "Forbidden"}
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
