@@ -225,3 +225,18 @@ def test_remove_on_an_object_lock_bucket_keeps_the_locked_version_and_logs_a_ref
     with pytest.raises(OffsiteError, match="none of the 1 object"):
         target._delete([{"Key": f"{PREFIX}2026-12-01_03-00-00/db.sql.gz", "VersionId": locked["VersionId"]}],
                        "2026-12-01_03-00-00/")
+
+
+def test_an_endpoint_that_never_answers_times_out_with_a_clear_message(seaweed, tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as silent:       # accepts connections (backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        target = _target(seaweed, "coderz-silent", endpoint_url=f"http://127.0.0.1:{port}", timeout_s=1)
+        started = time.monotonic()
+        with pytest.raises(OffsiteError, match=r"did not answer in time \(1 s to connect, 1 s per read"):
+            target.names()
+        assert time.monotonic() - started < 30

@@ -69,7 +69,7 @@ MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 class S3TargetConfig(TargetBase):
     """A bucket on AWS S3 or an S3-compatible store that receives a copy of every snapshot."""
 
-    kind: Literal["s3"]
+    kind: Literal["s3"] = Field(..., description="\"s3\": AWS S3 or an S3-compatible store")
     bucket: str = Field(..., min_length=3, max_length=63, description="the bucket (it must exist)")
     prefix: str = Field("coderz/", description="key prefix: a snapshot lands under <prefix><snapshot>/ "
                                                "(\"\" = the bucket's root)")
@@ -139,7 +139,7 @@ class S3Target:
                                                 region_name=cfg.region)
                 self._cl = session.client("s3", endpoint_url=cfg.endpoint_url, config=Config(
                     s3={"addressing_style": "path" if cfg.endpoint_url else "auto"},
-                    connect_timeout=min(cfg.timeout_s, 10.0), read_timeout=min(cfg.timeout_s, 60.0),
+                    connect_timeout=_timeouts(cfg)[0], read_timeout=_timeouts(cfg)[1],
                     retries={"mode": "standard", "max_attempts": 3},
                     max_pool_connections=max(10, cfg.max_concurrency + 2)))
             return self._cl
@@ -183,8 +183,9 @@ class S3Target:
             msg = self._clean(str(err.get("Message") or ""))[:200]
             return OffsiteError(f"{head}: {code}{': ' + msg if msg else ''}")
         if isinstance(inner, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
-            return OffsiteError(f"{head}: {self._where()} did not answer in time (timeout_s {self.config.timeout_s:g}, "
-                                "at most 10 s to connect and 60 s per read) — is the store up and reachable?")
+            connect, read = _timeouts(self.config)
+            return OffsiteError(f"{head}: {self._where()} did not answer in time ({connect:g} s to connect, {read:g} s "
+                                "per read, 3 tries) — is the store up and reachable, or overloaded?")
         if isinstance(inner, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ProxyConnectionError)):
             return OffsiteError(f"{head}: cannot reach {self._where()} — is the store up, is endpoint_url right, "
                                 "does the network/firewall let this host through?")
@@ -352,6 +353,11 @@ class S3Target:
                                f"{self.describe()} could be deleted (Object Lock or a bucket policy keeps them); "
                                "the key needs s3:DeleteObject, or wait for the retention to end")
         return deleted
+
+
+def _timeouts(cfg: S3TargetConfig) -> tuple[float, float]:
+    """(connect, read) timeouts of one request: 10 s and 60 s, never more than ``timeout_s``."""
+    return min(cfg.timeout_s, 10.0), min(cfg.timeout_s, 60.0)
 
 
 class _Body(io.RawIOBase):

@@ -82,3 +82,40 @@ def test_fetch_with_the_key_brings_back_the_same_bytes(snapshot, target, tmp_pat
     push(folder, target)
     final, auth = fetch(target, folder.name, tmp_path / "new", own_key=signer.public_key, trusted=[])
     assert auth.own and (final / "db.sql.gz").read_bytes() == (folder / "db.sql.gz").read_bytes()
+
+
+# -- kind "s3": its config (the store itself is tests/test_offsite_s3.py, against SeaweedFS) ------
+
+
+def _s3_config(tmp_path, body: str):
+    import textwrap
+
+    from coderz_backup.config import load
+
+    path = tmp_path / "coderz-backup.toml"
+    path.write_text(f'dest = "{tmp_path / "dest"}"\n[offsite.cloud]\nkind = "s3"\n' + textwrap.dedent(body))
+    return load(path, env={})
+
+
+def test_an_s3_table_is_read_with_its_defaults_and_keeps_its_keys_secret(tmp_path):
+    cfg = _s3_config(tmp_path, 'bucket = "backups"\naccess_key_id = "env:K"\nsecret_access_key = "sk-literal-value"\n')
+    t = cfg.offsite["cloud"]
+    assert (t.prefix, t.endpoint_url, t.region, t.part_size_mb, t.max_concurrency) == ("coderz/", None, "us-east-1",
+                                                                                       64, 4)
+    assert "sk-literal-value" not in repr(t) and "sk-literal-value" not in str(t.model_dump())
+    target = create("cloud", t)
+    assert target.describe() == "s3://backups/coderz/ at AWS S3 (us-east-1)"
+    assert all(f.description for f in type(t).model_fields.values())
+
+
+def test_an_s3_prefix_is_a_folder_and_keys_come_in_pairs(tmp_path):
+    from coderz_backup.errors import ConfigError
+
+    cfg = _s3_config(tmp_path, 'bucket = "bkt"\nprefix = "hosts/a"\nendpoint_url = "http://127.0.0.1:9000/"\n')
+    assert cfg.offsite["cloud"].prefix == "hosts/a/" and cfg.offsite["cloud"].endpoint_url == "http://127.0.0.1:9000"
+    for bad, says in (('prefix = "/abs/"', "no leading slash"), ('prefix = "a/../b/"', "no leading slash"),
+                      ('access_key_id = "env:K"', "set both access_key_id and secret_access_key"),
+                      ('endpoint_url = "minio:9000"', "endpoint_url starts with https://"),
+                      ("part_size_mb = 1", "part_size_mb")):
+        with pytest.raises(ConfigError, match=says):
+            _s3_config(tmp_path, f'bucket = "bkt"\n{bad}\n')
