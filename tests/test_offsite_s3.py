@@ -177,6 +177,8 @@ def test_a_file_that_does_not_match_its_sha256_is_not_kept(seaweed, tmp_path, si
     target.put("2026-12-01_03-00-00/f", src, size=size, sha256=hashlib.sha256(src.read_bytes()).hexdigest())
     with target.open("2026-12-01_03-00-00/f") as fh:
         assert fh.read() == src.read_bytes()
+    with pytest.raises(OffsiteError, match="to upload it as 2026-12-01_03-00-00/g failed: No such file"):
+        target.put("2026-12-01_03-00-00/g", tmp_path / "missing", size=size, sha256=hashlib.sha256(b"").hexdigest())
 
 
 def test_names_pages_through_long_listings_and_missing_things_say_so(seaweed):

@@ -220,12 +220,16 @@ class S3Target:
         part = self.config.part_size_mb * MiB
         multipart = size >= part
         part = ChunksizeAdjuster().adjust_chunksize(part, size) if multipart else part
-        expected = _expected_checksum(source, size, sha256, part if multipart else None, self.name, rel)
         transfer = TransferConfig(multipart_threshold=self.config.part_size_mb * MiB, multipart_chunksize=part,
                                   max_concurrency=self.config.max_concurrency, use_threads=True)
-        with self._mapped(f"uploading {rel}"):
-            cl.upload_file(str(source), self.bucket, key, Config=transfer,
-                           ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha256}})
+        try:
+            expected = _expected_checksum(source, size, sha256, part if multipart else None, self.name, rel)
+            with self._mapped(f"uploading {rel}"):
+                cl.upload_file(str(source), self.bucket, key, Config=transfer,
+                               ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha256}})
+        except OSError as exc:   # the local file (botocore's own socket errors arrive as BotoCoreError)
+            raise OffsiteError(f"off-site {self.name}: reading {source} to upload it as {rel} failed: "
+                               f"{exc.strerror or exc}") from None
         try:
             with self._mapped(f"checking {rel} after the upload"):
                 head = cl.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
