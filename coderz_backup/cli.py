@@ -186,7 +186,7 @@ def cmd_config_check(args) -> int:
     except ConfigError as exc:
         print(f"✗ {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
-    problems = secret_problems(cfg)
+    problems = secret_problems(cfg, offsite=True)
     if problems:
         print(f"✗ {ConfigError(cfg.source, problems)}", file=sys.stderr)
         return EXIT_UNUSABLE

@@ -243,9 +243,10 @@ def _problems_from(exc: ValidationError, data: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def secret_problems(config: Config, services: Iterable[str] | None = None) -> list[str]:
+def secret_problems(config: Config, services: Iterable[str] | None = None, *, offsite: bool = False) -> list[str]:
     """Secret references that cannot be resolved right now: of the enabled services (or of
-    ``services``), and of the mail."""
+    ``services``), of the mail, and with ``offsite`` of the enabled off-site targets (a backup
+    does not wait for those: its local snapshot is made anyway, the copy fails ⚠️)."""
     problems = []
     wanted = set(services) if services is not None else None
     for name, svc in config.services.items():
@@ -260,6 +261,13 @@ def secret_problems(config: Config, services: Iterable[str] | None = None) -> li
         raw = config.email.password.get_secret_value()
         if raw.startswith("env:") and raw[4:] not in os.environ:
             problems.append(f"email.password: environment variable {raw[4:]} is not set")
+    for name, target in (config.offsite.items() if offsite else ()):
+        if not target.enabled:
+            continue
+        for key, value in target:
+            raw = value.get_secret_value() if isinstance(value, SecretStr) else None
+            if raw and raw.startswith("env:") and raw[4:] not in os.environ:
+                problems.append(f"offsite.{name}.{key}: environment variable {raw[4:]} is not set")
     return problems
 
 

@@ -14,7 +14,7 @@ from typing import Iterable
 from isal import isal_zlib
 
 
-__all__ = ["ARCHIVE_ERRORS", "ChunkReader", "SeenMembers", "check_member"]
+__all__ = ["ARCHIVE_ERRORS", "ChunkReader", "SeenMembers", "check_member", "copy_checked"]
 
 
 # Everything reading a damaged gzip/tar can raise. isal's and zlib's errors are not OSErrors:
@@ -100,3 +100,18 @@ class ChunkReader(io.RawIOBase):
         b[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         return n
+
+
+def copy_checked(chunks: Iterable[bytes], out) -> int:
+    """Copy the tar stream ``chunks`` into the file object ``out`` member by member, each one
+    passing :func:`check_member` first (tarfile.FilterError at the first unsafe one). Returns the
+    number of members. For accesses that extract elsewhere (a container, behind a prefix)."""
+    count = 0
+    with tarfile.open(fileobj=ChunkReader(chunks), mode="r|") as src, \
+            tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as dst:
+        links = SeenMembers()
+        for member in src:
+            check_member(member, "/restore-check", links)
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+            count += 1
+    return count

@@ -38,7 +38,7 @@ import uuid
 from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import AccessError, ProducerError
-from .archive import ChunkReader, SeenMembers, check_member
+from .archive import ChunkReader, copy_checked
 from .capabilities import (Archives, Commands, ContainerControl, DataDirOps, Files, Freezable, Lifecycle,
                            ManagedLifecycle, Precheck, ReplaceCheck, Shell)
 from .commands import CHUNK, _last_lines, read_all
@@ -517,14 +517,8 @@ class DockerAccess(ShellFileOps):
         def _pump() -> None:
             nonlocal count
             try:
-                with os.fdopen(w, "wb", buffering=CHUNK) as wf, \
-                        tarfile.open(fileobj=ChunkReader(chunks), mode="r|") as src, \
-                        tarfile.open(fileobj=wf, mode="w|", format=tarfile.PAX_FORMAT) as dst:
-                    links = SeenMembers()
-                    for member in src:
-                        check_member(member, "/restore-check", links)
-                        dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-                        count += 1
+                with os.fdopen(w, "wb", buffering=CHUNK) as wf:
+                    count = copy_checked(chunks, wf)
             except BaseException as exc:  # noqa: BLE001 - reported below
                 problem.append(exc)
 

@@ -20,7 +20,7 @@ import threading
 from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import AccessError, ProducerError
-from .archive import ChunkReader, SeenMembers, check_member
+from .archive import ChunkReader, copy_checked
 from .capabilities import Archives, Commands, DataDirOps, Files, Lifecycle, Shell
 from .commands import CHUNK, CommandStream, feed_command, lifecycle_command, read_all
 from .shellops import ShellFileOps
@@ -138,14 +138,8 @@ class PrefixAccess(ShellFileOps):
 
             def _pump() -> None:
                 try:
-                    with os.fdopen(w, "wb", buffering=CHUNK) as wf, \
-                            tarfile.open(fileobj=ChunkReader(chunks), mode="r|") as src, \
-                            tarfile.open(fileobj=wf, mode="w|", format=tarfile.PAX_FORMAT) as dst:
-                        links = SeenMembers()
-                        for member in src:
-                            check_member(member, "/restore-check", links)
-                            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-                            checked[0] += 1
+                    with os.fdopen(w, "wb", buffering=CHUNK) as wf:
+                        checked[0] = copy_checked(chunks, wf)
                 except BaseException as exc:  # noqa: BLE001
                     errs.append(exc)
 

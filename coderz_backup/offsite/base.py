@@ -15,6 +15,7 @@ Every failure is an :class:`~coderz_backup.errors.OffsiteError` whose message sa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from pathlib import Path
 from typing import BinaryIO, ClassVar, Protocol
 
@@ -22,7 +23,7 @@ from pydantic import Field
 
 from ..schema import _Model
 
-__all__ = ["Target", "TargetBase"]
+__all__ = ["Target", "TargetBase", "file_digest"]
 
 
 class TargetBase(_Model):
@@ -57,3 +58,10 @@ class Target(Protocol):
 
     def remove(self, rel: str) -> None:
         """Delete the folder ``rel`` and everything in it (missing is fine)."""
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """Size and sha256 of a local file, streamed."""
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        return fh.tell(), digest

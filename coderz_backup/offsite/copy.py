@@ -29,7 +29,7 @@ from ..errors import CoderzBackupError, OffsiteError, VerifyError
 from ..reader import SnapshotReader, safe_relpath
 from ..signing import SIGNATURE_FILE, Authenticity, authenticate
 from ..snapshot import IN_PROGRESS_PREFIX, MANIFEST, SNAPSHOT_NAME, SnapshotStore, fsync_dir, read_manifest_bytes
-from .base import Target
+from .base import Target, file_digest
 
 __all__ = ["PushResult", "complete_snapshots", "fetch", "push", "snapshot_files"]
 
@@ -56,16 +56,6 @@ def snapshot_files(manifest: dict) -> list[dict]:
         if entry.get("status") == "ok":
             out += entry.get("files") or [entry]
     return out
-
-
-def _sha256(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            h.update(chunk)
-            n += len(chunk)
-    return n, h.hexdigest()
 
 
 def _remote_bytes(target: Target, rel: str, limit: int = 8 << 20) -> bytes:
@@ -100,7 +90,7 @@ def push(folder: Path, target: Target) -> PushResult:
         result.files += 1
         result.bytes += rec["bytes"]
     if (folder / LOG).is_file():
-        size, digest = _sha256(folder / LOG)
+        size, digest = file_digest(folder / LOG)
         target.put(f"{name}/{LOG}", folder / LOG, size=size, sha256=digest)
         result.files += 1
         result.bytes += size

@@ -9,7 +9,6 @@ exist (a drive that is not mounted must not silently fill the host's own disk).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -19,7 +18,7 @@ from pydantic import Field
 
 from ..errors import OffsiteError
 from ..reader import safe_relpath
-from .base import TargetBase
+from .base import TargetBase, file_digest
 
 __all__ = ["DirTarget", "DirTargetConfig"]
 
@@ -65,7 +64,7 @@ class DirTarget:
                     shutil.copyfileobj(src, out, CHUNK)
                     out.flush()
                     os.fsync(out.fileno())
-            got_size, got_sha = _digest(partial)
+            got_size, got_sha = file_digest(partial)
             if (got_size, got_sha) != (size, sha256):
                 raise OffsiteError(f"off-site {self.name}: {rel} arrived as {got_size} bytes with another sha256 "
                                    f"than the {size} bytes sent (the target changed it); not kept")
@@ -111,12 +110,3 @@ class DirTarget:
         elif path.is_dir():
             shutil.rmtree(path)
 
-
-def _digest(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            h.update(chunk)
-            n += len(chunk)
-    return n, h.hexdigest()

@@ -119,3 +119,16 @@ def test_an_s3_prefix_is_a_folder_and_keys_come_in_pairs(tmp_path):
                       ("part_size_mb = 1", "part_size_mb")):
         with pytest.raises(ConfigError, match=says):
             _s3_config(tmp_path, f'bucket = "bkt"\n{bad}\n')
+
+
+def test_config_check_names_an_unset_offsite_secret_but_a_backup_does_not_wait_for_it(tmp_path, monkeypatch):
+    from coderz_backup.config import load, secret_problems
+
+    monkeypatch.delenv("T_NO_SUCH_KEY", raising=False)
+    path = tmp_path / "c.toml"
+    path.write_text('[offsite.cloud]\nkind = "s3"\nbucket = "coderz"\naccess_key_id = "env:T_NO_SUCH_KEY"\n'
+                    'secret_access_key = "env:T_NO_SUCH_KEY"\n')
+    cfg = load(path, env={})
+    assert "offsite.cloud.access_key_id: environment variable T_NO_SUCH_KEY is not set" in \
+        secret_problems(cfg, offsite=True)
+    assert not any(p.startswith("offsite.") for p in secret_problems(cfg))
