@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="machine-readable output")
     v.add_argument("--allow-unsigned", action="store_true",
                    help="accept a snapshot without a signature (made before signed manifests), with a warning")
+    v.add_argument("--from", dest="source", metavar="TARGET",
+                   help="check the copy on this off-site target instead (fetched into a temporary folder; "
+                        "its signature must check, unsigned copies are never accepted)")
 
     r = sub.add_parser("restore", help="restore a snapshot (asks to confirm first)",
                        description="Run flow `coderz-restore`: check the snapshot's signature (this host's key "
@@ -373,15 +376,50 @@ def cmd_verify(args) -> int:
     from .verify import authenticate_snapshot, verify_snapshot
 
     cfg = load(args.config, dest=args.dest)
+    if args.source:   # an off-site copy: fetched into a private folder, checked there, removed after
+        return _verify_offsite(cfg, args)
     snap = SnapshotStore(cfg.dest).get(args.snapshot)
     auth = authenticate_snapshot(snap, cfg, allow_unsigned=args.allow_unsigned)  # refused → exit 2
-    checks = verify_snapshot(snap, cfg, authenticity=auth)
+    return _print_checks(args, snap, auth, verify_snapshot(snap, cfg, authenticity=auth))
+
+
+def _verify_offsite(cfg, args) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from . import offsite
+    from .errors import VerifyError
+    from .snapshot import SnapshotStore
+    from .verify import authenticate_snapshot, own_public_key, verify_snapshot
+
+    if args.source not in cfg.offsite:
+        raise ConfigError("--from", [f"unknown off-site target {args.source!r}; configured: "
+                                     f"{', '.join(cfg.offsite) or 'none'}"])
+    if args.snapshot == "latest":
+        names = offsite.complete_snapshots(offsite.create(args.source, cfg.offsite[args.source]))
+        if not names:
+            raise ConfigError("--from", [f"off-site {args.source} holds no complete snapshot"])
+        args.snapshot = names[0]
+    target = offsite.create(args.source, cfg.offsite[args.source])
+    with tempfile.TemporaryDirectory(prefix="coderz-verify-") as tmp:
+        try:
+            offsite.fetch(target, args.snapshot, Path(tmp), own_key=own_public_key(cfg), trusted=cfg.trusted_keys)
+        except VerifyError as exc:   # signature or a file's sha256 refused
+            print(f"✗ {exc}", file=sys.stderr)
+            return EXIT_PARTIAL
+        snap = SnapshotStore(Path(tmp)).get(args.snapshot)
+        auth = authenticate_snapshot(snap, cfg)
+        return _print_checks(args, snap, auth, verify_snapshot(snap, cfg, authenticity=auth),
+                             where=f"off-site {args.source} ({target.describe()})")
+
+
+def _print_checks(args, snap, auth, checks, where: str | None = None) -> int:
     if args.json:
         print(json.dumps({"snapshot": snap.name, "ok": all(c.ok for c in checks),
                           "signed": auth.signed, "signing_key": auth.key,
                           "artifacts": [c.as_dict() for c in checks]}, indent=2))
     else:
-        print(f"Snapshot {snap.name} ({snap.status}), {snap.path}")
+        print(f"Snapshot {snap.name} ({snap.status}), {where or snap.path}")
         print(f"{'✓' if auth.signed else '⚠'} manifest.json — {auth.describe()}")
         for c in checks:
             print(f"{'✓' if c.ok else '✗'} {c.path} — {c.detail}")

@@ -118,3 +118,22 @@ def test_no_offsite_skips_the_targets_for_one_run(stack, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert list(drive.iterdir()) == [] and "Off-site" not in res.stdout
     assert not (stack.snapshots()[-1] / "post-snapshot.json").exists()
+
+
+def test_verify_from_checks_the_offsite_copy_and_fails_on_a_damaged_one(stack, tmp_path):
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    _with_target(stack, drive)
+    res, snap = _backup(stack)
+    assert res.returncode == 0, res.stdout + res.stderr
+    ok = run_cli(["verify", "--from", "usb", "--config", str(stack.config)], stack.env)   # latest on the target
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"Snapshot {snap.name}" in ok.stdout and "off-site usb" in ok.stdout and "0 failed" in ok.stdout
+    entry = next(e for e in json.loads((snap / MANIFEST).read_text())["artifacts"] if e["path"].endswith(".rdb"))
+    victim = drive / snap.name / entry["path"]
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    bad = run_cli(["verify", snap.name, "--from", "usb", "--config", str(stack.config)], stack.env)
+    assert bad.returncode == 1 and "sha256 differs from the manifest" in bad.stderr
+    assert (snap / entry["path"]).read_bytes() != bytes(raw)    # the local snapshot is not touched
