@@ -9,7 +9,7 @@ listed (:func:`complete_snapshots`), fetched, or counted — and the next push s
 
 :func:`fetch` brings a remote snapshot into a local store: the manifest and its signature
 first, which must check (this host's key or a trusted one), then every file the manifest
-lists, each compared with its signed size and sha256 through the reader, and only then the
+lists, each compared with its signed size and sha256 as it is downloaded, and only then the
 folder gets its snapshot name — a fetch cut short or refused leaves nothing that looks like a
 snapshot.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CoderzBackupError, OffsiteError, VerifyError
-from ..reader import SnapshotReader, safe_relpath
+from ..reader import safe_relpath
 from ..signing import SIGNATURE_FILE, Authenticity, authenticate
 from ..snapshot import IN_PROGRESS_PREFIX, MANIFEST, SNAPSHOT_NAME, SnapshotStore, fsync_dir, read_manifest_bytes
 from .base import Target, file_digest
@@ -138,14 +138,10 @@ def fetch(target: Target, name: str, dest: Path, *, own_key: str | None, trusted
             auth = authenticate(_named(work, name), manifest_raw,
                                 own_key=own_key, trusted=trusted)
             manifest = json.loads(manifest_raw)
-            for rec in snapshot_files(manifest):
-                _download(target, f"{name}/{safe_relpath(rec['path'])}", work / safe_relpath(rec["path"]))
+            for rec in snapshot_files(manifest):   # each checked against its signed size and sha256 as it lands
+                _download(target, f"{name}/{safe_relpath(rec['path'])}", work / safe_relpath(rec["path"]), rec)
             if target.exists(f"{name}/{LOG}"):
                 _download(target, f"{name}/{LOG}", work / LOG)
-            reader = SnapshotReader(work, manifest)
-            for entry in manifest.get("artifacts", []):
-                if entry.get("status") == "ok":
-                    reader.check(entry)   # size and sha256 of every file against the signed manifest
             fsync_dir(work)
             os.rename(work, final)
             fsync_dir(store.dest)
@@ -170,11 +166,23 @@ class _named:
         return self._folder / other
 
 
-def _download(target: Target, rel: str, dest: Path) -> None:
+def _download(target: Target, rel: str, dest: Path, record: dict | None = None) -> None:
+    """Copy ``rel`` into the new file ``dest``, hashing on the way; with ``record`` (its manifest
+    entry) a size or sha256 other than the signed one is a VerifyError (one read, not two)."""
     dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    sha = hashlib.sha256()
+    size = 0
     with os.fdopen(fd, "wb") as out, target.open(rel) as src:
-        shutil.copyfileobj(src, out, CHUNK)
+        for chunk in iter(lambda: src.read(CHUNK), b""):
+            sha.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
         out.flush()
         os.fsync(out.fileno())
+    if record is not None:
+        if size != record.get("bytes"):
+            raise VerifyError(f"{record['path']}: {size} bytes fetched, the manifest says {record.get('bytes')}")
+        if sha.hexdigest() != record.get("sha256"):
+            raise VerifyError(f"{record['path']}: sha256 differs from the manifest (the file was changed or damaged)")
 
