@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--from", dest="source", metavar="TARGET",
                    help="check the copy on this off-site target instead (fetched into a temporary folder; "
                         "its signature must check, unsigned copies are never accepted)")
+    v.add_argument("--identity", metavar="FILE", help="age identity for an encrypted copy (a file, env:NAME "
+                   "or prefect-secret:NAME; default: the target's identity key)")
 
     r = sub.add_parser("restore", help="restore a snapshot (asks to confirm first)",
                        description="Run flow `coderz-restore`: check the snapshot's signature (this host's key "
@@ -100,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("snapshot", nargs="?", default="latest", metavar="SNAPSHOT",
                    help="snapshot name YYYY-MM-DD_HH-MM-SS or latest (default)")
     r.add_argument("--list", action="store_true", help="list the snapshots to choose from, and exit")
+    r.add_argument("--from", dest="source", metavar="TARGET",
+                   help="restore a copy from this off-site target (disaster recovery): fetched into the "
+                        "destination first — signature, every file's sha256, decrypted with --identity — then "
+                        "the usual verified, approved restore")
+    r.add_argument("--identity", metavar="FILE", help="age identity for an encrypted off-site copy (a file, "
+                   "env:NAME or prefect-secret:NAME; default: the target's identity key)")
     _common(r)
     r.add_argument("--dest", metavar="D", help="snapshot destination")
     r.add_argument("--only", metavar="NAME", action="append", help="restore only this service; repeatable (or a,b)")
@@ -389,25 +397,18 @@ def _verify_offsite(cfg, args) -> int:
 
     from . import offsite
     from .errors import VerifyError
+    from .offsite_cli import fetch_from, target_config
     from .snapshot import SnapshotStore
-    from .verify import authenticate_snapshot, own_public_key, verify_snapshot
+    from .verify import authenticate_snapshot, verify_snapshot
 
-    if args.source not in cfg.offsite:
-        raise ConfigError("--from", [f"unknown off-site target {args.source!r}; configured: "
-                                     f"{', '.join(cfg.offsite) or 'none'}"])
-    if args.snapshot == "latest":
-        names = offsite.complete_snapshots(offsite.create(args.source, cfg.offsite[args.source]))
-        if not names:
-            raise ConfigError("--from", [f"off-site {args.source} holds no complete snapshot"])
-        args.snapshot = names[0]
-    target = offsite.create(args.source, cfg.offsite[args.source])
+    target = offsite.create(args.source, target_config(cfg, args.source))
     with tempfile.TemporaryDirectory(prefix="coderz-verify-") as tmp:
         try:
-            offsite.fetch(target, args.snapshot, Path(tmp), own_key=own_public_key(cfg), trusted=cfg.trusted_keys)
+            folder, _ = fetch_from(cfg, args.source, args.snapshot, Path(tmp), identity=args.identity)
         except VerifyError as exc:   # signature or a file's sha256 refused
             print(f"✗ {exc}", file=sys.stderr)
             return EXIT_PARTIAL
-        snap = SnapshotStore(Path(tmp)).get(args.snapshot)
+        snap = SnapshotStore(Path(tmp)).get(folder.name)
         auth = authenticate_snapshot(snap, cfg)
         return _print_checks(args, snap, auth, verify_snapshot(snap, cfg, authenticity=auth),
                              where=f"off-site {args.source} ({target.describe()})")
@@ -436,6 +437,8 @@ def cmd_restore(args) -> int:
     from .snapshot import SnapshotStore
 
     cfg = load(args.config, dest=args.dest)
+    if args.source:
+        args.snapshot = _fetch_for_restore(cfg, args)   # refused copy: exit 2, nothing kept, nothing changed
     snap = SnapshotStore(cfg.dest).get(args.snapshot)  # bad names refused before anything else
     from .flows.restore import select_entries
     from .verify import authenticate_snapshot
@@ -450,6 +453,40 @@ def cmd_restore(args) -> int:
         return EXIT_NOT_APPROVED
     with _prefect_session(args.verbose):   # OrchestratorError: exit 2, nothing changed
         return _restore_flow(args, snap)
+
+
+def _fetch_for_restore(cfg, args) -> str:
+    """``restore --from``: bring the off-site copy into the destination (or find it already there,
+    the very same signed snapshot) and return its name; the restore then runs on it as usual."""
+    from . import offsite
+    from .errors import VerifyError
+    from .offsite_cli import fetch_from, target_config
+    from .signing import SIGNATURE_FILE
+    from .snapshot import SnapshotStore
+
+    target = offsite.create(args.source, target_config(cfg, args.source))
+    name = args.snapshot
+    if name == "latest":
+        names = offsite.complete_snapshots(target)
+        if not names:
+            raise ConfigError("--from", [f"off-site {args.source} holds no complete snapshot"])
+        name = names[0]
+    local = SnapshotStore(cfg.dest).dest / name
+    if local.exists():
+        with target.open(f"{name}/{SIGNATURE_FILE}") as fh:
+            same = (local / SIGNATURE_FILE).is_file() and fh.read(64 * 1024 + 1) == (local / SIGNATURE_FILE).read_bytes()
+        if not same:
+            raise ConfigError("--from", [f"{local} exists and is not the copy on {args.source}; move it away or "
+                                         "restore it without --from"])
+        print(f"{name} from {args.source} is already in {cfg.dest} (the same signed snapshot); restoring that copy")
+        return name
+    try:
+        folder, auth = fetch_from(cfg, args.source, name, cfg.dest, identity=args.identity)
+    except VerifyError as exc:
+        raise VerifyError(f"{exc}; nothing was changed") from None
+    print(f"✓ {name} fetched from {args.source} into {folder}: {auth.describe(short=True)}; every file matches "
+          "its signed sha256")
+    return name
 
 
 def _restore_flow(args, snap) -> int:

@@ -265,6 +265,8 @@ def secret_problems(config: Config, services: Iterable[str] | None = None, *, of
         if not target.enabled:
             continue
         for key, value in target:
+            if key == "identity":   # only for reading copies back (fetch, restore --from), never by a backup
+                continue
             raw = value.get_secret_value() if isinstance(value, SecretStr) else None
             if raw and raw.startswith("env:") and raw[4:] not in os.environ:
                 problems.append(f"offsite.{name}.{key}: environment variable {raw[4:]} is not set")

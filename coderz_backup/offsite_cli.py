@@ -16,7 +16,7 @@ from .config import load
 from .errors import ConfigError, CoderzBackupError, VerifyError
 from .snapshot import SnapshotStore
 
-__all__ = ["register_cli", "run_cli"]
+__all__ = ["add_identity_arg", "fetch_from", "register_cli", "run_cli", "target_config"]
 
 
 def register_cli(sub) -> None:
@@ -48,6 +48,13 @@ def register_cli(sub) -> None:
     f.add_argument("--from", dest="source", metavar="TARGET", required=True, help="the off-site target")
     f.add_argument("--config", metavar="F", help="TOML config file (env CODERZ_BACKUP_CONFIG)")
     f.add_argument("--dest", metavar="D", help="where to put it (default: the snapshot destination)")
+    add_identity_arg(f)
+
+
+def add_identity_arg(parser) -> None:
+    parser.add_argument("--identity", metavar="FILE", help="age identity for an encrypted copy: a file of "
+                        "AGE-SECRET-KEY-1… lines, env:NAME or prefect-secret:NAME (default: the target's "
+                        "identity key)")
 
 
 def _targets(cfg, names: list[str] | None, *, enabled_only: bool):
@@ -92,7 +99,7 @@ def _push(cfg, args) -> int:
     for name, tcfg in _targets(cfg, args.target, enabled_only=True).items():
         target = offsite.create(name, tcfg)
         try:
-            res = offsite.push(snap.path, target)
+            res = offsite.push(snap.path, target, tcfg.recipients())
         except CoderzBackupError as exc:
             failed += 1
             print(f"✗ {name}: {exc}", file=sys.stderr)
@@ -108,19 +115,36 @@ def _push(cfg, args) -> int:
 def _fetch(cfg, args) -> int:
     from pathlib import Path
 
-    from .verify import own_public_key
-
-    if args.source not in cfg.offsite:
-        raise ConfigError("--from", [f"unknown off-site target {args.source!r}; configured: "
-                                     f"{', '.join(cfg.offsite) or 'none'}"])
-    target = offsite.create(args.source, cfg.offsite[args.source])
     dest = Path(args.dest) if args.dest else cfg.dest
     try:
-        final, auth = offsite.fetch(target, args.snapshot, dest, own_key=own_public_key(cfg),
-                                    trusted=cfg.trusted_keys)
+        final, auth = fetch_from(cfg, args.source, args.snapshot, dest, identity=args.identity)
     except VerifyError as exc:   # the copy is there but does not check: refused, nothing kept
         print(f"✗ {exc}", file=sys.stderr)
         return 1
     print(f"✓ {args.snapshot} fetched from {args.source} into {final}: {auth.describe(short=True)}; "
           "every file matches its signed sha256")
     return 0
+
+
+def fetch_from(cfg, source: str, snapshot: str, dest, *, identity: str | None = None):
+    """``fetch`` of ``snapshot`` ("latest" = the target's newest complete one) from target ``source``
+    into the store ``dest``: (folder, Authenticity). ConfigError for an unknown target; VerifyError
+    when the copy does not check (nothing kept)."""
+    from .verify import own_public_key
+
+    target_cfg = target_config(cfg, source)
+    target = offsite.create(source, target_cfg)
+    if snapshot == "latest":
+        names = offsite.complete_snapshots(target)
+        if not names:
+            raise ConfigError("--from", [f"off-site {source} holds no complete snapshot"])
+        snapshot = names[0]
+    return offsite.fetch(target, snapshot, dest, own_key=own_public_key(cfg), trusted=cfg.trusted_keys,
+                         identities=offsite.identities(source, target_cfg, identity))
+
+
+def target_config(cfg, name: str):
+    if name not in cfg.offsite:
+        raise ConfigError("--from", [f"unknown off-site target {name!r}; configured: "
+                                     f"{', '.join(cfg.offsite) or 'none'}"])
+    return cfg.offsite[name]

@@ -31,6 +31,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   spec="."; [ -n "$extras" ] && spec=".[$extras]"
   .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e "$spec" 2>&1 \
     | grep -v -e '^WARNING: Location' || true
-  .venv/bin/python -c 'import coderz_backup, prefect, isal, psycopg, boto3'
+  .venv/bin/python -c 'import coderz_backup, prefect, isal, psycopg, boto3, pyrage'
   echo "$want" > "$stamp"
 fi

@@ -137,3 +137,30 @@ def test_verify_from_checks_the_offsite_copy_and_fails_on_a_damaged_one(stack, t
     bad = run_cli(["verify", snap.name, "--from", "usb", "--config", str(stack.config)], stack.env)
     assert bad.returncode == 1 and "sha256 differs from the manifest" in bad.stderr
     assert (snap / entry["path"]).read_bytes() != bytes(raw)    # the local snapshot is not touched
+
+
+def test_an_encrypted_copy_is_checked_with_the_identity_from_the_config_or_the_command_line(stack, tmp_path):
+    from pyrage import x25519
+
+    ident = x25519.Identity.generate()
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    stack.config.write_text(stack.config.read_text() + f'\n[offsite.usb]\nkind = "dir"\npath = "{drive}"\n'
+                            f'encrypt_to = ["{ident.to_public()}"]\n')
+    res, snap = _backup(stack)
+    assert res.returncode == 0, res.stdout + res.stderr
+    env = dict(stack.env, T_AGE_IDENTITY=str(ident))
+    refused = run_cli(["verify", "--from", "usb", "--config", str(stack.config)], env)
+    assert refused.returncode == 2 and "is encrypted (age)" in refused.stderr, refused.stdout + refused.stderr
+    ok = run_cli(["verify", "--from", "usb", "--identity", "env:T_AGE_IDENTITY", "--config", str(stack.config)], env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"verified, 0 failed" in ok.stdout and f"off-site usb" in ok.stdout
+    stack.config.write_text(stack.config.read_text() + 'identity = "env:T_AGE_IDENTITY"\n')
+    fetched = run_cli(["fetch", snap.name, "--from", "usb", "--dest", str(tmp_path / "new"),
+                       "--config", str(stack.config)], env)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    assert (tmp_path / "new" / snap.name / MANIFEST).read_bytes() == (snap / MANIFEST).read_bytes()
+    # config check does not ask the backup host for the identity it should not hold
+    check = run_cli(["config", "check", "--config", str(stack.config)], stack.env)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert str(ident) not in ok.stdout + ok.stderr + fetched.stdout + fetched.stderr

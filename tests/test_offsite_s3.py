@@ -242,3 +242,65 @@ def test_an_endpoint_that_never_answers_times_out_with_a_clear_message(seaweed, 
         with pytest.raises(OffsiteError, match=r"did not answer in time \(1 s to connect, 1 s per read"):
             target.names()
         assert time.monotonic() - started < 30
+
+
+def test_an_encrypted_copy_restores_the_whole_stack_on_a_new_host_with_only_config_key_and_identity(
+        stack, seaweed, tmp_path, redis_server):
+    """Disaster recovery as the README's runbook has it: the old host is gone; a new host has the
+    config, the old host's public key in trusted_keys and the age identity — nothing else."""
+    from pyrage import x25519
+
+    from coderz_backup.offsite.crypt import AGE_MAGIC
+
+    ident = x25519.Identity.generate()
+    identity_file = tmp_path / "age-identity.txt"
+    identity_file.write_text(f"{ident}\n")
+    stack.config.write_text(stack.config.read_text().replace(
+        f'data_dir = "{redis_server.data}"\n',
+        f'data_dir = "{redis_server.data}"\nstart_command = {json.dumps(redis_server.start_command)}\n'))
+    bucket = seaweed.make_bucket()
+    _with_s3(stack, seaweed, bucket, extra=f'encrypt_to = ["{ident.to_public()}"]\n')
+    res, snap = _backup(stack)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # nothing readable left the host: every object but the signature is age ciphertext
+    cl = seaweed.client()
+    objects = _objects(seaweed, bucket, f"{PREFIX}{snap.name}/")
+    assert sorted(objects) == sorted(_files(snap) + ["backup.log", MANIFEST, SIGNATURE_FILE])
+    for rel in objects:
+        body = cl.get_object(Bucket=bucket, Key=f"{PREFIX}{snap.name}/{rel}")["Body"].read()
+        if rel == SIGNATURE_FILE:
+            assert body == (snap / rel).read_bytes()
+        else:
+            assert body.startswith(AGE_MAGIC) and b"postgres-prefect" not in body, rel
+    old_key = run_cli(["key", "show", "--config", str(stack.config)], stack.env).stdout.strip().splitlines()[-1]
+    assert old_key.startswith("ed25519:")
+
+    # the old host is lost: its data changes after the backup, its snapshots and its signing key are gone
+    a, b = stack.dbs
+    with a.connect() as c:
+        c.execute("DELETE FROM flow_run WHERE id > 10")
+    with b.connect() as c:
+        c.execute("DROP TABLE users")
+    redis_server.client().set("k", "changed")
+    new_dest = tmp_path / "new-host" / "snapshots"
+    new_env = dict(stack.env, CODERZ_BACKUP_SIGNING_KEY=str(tmp_path / "new-host" / "keys" / "signing.key"))
+    new_config = tmp_path / "new-host.toml"
+    new_config.write_text(stack.config.read_text().replace(f'dest = "{stack.dest}"', f'dest = "{new_dest}"')
+                          .replace("retries = 1", f'retries = 1\ntrusted_keys = ["{old_key}"]'))
+    # without the identity: refused before anything changes
+    no_id = run_cli(["restore", "--from", "cloud", "--yes", "--config", str(new_config)], new_env)
+    assert no_id.returncode == 2 and "is encrypted (age): give the identity" in no_id.stderr, no_id.stderr
+    res = run_cli(["restore", "--from", "cloud", "--identity", str(identity_file), "--yes",
+                   "--config", str(new_config)], new_env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"✓ {snap.name} fetched from cloud" in res.stdout
+    assert f"signature ok (trusted key {old_key[:20]}" in res.stdout
+    with a.connect() as c:
+        assert c.execute("SELECT count(*) FROM flow_run").fetchone()[0] == 3000
+    with b.connect() as c:
+        assert c.execute("SELECT count(*) FROM users").fetchone()[0] == 3000
+    assert redis_server.client().get("k") in ("v", b"v")
+    # the fetched snapshot is a plain local snapshot now, byte for byte the old host's
+    for rel in _files(snap) + [MANIFEST, SIGNATURE_FILE]:
+        assert (new_dest / snap.name / rel).read_bytes() == (snap / rel).read_bytes(), rel
+    assert str(ident) not in res.stdout + res.stderr

@@ -27,7 +27,7 @@ from .dir import DirTarget
 from .s3 import S3Target
 
 __all__ = ["KINDS", "OffsiteStage", "PushResult", "Target", "TargetConfig", "complete_snapshots", "create",
-           "fetch", "push"]
+           "fetch", "identities", "push"]
 
 #: every off-site target kind this version supports
 KINDS: tuple[type, ...] = (DirTarget, S3Target)
@@ -58,12 +58,13 @@ class OffsiteStage:
     def run(self, snapshot: Path, manifest: dict) -> StageResult:
         """Raises (OffsiteError) when a copy fails: the flow retries the task, then records it failed."""
         target = create(self.target_name, self.config)
-        pushed = [push(snapshot, target)]
+        recipients = self.config.recipients()
+        pushed = [push(snapshot, target, recipients)]
         remote = set(complete_snapshots(target))
         for snap in self.store.list():   # newest first: what an earlier failed run did not send
             if snap.name != snapshot.name and snap.name not in remote and snap.manifest \
                     and snap.manifest.get("status") in ("ok", "partial"):
-                pushed.append(push(snap.path, target))
+                pushed.append(push(snap.path, target, recipients))
         sent = [p for p in pushed if not p.already_there]
         detail = (f"{pushed[0].files} files, {pushed[0].bytes} bytes to {target.describe()}"
                   if not pushed[0].already_there else f"already on {target.describe()}")
@@ -72,7 +73,19 @@ class OffsiteStage:
         return StageResult(self.name, "ok", detail, details={
             "target": self.target_name, "kind": self.config.kind, "where": target.describe(),
             "snapshots": [p.snapshot for p in sent], "bytes": sum(p.bytes for p in sent),
-            "files": sum(p.files for p in sent)})
+            "files": sum(p.files for p in sent), "encrypted": bool(recipients)})
+
+
+def identities(name: str, config, given: str | None = None) -> list:
+    """The age identities that read target ``name``'s encrypted copies: ``given`` (``--identity``),
+    else the target's ``identity`` key; [] when neither is set (plaintext copies need none)."""
+    from .crypt import load_identities
+
+    if given:
+        return load_identities(given, what="--identity")
+    if config.identity is not None:
+        return load_identities(config.identity.get_secret_value(), what=f"offsite.{name}.identity")
+    return []
 
 
 def stages_for(cfg, store: SnapshotStore) -> list[OffsiteStage]:

@@ -19,7 +19,7 @@ import hashlib
 from pathlib import Path
 from typing import BinaryIO, ClassVar, Protocol
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 
 from ..schema import _Model
 
@@ -32,6 +32,26 @@ class TargetBase(_Model):
     kind: str
     enabled: bool = Field(True, description="copy each finished snapshot to this target")
     timeout_s: float = Field(3600.0, gt=0, description="give up on one copy attempt after this long")
+    encrypt_to: list[str] = Field(default_factory=list, description="age recipients (age1… or ssh-ed25519 "
+                                  "public keys): every file is encrypted to them before it leaves the host")
+    identity: SecretStr | None = Field(None, description="the age identity that reads encrypted copies back "
+                                       "(fetch, verify --from, restore --from): a file of AGE-SECRET-KEY-1… "
+                                       "lines, env:NAME or prefect-secret:NAME; --identity overrides it")
+
+    @field_validator("encrypt_to")
+    @classmethod
+    def _recipients(cls, v: list[str]) -> list[str]:
+        from .crypt import parse_recipient
+
+        for r in v:
+            parse_recipient(r)
+        return [r.strip() for r in v]
+
+    def recipients(self) -> list:
+        """The parsed ``encrypt_to`` recipients ([] = copies are not encrypted)."""
+        from .crypt import parse_recipient
+
+        return [parse_recipient(r) for r in self.encrypt_to]
 
 
 class Target(Protocol):

@@ -12,12 +12,18 @@ first, which must check (this host's key or a trusted one), then every file the 
 lists, each compared with its signed size and sha256 as it is downloaded, and only then the
 folder gets its snapshot name — a fetch cut short or refused leaves nothing that looks like a
 snapshot.
+
+With a target's ``encrypt_to`` every file but the signature is encrypted with age before it
+leaves (:mod:`.crypt`); the signed manifest keeps the plaintext sizes and hashes, so ``fetch``
+decrypts each file as it downloads it and checks the plaintext against them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,11 +36,16 @@ from ..reader import safe_relpath
 from ..signing import SIGNATURE_FILE, Authenticity, authenticate
 from ..snapshot import IN_PROGRESS_PREFIX, MANIFEST, SNAPSHOT_NAME, SnapshotStore, fsync_dir, read_manifest_bytes
 from .base import Target, file_digest
+from .crypt import Staging, decrypt_bytes, decrypt_into, is_encrypted
 
 __all__ = ["PushResult", "complete_snapshots", "fetch", "push", "snapshot_files"]
 
+log = logging.getLogger(__name__)
+
 LOG = "backup.log"
 CHUNK = 1 << 20
+MANIFEST_LIMIT = 8 << 20     # a manifest is a few KB; a bigger one is not read
+LOG_LIMIT = 256 << 20        # backup.log is not in the manifest: bounded so a hostile target cannot fill the disk
 
 
 @dataclass
@@ -58,7 +69,7 @@ def snapshot_files(manifest: dict) -> list[dict]:
     return out
 
 
-def _remote_bytes(target: Target, rel: str, limit: int = 8 << 20) -> bytes:
+def _remote_bytes(target: Target, rel: str, limit: int = MANIFEST_LIMIT + (1 << 20)) -> bytes:
     with target.open(rel) as fh:
         data = fh.read(limit + 1)
     if len(data) > limit:
@@ -66,42 +77,52 @@ def _remote_bytes(target: Target, rel: str, limit: int = 8 << 20) -> bytes:
     return data
 
 
-def push(folder: Path, target: Target) -> PushResult:
-    """Copy the finished local snapshot ``folder`` to ``target`` (see the module docstring)."""
+def push(folder: Path, target: Target, recipients: list | None = None) -> PushResult:
+    """Copy the finished local snapshot ``folder`` to ``target`` (see the module docstring);
+    with ``recipients`` every file but the signature is encrypted to them first (:mod:`.crypt`)."""
     started = time.monotonic()
     name = folder.name
     manifest_raw = read_manifest_bytes(folder)
     if manifest_raw is None or not (folder / SIGNATURE_FILE).is_file():
         raise OffsiteError(f"snapshot {name} has no signed manifest; only finished, signed snapshots are copied")
+    signature = (folder / SIGNATURE_FILE).read_bytes()
     manifest = json.loads(manifest_raw)
-    result = PushResult(name)
+    result = PushResult(name, details={"encrypted": bool(recipients)})
     if target.exists(f"{name}/{SIGNATURE_FILE}") and target.exists(f"{name}/{MANIFEST}"):
-        if _remote_bytes(target, f"{name}/{MANIFEST}") == manifest_raw:
+        # the signature binds the manifest: the same signature bytes are the same snapshot (also
+        # when the remote manifest is encrypted and this host cannot read it)
+        if _remote_bytes(target, f"{name}/{SIGNATURE_FILE}", 64 * 1024) != signature:
+            raise OffsiteError(f"off-site {target.name}: holds another snapshot named {name} (its signed manifest "
+                               "differs from this one); not overwritten — move it away on the target")
+        remote_manifest = _remote_bytes(target, f"{name}/{MANIFEST}")
+        if remote_manifest == manifest_raw or is_encrypted(remote_manifest):
             result.already_there = True
             result.duration_s = time.monotonic() - started
             return result
-        raise OffsiteError(f"off-site {target.name}: holds another snapshot named {name} (its manifest differs "
-                           "from this one); not overwritten — move it away on the target")
+        # this snapshot's signature over a manifest that is not the signed one: a damaged copy
+        log.warning("off-site %s: the copy of %s there has a damaged manifest; sending it again", target.name, name)
+        result.details["replaced_damaged"] = True
     if target.names(name):
         target.remove(name)   # an earlier push cut short: start it over
-    for rec in snapshot_files(manifest):
-        rel = safe_relpath(rec["path"])
-        target.put(f"{name}/{rel}", folder / rel, size=rec["bytes"], sha256=rec["sha256"])
-        result.files += 1
-        result.bytes += rec["bytes"]
+    files = [(safe_relpath(rec["path"]), rec["bytes"], rec["sha256"]) for rec in snapshot_files(manifest)]
     if (folder / LOG).is_file():
-        size, digest = file_digest(folder / LOG)
-        target.put(f"{name}/{LOG}", folder / LOG, size=size, sha256=digest)
-        result.files += 1
-        result.bytes += size
-    with tempfile.TemporaryDirectory(prefix="coderz-push-") as tmp:
+        files.append((LOG, *file_digest(folder / LOG)))
+    with tempfile.TemporaryDirectory(prefix=".coderz-push-", dir=folder.parent) as tmp, \
+            (Staging(folder.parent, target.name, recipients) if recipients else contextlib.nullcontext()) as staging:
         # the exact bytes that were signed, from one read (not the folder again)
-        for fname, data in ((MANIFEST, manifest_raw), (SIGNATURE_FILE, (folder / SIGNATURE_FILE).read_bytes())):
-            local = Path(tmp) / fname
-            local.write_bytes(data)
-            target.put(f"{name}/{fname}", local, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        (Path(tmp) / MANIFEST).write_bytes(manifest_raw)
+        (Path(tmp) / SIGNATURE_FILE).write_bytes(signature)
+        sources = [(rel, folder / rel, size, digest) for rel, size, digest in files]
+        sources += [(MANIFEST, Path(tmp) / MANIFEST, len(manifest_raw), hashlib.sha256(manifest_raw).hexdigest()),
+                    (SIGNATURE_FILE, Path(tmp) / SIGNATURE_FILE, len(signature), hashlib.sha256(signature).hexdigest())]
+        for rel, local, size, digest in sources:   # the manifest, then its signature, last
+            if staging is not None and rel != SIGNATURE_FILE:
+                with staging.encrypt(local) as (staged, csize, csha):
+                    target.put(f"{name}/{rel}", staged, size=csize, sha256=csha)
+            else:
+                target.put(f"{name}/{rel}", local, size=size, sha256=digest)
             result.files += 1
-            result.bytes += len(data)
+            result.bytes += size
     result.duration_s = time.monotonic() - started
     return result
 
@@ -112,8 +133,10 @@ def complete_snapshots(target: Target) -> list[str]:
                    and target.exists(f"{n}/{MANIFEST}") and target.exists(f"{n}/{SIGNATURE_FILE}")), reverse=True)
 
 
-def fetch(target: Target, name: str, dest: Path, *, own_key: str | None, trusted: list[str]) -> tuple[Path, Authenticity]:
-    """Bring the remote snapshot ``name`` into the local store ``dest`` (see the module docstring)."""
+def fetch(target: Target, name: str, dest: Path, *, own_key: str | None, trusted: list[str],
+          identities: list | None = None) -> tuple[Path, Authenticity]:
+    """Bring the remote snapshot ``name`` into the local store ``dest`` (see the module docstring);
+    encrypted files are decrypted with ``identities`` as they are downloaded."""
     if not SNAPSHOT_NAME.match(name):
         raise OffsiteError(f"{name!r} is not a snapshot name (YYYY-MM-DD_HH-MM-SS)")
     if name not in complete_snapshots(target):
@@ -129,9 +152,12 @@ def fetch(target: Target, name: str, dest: Path, *, own_key: str | None, trusted
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(mode=0o700)
         try:
-            manifest_raw = _remote_bytes(target, f"{name}/{MANIFEST}")
+            manifest_raw = decrypt_bytes(_remote_bytes(target, f"{name}/{MANIFEST}"), identities,
+                                         where=f"{name}/{MANIFEST}", limit=MANIFEST_LIMIT)
             (work / MANIFEST).write_bytes(manifest_raw)
-            (work / SIGNATURE_FILE).write_bytes(_remote_bytes(target, f"{name}/{SIGNATURE_FILE}", 64 * 1024))
+            (work / SIGNATURE_FILE).write_bytes(decrypt_bytes(
+                _remote_bytes(target, f"{name}/{SIGNATURE_FILE}", 64 * 1024), identities,
+                where=f"{name}/{SIGNATURE_FILE}", limit=64 * 1024))
             os.chmod(work / MANIFEST, 0o600)
             os.chmod(work / SIGNATURE_FILE, 0o600)
             # the signature first: nothing the manifest names is fetched before it checks
@@ -139,9 +165,10 @@ def fetch(target: Target, name: str, dest: Path, *, own_key: str | None, trusted
                                 own_key=own_key, trusted=trusted)
             manifest = json.loads(manifest_raw)
             for rec in snapshot_files(manifest):   # each checked against its signed size and sha256 as it lands
-                _download(target, f"{name}/{safe_relpath(rec['path'])}", work / safe_relpath(rec["path"]), rec)
+                _download(target, f"{name}/{safe_relpath(rec['path'])}", work / safe_relpath(rec["path"]),
+                          identities, rec)
             if target.exists(f"{name}/{LOG}"):
-                _download(target, f"{name}/{LOG}", work / LOG)
+                _download(target, f"{name}/{LOG}", work / LOG, identities, limit=LOG_LIMIT)
             fsync_dir(work)
             os.rename(work, final)
             fsync_dir(store.dest)
@@ -166,23 +193,24 @@ class _named:
         return self._folder / other
 
 
-def _download(target: Target, rel: str, dest: Path, record: dict | None = None) -> None:
-    """Copy ``rel`` into the new file ``dest``, hashing on the way; with ``record`` (its manifest
-    entry) a size or sha256 other than the signed one is a VerifyError (one read, not two)."""
+def _download(target: Target, rel: str, dest: Path, identities: list | None, record: dict | None = None, *,
+              limit: int | None = None) -> None:
+    """Copy ``rel`` into the new file ``dest`` (decrypting an age file), hashing on the way; with
+    ``record`` (its manifest entry) a size or sha256 other than the signed one is a VerifyError —
+    one read, and never more bytes written than the manifest says."""
     dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    sha = hashlib.sha256()
-    size = 0
+    if record is not None:
+        limit = record.get("bytes") if isinstance(record.get("bytes"), int) else 0
     with os.fdopen(fd, "wb") as out, target.open(rel) as src:
-        for chunk in iter(lambda: src.read(CHUNK), b""):
-            sha.update(chunk)
-            size += len(chunk)
-            out.write(chunk)
+        try:
+            size, digest = decrypt_into(src, out, identities, limit=limit, where=rel)
+        except VerifyError as exc:
+            raise VerifyError(f"{record['path'] if record else rel}: {exc}") from None
         out.flush()
         os.fsync(out.fileno())
     if record is not None:
         if size != record.get("bytes"):
             raise VerifyError(f"{record['path']}: {size} bytes fetched, the manifest says {record.get('bytes')}")
-        if sha.hexdigest() != record.get("sha256"):
+        if digest != record.get("sha256"):
             raise VerifyError(f"{record['path']}: sha256 differs from the manifest (the file was changed or damaged)")
-

@@ -54,10 +54,22 @@ def test_a_file_that_does_not_arrive_as_sent_is_not_kept(target, tmp_path):
 def test_another_snapshot_of_the_same_name_on_the_target_is_never_overwritten(snapshot, target, tmp_path):
     folder, _ = snapshot
     push(folder, target)
-    remote = tmp_path / "drive" / folder.name / MANIFEST
-    remote.write_text(remote.read_text() + " ")
+    remote = tmp_path / "drive" / folder.name / SIGNATURE_FILE
+    other = remote.read_bytes()[:-2] + b"AA"
+    remote.write_bytes(other)
     with pytest.raises(OffsiteError, match="holds another snapshot"):
         push(folder, target)
+    assert remote.read_bytes() == other
+
+
+def test_a_copy_whose_manifest_was_damaged_is_sent_again(snapshot, target, tmp_path):
+    folder, _ = snapshot
+    push(folder, target)
+    remote = tmp_path / "drive" / folder.name / MANIFEST
+    remote.write_text(remote.read_text() + " ")
+    res = push(folder, target)
+    assert not res.already_there and res.details.get("replaced_damaged")
+    assert remote.read_bytes() == (folder / MANIFEST).read_bytes()
 
 
 def test_a_path_leaving_the_target_folder_is_refused(target, tmp_path):
@@ -132,3 +144,108 @@ def test_config_check_names_an_unset_offsite_secret_but_a_backup_does_not_wait_f
     assert "offsite.cloud.access_key_id: environment variable T_NO_SUCH_KEY is not set" in \
         secret_problems(cfg, offsite=True)
     assert not any(p.startswith("offsite.") for p in secret_problems(cfg))
+
+
+# -- encryption (age) -------------------------------------------------------------------------
+
+@pytest.fixture
+def age_key(tmp_path):
+    from pyrage import x25519
+
+    ident = x25519.Identity.generate()
+    path = tmp_path / "age.key"
+    path.write_text(f"# created: test\n# public key: {ident.to_public()}\n{ident}\n")
+    return str(ident.to_public()), path
+
+
+def test_an_encrypted_copy_holds_no_plaintext_and_comes_back_identical_with_the_identity(snapshot, target, tmp_path,
+                                                                                      age_key):
+    from coderz_backup.offsite import identities
+    from coderz_backup.offsite.crypt import AGE_MAGIC
+
+    folder, signer = snapshot
+    recipient, key_file = age_key
+    cfg = DirTargetConfig(kind="dir", path=str(tmp_path / "drive"), encrypt_to=[recipient])
+    res = push(folder, target, cfg.recipients())
+    remote = tmp_path / "drive" / folder.name
+    for f in remote.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            if f.name == SIGNATURE_FILE:   # the signature alone stays as signed
+                assert data == (folder / SIGNATURE_FILE).read_bytes()
+            else:
+                assert data.startswith(AGE_MAGIC), f
+                assert b"-- dump" not in data and folder.name.encode() not in data
+    assert res.files == 3 and complete_snapshots(target) == [folder.name]
+    assert not list((tmp_path / "dest").glob(".offsite-*")) and not list((tmp_path / "dest").glob(".coderz-push-*"))
+    # a second push sees the copy is there without being able to read it (the host has no identity)
+    assert push(folder, target, cfg.recipients()).already_there
+    got, _ = fetch(target, folder.name, tmp_path / "new", own_key=signer.public_key, trusted=[],
+                   identities=identities("usb", cfg, str(key_file)))
+    for f in folder.iterdir():
+        if f.is_file() and f.name != "post-snapshot.json":
+            assert (got / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_an_encrypted_copy_is_refused_without_the_right_identity_and_nothing_is_kept(snapshot, target, tmp_path,
+                                                                                   age_key):
+    from pyrage import x25519
+
+    from coderz_backup.offsite import identities
+
+    folder, signer = snapshot
+    recipient, _ = age_key
+    cfg = DirTargetConfig(kind="dir", path=str(tmp_path / "drive"), encrypt_to=[recipient])
+    push(folder, target, cfg.recipients())
+    with pytest.raises(OffsiteError, match=r"is encrypted \(age\): give the identity with --identity"):
+        fetch(target, folder.name, tmp_path / "new", own_key=signer.public_key, trusted=[])
+    other = tmp_path / "other.key"
+    other.write_text(str(x25519.Identity.generate()) + "\n")
+    with pytest.raises(OffsiteError, match="encrypted to other recipients"):
+        fetch(target, folder.name, tmp_path / "new", own_key=signer.public_key, trusted=[],
+              identities=identities("usb", cfg, str(other)))
+    assert [p.name for p in (tmp_path / "new").iterdir()] == [".coderz-backup.lock"]
+
+
+def test_a_changed_byte_in_an_encrypted_artifact_is_refused(snapshot, target, tmp_path, age_key):
+    from coderz_backup.errors import VerifyError
+    from coderz_backup.offsite import identities
+
+    folder, signer = snapshot
+    recipient, key_file = age_key
+    cfg = DirTargetConfig(kind="dir", path=str(tmp_path / "drive"), encrypt_to=[recipient])
+    push(folder, target, cfg.recipients())
+    art = tmp_path / "drive" / folder.name / "db.sql.gz"
+    data = bytearray(art.read_bytes())
+    data[-40] ^= 0x01
+    art.write_bytes(bytes(data))
+    with pytest.raises(VerifyError, match="db.sql.gz: does not decrypt"):
+        fetch(target, folder.name, tmp_path / "new", own_key=signer.public_key, trusted=[],
+              identities=identities("usb", cfg, str(key_file)))
+    assert [p.name for p in (tmp_path / "new").iterdir()] == [".coderz-backup.lock"]
+
+
+def test_encrypt_to_takes_only_age_recipients_and_an_identity_file_never_shows_its_key(tmp_path):
+    from pydantic import ValidationError
+
+    from coderz_backup.errors import SecretError
+    from coderz_backup.offsite.crypt import load_identities
+
+    with pytest.raises(ValidationError, match="is not an age recipient"):
+        DirTargetConfig(kind="dir", path="/x", encrypt_to=["AGE-SECRET-KEY-1ABC"])
+    bad = tmp_path / "bad.key"
+    bad.write_text("AGE-SECRET-KEY-1NOTAKEY\n")
+    with pytest.raises(SecretError) as err:
+        load_identities(str(bad), what="--identity")
+    assert "NOTAKEY" not in str(err.value)
+
+
+def test_a_staging_folder_left_by_a_killed_push_is_removed_by_the_next(snapshot, target, tmp_path, age_key):
+    folder, _ = snapshot
+    recipient, _ = age_key
+    stale = tmp_path / "dest" / ".offsite-usb-999999999-abc"   # no such process
+    stale.mkdir()
+    (stale / "x.age").write_bytes(b"partial")
+    cfg = DirTargetConfig(kind="dir", path=str(tmp_path / "drive"), encrypt_to=[recipient])
+    push(folder, target, cfg.recipients())
+    assert not stale.exists()
