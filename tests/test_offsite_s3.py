@@ -304,3 +304,41 @@ def test_an_encrypted_copy_restores_the_whole_stack_on_a_new_host_with_only_conf
     for rel in _files(snap) + [MANIFEST, SIGNATURE_FILE]:
         assert (new_dest / snap.name / rel).read_bytes() == (snap / rel).read_bytes(), rel
     assert str(ident) not in res.stdout + res.stderr
+
+
+def _save_credentials_block(name: str, slug: str, data: dict) -> None:
+    """Save a block document the way the Prefect UI's form does (the server knows the prefect-aws
+    block types from its own collection registry; prefect-aws itself is not installed)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import BlockDocumentCreate
+
+    with get_client(sync_client=True) as c:
+        block_type = c.read_block_type_by_slug(slug)
+        schema = c.get_most_recent_block_schema_for_block_type(block_type.id)
+        c.create_block_document(BlockDocumentCreate(name=name, data=data, block_type_id=block_type.id,
+                                                    block_schema_id=schema.id))
+
+
+@pytest.mark.parametrize("slug", ["aws-credentials", "minio-credentials"])
+def test_credentials_from_a_saved_prefect_block_reach_the_bucket_and_a_missing_block_says_so(stack, seaweed, slug):
+    bucket = seaweed.make_bucket()
+    name = f"coderz-s3-{secrets.token_hex(3)}"
+    keys = ({"aws_access_key_id": seaweed.access_key, "aws_secret_access_key": seaweed.secret_key}
+            if slug == "aws-credentials" else
+            {"minio_root_user": seaweed.access_key, "minio_root_password": seaweed.secret_key})
+    _save_credentials_block(name, slug, {**keys, "region_name": "us-east-1",
+                                         "aws_client_parameters": {"endpoint_url": seaweed.endpoint}})
+    stack.config.write_text(stack.config.read_text() + (
+        f'\n[offsite.cloud]\nkind = "s3"\nbucket = "{bucket}"\ncredentials_block = "{name}"\n'))
+    res, snap = _backup(stack)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"s3://{bucket}/{PREFIX} at {seaweed.endpoint}" in res.stdout
+    assert sorted(_objects(seaweed, bucket, f"{PREFIX}{snap.name}/")) == sorted(
+        _files(snap) + ["backup.log", MANIFEST, SIGNATURE_FILE])
+    assert seaweed.secret_key not in res.stdout + res.stderr + (snap / "backup.log").read_text()
+
+    stack.config.write_text(stack.config.read_text().replace(f'credentials_block = "{name}"',
+                                                             'credentials_block = "no-such-block"'))
+    res, _ = _backup(stack)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "no aws-credentials or minio-credentials block named 'no-such-block'" in res.stdout

@@ -31,8 +31,9 @@ fails is aborted; one whose process is killed stays invisible until a lifecycle 
 its retention date — coderz-backup never deletes object versions, expiring them is the
 bucket's lifecycle rules' job. Objects the store refuses to delete are logged one line each.
 
-Credentials are secret references (``env:NAME``, ``prefect-secret:NAME`` or the literal),
-resolved only when the first request is made; none given means boto3's default chain
+Credentials are secret references (``env:NAME``, ``prefect-secret:NAME`` or the literal), or a
+saved Prefect ``aws-credentials`` / ``minio-credentials`` block (``credentials_block``, see
+:mod:`.s3_blocks`), resolved only when the first request is made; none given means boto3's default chain
 (``AWS_*`` environment, ``~/.aws``, an instance role). They never show in a message or a log.
 """
 
@@ -80,6 +81,9 @@ class S3TargetConfig(TargetBase):
                                                               "unset: boto3's default credential chain)")
     secret_access_key: SecretStr | None = Field(None, description="secret access key reference (env:NAME "
                                                                   "recommended)")
+    credentials_block: str | None = Field(None, description="instead of the keys: a saved Prefect "
+                                          "aws-credentials or minio-credentials block (its name, or slug/name); "
+                                          "its region and endpoint_url apply unless set here")
     part_size_mb: int = Field(64, ge=5, le=5120, description="files above this size go as a multipart upload "
                                                             "with parts of this size (MiB; S3's minimum is 5)")
     max_concurrency: int = Field(4, ge=1, le=64, description="parts of one file uploaded in parallel "
@@ -103,6 +107,8 @@ class S3TargetConfig(TargetBase):
     def _keys_together(self):
         if (self.access_key_id is None) != (self.secret_access_key is None):
             raise ValueError("set both access_key_id and secret_access_key, or neither (boto3's default chain)")
+        if self.credentials_block and self.access_key_id is not None:
+            raise ValueError("set access_key_id/secret_access_key or credentials_block, not both")
         return self
 
 
@@ -116,12 +122,12 @@ class S3Target:
         self.bucket = config.bucket
         self.prefix = config.prefix
         self._cl = None
+        self.endpoint_url, self.region = config.endpoint_url, config.region   # a credentials block may set them
         self._secrets: tuple[str, ...] = ()
         self._lock = threading.Lock()
 
     def describe(self) -> str:
-        where = self.config.endpoint_url or f"AWS S3 ({self.config.region})"
-        return f"s3://{self.bucket}/{self.prefix} at {where}"
+        return f"s3://{self.bucket}/{self.prefix} at {self._where()}"
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -132,13 +138,24 @@ class S3Target:
                 from botocore.config import Config
 
                 cfg = self.config
-                key_id = resolve_secret(cfg.access_key_id, what=f"offsite.{self.name}.access_key_id")
-                secret = resolve_secret(cfg.secret_access_key, what=f"offsite.{self.name}.secret_access_key")
-                self._secrets = tuple(s for s in (key_id, secret) if s)
+                token, profile, region, endpoint = None, None, cfg.region, cfg.endpoint_url
+                if cfg.credentials_block:
+                    from .s3_blocks import load_block
+
+                    block = load_block(cfg.credentials_block, what=f"offsite.{self.name}.credentials_block")
+                    key_id, secret, token, profile = block.key_id, block.secret, block.token, block.profile
+                    if "region" not in cfg.model_fields_set and block.region:
+                        region = block.region
+                    endpoint = endpoint or block.endpoint_url
+                    self.endpoint_url, self.region = endpoint, region
+                else:
+                    key_id = resolve_secret(cfg.access_key_id, what=f"offsite.{self.name}.access_key_id")
+                    secret = resolve_secret(cfg.secret_access_key, what=f"offsite.{self.name}.secret_access_key")
+                self._secrets = tuple(s for s in (key_id, secret, token) if s)
                 session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret,
-                                                region_name=cfg.region)
-                self._cl = session.client("s3", endpoint_url=cfg.endpoint_url, config=Config(
-                    s3={"addressing_style": "path" if cfg.endpoint_url else "auto"},
+                                                aws_session_token=token, region_name=region, profile_name=profile)
+                self._cl = session.client("s3", endpoint_url=endpoint, config=Config(
+                    s3={"addressing_style": "path" if endpoint else "auto"},
                     connect_timeout=_timeouts(cfg)[0], read_timeout=_timeouts(cfg)[1],
                     retries={"mode": "standard", "max_attempts": 3},
                     max_pool_connections=max(10, cfg.max_concurrency + 2)))
@@ -148,7 +165,7 @@ class S3Target:
         return self.prefix + safe_relpath(rel)
 
     def _where(self) -> str:
-        return self.config.endpoint_url or f"AWS S3 ({self.config.region})"
+        return self.endpoint_url or f"AWS S3 ({self.region})"
 
     def _clean(self, text: str) -> str:
         for s in self._secrets:

@@ -249,3 +249,13 @@ def test_a_staging_folder_left_by_a_killed_push_is_removed_by_the_next(snapshot,
     cfg = DirTargetConfig(kind="dir", path=str(tmp_path / "drive"), encrypt_to=[recipient])
     push(folder, target, cfg.recipients())
     assert not stale.exists()
+
+
+def test_an_s3_credentials_block_replaces_the_keys_never_joins_them(tmp_path):
+    from coderz_backup.errors import ConfigError
+
+    cfg = _s3_config(tmp_path, 'bucket = "backups"\ncredentials_block = "aws-credentials/coderz-s3"\n')
+    assert cfg.offsite["cloud"].credentials_block == "aws-credentials/coderz-s3"
+    with pytest.raises(ConfigError, match="credentials_block, not both"):
+        _s3_config(tmp_path, 'bucket = "b"\ncredentials_block = "x"\naccess_key_id = "env:K"\n'
+                             'secret_access_key = "env:S"\n')
