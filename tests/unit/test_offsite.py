@@ -257,5 +257,5 @@ def test_an_s3_credentials_block_replaces_the_keys_never_joins_them(tmp_path):
     cfg = _s3_config(tmp_path, 'bucket = "backups"\ncredentials_block = "aws-credentials/coderz-s3"\n')
     assert cfg.offsite["cloud"].credentials_block == "aws-credentials/coderz-s3"
     with pytest.raises(ConfigError, match="credentials_block, not both"):
-        _s3_config(tmp_path, 'bucket = "b"\ncredentials_block = "x"\naccess_key_id = "env:K"\n'
+        _s3_config(tmp_path, 'bucket = "bkt"\ncredentials_block = "x"\naccess_key_id = "env:K"\n'
                              'secret_access_key = "env:S"\n')
