@@ -47,6 +47,7 @@ class StageResult:
     detail: str = ""
     duration_s: float = 0.0
     details: dict = field(default_factory=dict)
+    attempts: int = 1
 
     def as_manifest(self) -> dict:
         d = asdict(self)

@@ -509,3 +509,59 @@ def test_the_scheduler_creates_the_0300_utc_runs_and_a_worker_executes_a_schedul
     m = stack.manifest()
     assert m["status"] == "ok" and m["flow_run_id"] == run["id"]
     assert (m["passed"], m["failed"]) == (4, 0)
+
+
+# -- off-site copies through the deployment ---------------------------------------------------
+
+
+def _task_runs(run_id: str, n: int) -> list[dict]:
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        resp = prefect_api("POST", "task_runs/filter", json={"task_runs": {}, "flow_runs": {"id": {"any_": [run_id]}},
+                                                             "limit": 50, "offset": 0})
+        resp.raise_for_status()
+        tasks = resp.json()
+        if (len(tasks) >= n and all(t["end_time"] for t in tasks)) or time.monotonic() > deadline:
+            return tasks
+        time.sleep(0.5)
+
+
+def test_a_worker_run_copies_off_site_as_its_own_task_and_a_run_parameter_skips_it(stack, tmp_path):
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    stack.config.write_text(stack.config.read_text() + f'\n[offsite.usb]\nkind = "dir"\npath = "{drive}"\n')
+    _forget(POOL, DEPLOYMENT)
+    setup()
+    res = _prefect(["--no-prompt", "deploy", "--all"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    with _client() as c:
+        dep = c.read_deployment_by_name(DEPLOYMENT)
+        for sched in dep.schedules:
+            c.update_deployment_schedule(dep.id, sched.id, active=False)
+    assert "offsite" in dep.parameter_openapi_schema["properties"]
+
+    res = _prefect(["deployment", "run", DEPLOYMENT])
+    assert res.returncode == 0, res.stdout + res.stderr
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", res.stdout).group(1)
+    _worker_run_once(stack)
+    assert _wait_state(run_id, "COMPLETED")
+    [snap] = stack.snapshots()
+    assert sorted(p.name for p in drive.iterdir()) == [snap.name]
+    tasks = {t["name"]: t for t in _task_runs(run_id, 8)}
+    assert tasks["offsite-usb"]["state_type"] == "COMPLETED"
+    [table] = [a for a in _artifacts(run_id) if a["key"] == "coderz-backup-offsite"]
+    [row] = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
+    assert (row["target"], row["status"], row["snapshots"], row["attempts"]) == ("usb", "ok", snap.name, 1)
+    assert row["bytes"] > 0
+    assert any(m.startswith("offsite-usb: ") and "files" in m for m in _run_log(run_id))
+
+    res = _prefect(["deployment", "run", DEPLOYMENT, "--param", "offsite=false"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", res.stdout).group(1)
+    _worker_run_once(stack)
+    assert _wait_state(run_id, "COMPLETED")
+    assert len(stack.snapshots()) == 2
+    assert sorted(p.name for p in drive.iterdir()) == [snap.name]   # this run's snapshot stayed here
+    assert "offsite-usb" not in {t["name"] for t in _task_runs(run_id, 7)}

@@ -108,7 +108,11 @@ def size_check(results: list[ArtifactResult], snapshot_dir: str, min_bytes: dict
 @task(name="post-snapshot", cache_policy=NO_CACHE)
 def post_snapshot_step(stage: Any, folder: str, manifest: dict) -> StageResult:
     """One step of the post-snapshot stage (an off-site copy): raises when it fails, so it is retried."""
-    return stage.run(Path(folder), manifest)
+    from prefect.runtime import task_run
+
+    result = stage.run(Path(folder), manifest)
+    result.attempts = max(1, int(task_run.run_count or 1))
+    return result
 
 
 def _post_snapshot(cfg: Config, stages: list, folder: Path, manifest: dict) -> list[StageResult]:
@@ -127,7 +131,12 @@ def _post_snapshot(cfg: Config, stages: list, folder: Path, manifest: dict) -> l
         else:
             result = failed_result(stage.name, value if isinstance(value, BaseException) else None,
                                    fut.state.message or "")
+            result.attempts = cfg.retries + 1
         result.duration_s = time.monotonic() - started
+        if result.status == "failed":
+            log.error("%s: FAILED after %d attempt(s): %s", stage.name, result.attempts, result.detail)
+        else:
+            log.info("%s: %s (%.1fs, %d attempt(s))", stage.name, result.detail, result.duration_s, result.attempts)
         results[stage.name] = result
     ordered = [results[s.name] for s in stages]
     write_record(folder, ordered)
@@ -135,9 +144,10 @@ def _post_snapshot(cfg: Config, stages: list, folder: Path, manifest: dict) -> l
 
 
 @task(name="publish-report", task_run_name="publish-report", cache_policy=NO_CACHE)
-def publish_report(manifest: dict, snapshot_path: str, key: str = "coderz-backup") -> None:
-    """The run's report as Prefect artifacts ``<key>-report`` (markdown) and ``<key>-artifacts``
-    (one table row per artifact)."""
+def publish_report(manifest: dict, snapshot_path: str, key: str = "coderz-backup",
+                   offsite_results: list[dict] = ()) -> None:
+    """The run's report as Prefect artifacts ``<key>-report`` (markdown), ``<key>-artifacts``
+    (one table row per artifact) and, with off-site targets, ``<key>-offsite`` (one row per target)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from ..report import human_size
@@ -145,7 +155,7 @@ def publish_report(manifest: dict, snapshot_path: str, key: str = "coderz-backup
     create_markdown_artifact(
         key=f"{key}-report",
         markdown=f"# Coderz backup {manifest['snapshot']} — {manifest['status']}\n\n"
-                 f"Snapshot: `{snapshot_path}`\n\n```\n{render_report(manifest)}\n```\n",
+                 f"Snapshot: `{snapshot_path}`\n\n```\n{render_report(manifest, offsite_results)}\n```\n",
         description=f"Backup report for snapshot {manifest['snapshot']}",
     )
     create_table_artifact(
@@ -156,6 +166,16 @@ def publish_report(manifest: dict, snapshot_path: str, key: str = "coderz-backup
                 "sha256": a["sha256"] or ""} for a in manifest["artifacts"]],
         description=f"Artifacts of snapshot {manifest['snapshot']}",
     )
+    if offsite_results:
+        create_table_artifact(
+            key=f"{key}-offsite",
+            table=[{"target": r["stage"].removeprefix("offsite-"), "status": r["status"],
+                    "where": (r.get("details") or {}).get("where", ""),
+                    "snapshots": ", ".join((r.get("details") or {}).get("snapshots", [])),
+                    "bytes": (r.get("details") or {}).get("bytes", 0), "duration_s": r.get("duration_s"),
+                    "attempts": r.get("attempts", 1), "detail": r.get("detail", "")} for r in offsite_results],
+            description=f"Off-site copies of snapshot {manifest['snapshot']}",
+        )
 
 
 @task(name="send-mail", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 15])
@@ -320,7 +340,7 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
     after = _post_snapshot(cfg, stages, final, manifest) if stages else []
     deleted = rotate(store, keep_days=cfg.keep_days, current=snap.name, current_usable=usable)
     try:
-        publish_report(manifest, str(final), report_key)
+        publish_report(manifest, str(final), report_key, [r.as_manifest() for r in after])
     except Exception as exc:  # noqa: BLE001 - the UI report is a convenience, the snapshot is done
         log.warning("could not publish the report to Prefect: %s", exc)
     mail = _mail_outcome(cfg, manifest, str(final), after)
