@@ -197,6 +197,13 @@ def rclone_defaults(rclone: str) -> dict[str, str]:
     return out
 
 
+def settle() -> None:
+    """Before each timed run (not timed): write back what the previous run left dirty, so that its
+    writeback does not land in this run's time."""
+    os.sync()
+    time.sleep(1)
+
+
 def run_ours(work: Path, spec: dict, env: dict[str, str]) -> dict:
     d = work / "runs" / spec["prefix"].strip("/")
     d.mkdir(parents=True, exist_ok=True)
@@ -328,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(1, args.repeat + 1):
             tag = f"[{i}/{args.repeat}]"
             prefix = f"ours-{i}/"
+            settle()
             r = run_ours(work, {"bucket": bucket, "prefix": prefix, "endpoint": s3.endpoint, "folder": str(folder),
                                 "part_size_mb": args.part_size_mb, "max_concurrency": args.max_concurrency}, env)
             got = count_objects(client, bucket, prefix + folder.name + "/")
@@ -340,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             variants = [("rclone", rcl, [])] + ([] if args.no_matched else [("rclone-matched", rclm, matched)])
             for label, into, extra in variants:
                 prefix = f"{label}-{i}/"
+                settle()
                 r = run_rclone(rclone, folder, f"bench:{bucket}/{prefix}{folder.name}", renv, extra)
                 got = count_objects(client, bucket, prefix + folder.name + "/")
                 if got != (nfiles, nbytes):
