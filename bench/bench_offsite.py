@@ -56,12 +56,12 @@ MiB = 1 << 20
 
 def child_main(spec_file: str, result_file: str) -> int:
     t0 = time.monotonic()
-    sys.path.insert(0, str(REPO))
+    spec = json.loads(Path(spec_file).read_text())
+    sys.path.insert(0, spec.get("src") or str(REPO))
     from coderz_backup.offsite import create, push
     from coderz_backup.offsite.s3 import S3TargetConfig
 
     imported = time.monotonic()
-    spec = json.loads(Path(spec_file).read_text())
     over = {k: spec[k] for k in ("part_size_mb", "max_concurrency") if spec.get(k)}
     cfg = S3TargetConfig(kind="s3", bucket=spec["bucket"], prefix=spec["prefix"], endpoint_url=spec["endpoint"],
                          access_key_id=f"env:{KEY_ENV}", secret_access_key=f"env:{SECRET_ENV}", **over)
@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part-size-mb", type=int, default=None, help="S3Target part_size_mb (default: the model's)")
     p.add_argument("--max-concurrency", type=int, default=None, help="S3Target max_concurrency (default: the "
                                                                       "model's)")
+    p.add_argument("--baseline-src", default=None, help="also time push() of another coderz_backup source tree "
+                                                        "(a folder holding coderz_backup/, e.g. from git archive), "
+                                                        "interleaved: before/after figures under the same load")
     p.add_argument("--no-matched", action="store_true", help="skip the rclone run shaped like ours")
     p.add_argument("--strict", action="store_true", help="exit non-zero when a target is missed")
     p.add_argument("--workdir", default=None, help="parent dir for the temp dir (default: the system temp dir, "
@@ -331,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rclone-matched: {' '.join(matched)}")
         client = s3.client()
 
-        ours, rcl, rclm = [], [], []
+        ours, rcl, rclm, base = [], [], [], []
         for i in range(1, args.repeat + 1):
             tag = f"[{i}/{args.repeat}]"
             prefix = f"ours-{i}/"
@@ -345,6 +348,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tag} ours            {r['push_s']:7.2f}s {nbytes / r['push_s'] / 1e6:7.1f} MB/s  "
                   f"(child total {r['child_total_s']:.2f}s, imports {r['import_s']:.2f}s, "
                   f"VmHWM {r['vmhwm_kb'] / 1024:.1f} MB)", flush=True)
+            if args.baseline_src:
+                prefix = f"baseline-{i}/"
+                settle()
+                r = run_ours(work, {"bucket": bucket, "prefix": prefix, "endpoint": s3.endpoint,
+                                    "folder": str(folder), "part_size_mb": args.part_size_mb,
+                                    "max_concurrency": args.max_concurrency,
+                                    "src": str(Path(args.baseline_src).resolve())}, env)
+                base.append(r)
+                print(f"{tag} ours-baseline   {r['push_s']:7.2f}s {nbytes / r['push_s'] / 1e6:7.1f} MB/s  "
+                      f"(VmHWM {r['vmhwm_kb'] / 1024:.1f} MB)", flush=True)
             variants = [("rclone", rcl, [])] + ([] if args.no_matched else [("rclone-matched", rclm, matched)])
             for label, into, extra in variants:
                 prefix = f"{label}-{i}/"
@@ -376,6 +389,13 @@ def main(argv: list[str] | None = None) -> int:
             best_m = min(r["s"] for r in rclm)
             print(f"  {'rclone-matched':<16}{best_m:8.2f}s{nbytes / best_m / 1e6:9.1f}{best_rcl / best_m:8.2f}"
                   f"{max(r['maxrss_kb'] for r in rclm) / 1024:8.1f} MB")
+        if base:
+            best_b = min(r["push_s"] for r in base)
+            print(f"  {'ours-baseline':<16}{best_b:8.2f}s{nbytes / best_b / 1e6:9.1f}{best_rcl / best_b:8.2f}"
+                  f"{max(r['vmhwm_kb'] for r in base) / 1024:8.1f} MB")
+        paired = [rc_["s"] / o["push_s"] for o, rc_ in zip(ours, rcl)]
+        print(f"  per-round ours/rclone throughput: {', '.join(f'{x:.2f}' for x in paired)} "
+              f"(median {statistics.median(paired):.2f})")
         print(f"  medians: ours {med_ours:.2f}s, rclone {med_rcl:.2f}s (ours/rclone throughput "
               f"{med_rcl / med_ours:.2f}); the spread shows how noisy the host is")
         print(f"  {'PASS' if ok_tp else 'FAIL'}  throughput: ours/rclone = {ratio:.3f} (target ≥ {TARGET_RATIO:.2f})")
@@ -393,7 +413,10 @@ def main(argv: list[str] | None = None) -> int:
             "best_ours_s": round(best_ours, 3), "best_rclone_s": round(best_rcl, 3),
             "ours_mb_s": round(mbps_ours, 1), "rclone_mb_s": round(mbps_rcl, 1),
             "rclone_matched_mb_s": round(nbytes / min(r["s"] for r in rclm) / 1e6, 1) if rclm else None,
-            "ratio_ours_rclone": round(ratio, 3), "median_ratio_ours_rclone": round(med_rcl / med_ours, 3),
+            "ratio_ours_rclone": round(ratio, 3), "per_round_ratio": [round(x, 3) for x in paired],
+            "baseline_s": [round(r["push_s"], 3) for r in base],
+            "baseline_mb_s": round(nbytes / min(r["push_s"] for r in base) / 1e6, 1) if base else None,
+            "baseline_vmhwm_mb": [round(r["vmhwm_kb"] / 1024, 1) for r in base], "median_ratio_ours_rclone": round(med_rcl / med_ours, 3),
             "ours_peak_rss_mb": round(rss_mb, 1),
             "pass_throughput": ok_tp, "pass_rss": ok_rss, "pass": ok_tp and ok_rss,
         }
