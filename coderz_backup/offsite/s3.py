@@ -1,10 +1,14 @@
 """``kind = "s3"``: a bucket on AWS S3 or any S3-compatible store (MinIO, SeaweedFS, Ceph, …).
 
-A snapshot lands under ``<prefix><snapshot>/`` with the local file names. Files are uploaded
-with boto3's transfer manager (``upload_file``): one PUT below ``part_size_mb``, a multipart
-upload with ``max_concurrency`` parts in flight above it (memory stays bounded by the parts
-in flight, whatever the file's size). Every request carries an ``x-amz-checksum-sha256`` the
-store checks before it accepts the bytes (of the whole object, or of each part).
+A snapshot lands under ``<prefix><snapshot>/`` with the local file names. A file below
+``part_size_mb`` goes as one PUT (botocore computes its ``x-amz-checksum-sha256`` from the bytes
+it sends); a larger one as a multipart upload of parts of that size, ``max_concurrency`` parts in
+flight. The file is read once in order, hashing it whole and part by part; each part is uploaded
+(streamed from the file, so memory stays flat whatever the size) as soon as its digest is known,
+with that digest as its ``x-amz-checksum-sha256``. The store checks every request's checksum
+against the bytes it receives before it accepts them; that signed header is what covers the
+body, so the payload itself is not hashed a second time for SigV4 (``UNSIGNED-PAYLOAD``, as
+botocore does over HTTPS anyway).
 
 **How arrival is checked** (:meth:`S3Target.put`): after the upload a HEAD must report the
 size that was sent, and the store's own SHA-256 of what it keeps must match what the
@@ -14,8 +18,9 @@ manifest says:
   manifest's sha256 directly;
 - multipart object: ``ChecksumSHA256`` is the composite ``<sha256 of the parts' sha256s>-N``.
   The same composite is computed from the local file (same part boundaries) in the one pass
-  that also checks the local file's sha256 against the manifest, so a match proves that the
-  store holds exactly the manifest's bytes;
+  that also checks the local file's sha256 against the manifest and feeds the uploads, so a
+  match proves that the store holds exactly the manifest's bytes (a local file that does not
+  match the manifest aborts the upload: nothing shows);
 - a store that reports no checksum (or other part boundaries than expected): the object is
   read back and hashed.
 
@@ -87,7 +92,7 @@ class S3TargetConfig(TargetBase):
     part_size_mb: int = Field(64, ge=5, le=5120, description="files above this size go as a multipart upload "
                                                             "with parts of this size (MiB; S3's minimum is 5)")
     max_concurrency: int = Field(4, ge=1, le=64, description="parts of one file uploaded in parallel "
-                                                            "(memory: about part_size_mb times this)")
+                                                            "(each part is streamed from the file: memory stays flat)")
 
     @field_validator("prefix")
     @classmethod
@@ -155,7 +160,9 @@ class S3Target:
                 session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret,
                                                 aws_session_token=token, region_name=region, profile_name=profile)
                 self._cl = session.client("s3", endpoint_url=endpoint, config=Config(
-                    s3={"addressing_style": "path" if endpoint else "auto"},
+                    s3={"addressing_style": "path" if endpoint else "auto",
+                        # the body is covered by the signed x-amz-checksum-sha256 the store checks
+                        "payload_signing_enabled": False},
                     connect_timeout=_timeouts(cfg)[0], read_timeout=_timeouts(cfg)[1],
                     retries={"mode": "standard", "max_attempts": 3},
                     max_pool_connections=max(10, cfg.max_concurrency + 2)))
@@ -229,21 +236,22 @@ class S3Target:
     # -- the Target protocol ---------------------------------------------------------
 
     def put(self, rel: str, source: Path, *, size: int, sha256: str) -> None:
-        from boto3.s3.transfer import TransferConfig
-        from s3transfer.utils import ChunksizeAdjuster
-
         key = self._key(rel)
         cl = self._client()
         part = self.config.part_size_mb * MiB
-        multipart = size >= part
-        part = ChunksizeAdjuster().adjust_chunksize(part, size) if multipart else part
-        transfer = TransferConfig(multipart_threshold=self.config.part_size_mb * MiB, multipart_chunksize=part,
-                                  max_concurrency=self.config.max_concurrency, use_threads=True)
         try:
-            expected = _expected_checksum(source, size, sha256, part if multipart else None, self.name, rel)
-            with self._mapped(f"uploading {rel}"):
-                cl.upload_file(str(source), self.bucket, key, Config=transfer,
-                               ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha256}})
+            if size < part:
+                # one PUT: botocore computes the x-amz-checksum-sha256 header from the bytes it sends
+                expected = base64.b64encode(bytes.fromhex(sha256)).decode()
+                with self._mapped(f"uploading {rel}"), open(source, "rb") as fh:
+                    cl.put_object(Bucket=self.bucket, Key=key, Body=fh, ChecksumAlgorithm="SHA256",
+                                  Metadata={"sha256": sha256})
+            else:
+                from s3transfer.utils import ChunksizeAdjuster
+
+                part = ChunksizeAdjuster().adjust_chunksize(part, size)
+                with self._mapped(f"uploading {rel}"):
+                    expected = self._multipart(cl, key, rel, source, size, sha256, part)
         except OSError as exc:   # the local file (botocore's own socket errors arrive as BotoCoreError)
             raise OffsiteError(f"off-site {self.name}: reading {source} to upload it as {rel} failed: "
                                f"{exc.strerror or exc}") from None
@@ -257,6 +265,84 @@ class S3Target:
         if problem:
             self._discard(key)
             raise OffsiteError(f"off-site {self.name}: {rel} {problem}; not kept")
+
+    def _multipart(self, cl, key: str, rel: str, source: Path, size: int, sha256: str, part: int) -> str:
+        """Upload ``source`` in parts of ``part`` bytes; returns the composite ChecksumSHA256 the store
+        must report. One sequential read hashes the file (its sha256, which must be the manifest's)
+        and each part (the part's x-amz-checksum-sha256, which the store checks against the bytes it
+        receives); a part is handed to the pool as soon as its digest is known, at most
+        2 × ``max_concurrency`` parts ahead of the uploads (so the upload reads the part again from
+        the page cache, and a failed part stops the reading). Any failure aborts the upload: no
+        object ever shows."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        conc = self.config.max_concurrency
+        upload_id = cl.create_multipart_upload(Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256",
+                                               Metadata={"sha256": sha256})["UploadId"]
+        pool = ThreadPoolExecutor(conc, thread_name_prefix=f"s3-{self.name}")
+        futures, pending = [], set()
+        try:
+            whole = hashlib.sha256()
+            digests: list[bytes] = []
+            buf = bytearray(CHUNK)
+            view = memoryview(buf)
+            n = 0
+            with open(source, "rb", buffering=0) as fh:
+                while True:
+                    h = hashlib.sha256()
+                    got = 0
+                    while got < part:
+                        k = fh.readinto(view[:min(CHUNK, part - got)])
+                        if not k:
+                            break
+                        h.update(view[:k])
+                        whole.update(view[:k])
+                        got += k
+                    if not got:
+                        break
+                    digests.append(h.digest())
+                    while len(pending) >= 2 * conc:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for f in done:
+                            f.result()   # a failed part: raise now, read no further
+                    fut = pool.submit(self._part, cl, key, upload_id, len(digests), source, n, got, digests[-1])
+                    futures.append(fut)
+                    pending.add(fut)
+                    n += got
+                    if got < part:
+                        break
+            if (n, whole.hexdigest()) != (size, sha256):
+                raise OffsiteError(f"off-site {self.name}: {rel} here is {n} bytes with another sha256 than the "
+                                   f"manifest's {size} bytes (the local file changed); not kept")
+            parts = [f.result() for f in futures]
+            cl.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                         MultipartUpload={"Parts": parts})
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            try:
+                cl.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except Exception as exc:  # noqa: BLE001 - the caller's error is the one to report
+                log.warning("off-site %s: could not abort the multipart upload of %s (%s)", self.name, key,
+                            type(exc).__name__)
+            raise
+        pool.shutdown(wait=True)
+        return base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode() + f"-{len(digests)}"
+
+    def _part(self, cl, key: str, upload_id: str, number: int, source: Path, start: int, length: int,
+              digest: bytes) -> dict:
+        """Upload part ``number`` (``length`` bytes from ``start``), streamed from the file (memory stays
+        flat) with its checksum given, which the store checks against the bytes it receives."""
+        from s3transfer.utils import ReadFileChunk
+
+        checksum = base64.b64encode(digest).decode()
+        with ReadFileChunk.from_filename(str(source), start, length, enable_callbacks=False) as body:
+            resp = cl.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
+                                  ContentLength=length, ChecksumSHA256=checksum)
+        got = resp.get("ChecksumSHA256")
+        if got is not None and got != checksum:
+            raise OffsiteError(f"off-site {self.name}: part {number} of {key} arrived with another SHA-256 than "
+                               "was sent; not kept")
+        return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": checksum}
 
     def _arrival_problem(self, head: dict, key: str, size: int, sha256: str, expected: str) -> str | None:
         got_size = head.get("ContentLength")
@@ -406,35 +492,3 @@ class _Body(io.RawIOBase):
         buf[:n] = data
         return n
 
-
-def _expected_checksum(source: Path, size: int, sha256: str, part: int | None, name: str, rel: str) -> str:
-    """What the store must report as ChecksumSHA256 for ``source``: base64 of its sha256 (one PUT) or
-    the composite ``base64(sha256(part digests))-N`` (multipart with parts of ``part`` bytes). One
-    pass over the local file, which must itself match the manifest (``size``, ``sha256``)."""
-    if part is None:
-        return base64.b64encode(bytes.fromhex(sha256)).decode()
-    whole = hashlib.sha256()
-    digests: list[bytes] = []
-    n = 0
-    with open(source, "rb") as fh:
-        while True:
-            h = hashlib.sha256()
-            left = part
-            while left:
-                chunk = fh.read(min(CHUNK, left))
-                if not chunk:
-                    break
-                h.update(chunk)
-                whole.update(chunk)
-                left -= len(chunk)
-            got = part - left
-            if not got:
-                break
-            n += got
-            digests.append(h.digest())
-            if left:
-                break
-    if (n, whole.hexdigest()) != (size, sha256):
-        raise OffsiteError(f"off-site {name}: {rel} here is {n} bytes with another sha256 than the manifest's "
-                           f"{size} bytes (the local file changed); not sent, not kept")
-    return base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode() + f"-{len(digests)}"
