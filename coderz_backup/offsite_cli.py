@@ -99,7 +99,7 @@ def _push(cfg, args) -> int:
     for name, tcfg in _targets(cfg, args.target, enabled_only=True).items():
         target = offsite.create(name, tcfg)
         try:
-            res = offsite.push(snap.path, target, tcfg.recipients())
+            res = offsite.push(snap.path, target, tcfg.recipients(), parallel=tcfg.parallel_files)
         except CoderzBackupError as exc:
             failed += 1
             print(f"✗ {name}: {exc}", file=sys.stderr)

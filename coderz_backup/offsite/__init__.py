@@ -59,12 +59,12 @@ class OffsiteStage:
         """Raises (OffsiteError) when a copy fails: the flow retries the task, then records it failed."""
         target = create(self.target_name, self.config)
         recipients = self.config.recipients()
-        pushed = [push(snapshot, target, recipients)]
+        pushed = [push(snapshot, target, recipients, parallel=self.config.parallel_files)]
         remote = set(complete_snapshots(target))
         for snap in self.store.list():   # newest first: what an earlier failed run did not send
             if snap.name != snapshot.name and snap.name not in remote and snap.manifest \
                     and snap.manifest.get("status") in ("ok", "partial"):
-                pushed.append(push(snap.path, target, recipients))
+                pushed.append(push(snap.path, target, recipients, parallel=self.config.parallel_files))
         sent = [p for p in pushed if not p.already_there]
         detail = (f"{pushed[0].files} files, {pushed[0].bytes} bytes to {target.describe()}"
                   if not pushed[0].already_there else f"already on {target.describe()}")

@@ -32,6 +32,7 @@ class TargetBase(_Model):
     kind: str
     enabled: bool = Field(True, description="copy each finished snapshot to this target")
     timeout_s: float = Field(3600.0, gt=0, description="give up on one copy attempt after this long")
+    parallel_files: int = Field(4, ge=1, le=32, description="files of a snapshot sent at the same time")
     encrypt_to: list[str] = Field(default_factory=list, description="age recipients (age1… or ssh-ed25519 "
                                   "public keys): every file is encrypted to them before it leaves the host")
     identity: SecretStr | None = Field(None, description="the age identity that reads encrypted copies back "

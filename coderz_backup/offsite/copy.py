@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,9 +78,10 @@ def _remote_bytes(target: Target, rel: str, limit: int = MANIFEST_LIMIT + (1 << 
     return data
 
 
-def push(folder: Path, target: Target, recipients: list | None = None) -> PushResult:
-    """Copy the finished local snapshot ``folder`` to ``target`` (see the module docstring);
-    with ``recipients`` every file but the signature is encrypted to them first (:mod:`.crypt`)."""
+def push(folder: Path, target: Target, recipients: list | None = None, *, parallel: int = 4) -> PushResult:
+    """Copy the finished local snapshot ``folder`` to ``target`` (see the module docstring), up to
+    ``parallel`` files at once; with ``recipients`` every file but the signature is encrypted to
+    them first (:mod:`.crypt`)."""
     started = time.monotonic()
     name = folder.name
     manifest_raw = read_manifest_bytes(folder)
@@ -112,19 +114,40 @@ def push(folder: Path, target: Target, recipients: list | None = None) -> PushRe
         # the exact bytes that were signed, from one read (not the folder again)
         (Path(tmp) / MANIFEST).write_bytes(manifest_raw)
         (Path(tmp) / SIGNATURE_FILE).write_bytes(signature)
-        sources = [(rel, folder / rel, size, digest) for rel, size, digest in files]
-        sources += [(MANIFEST, Path(tmp) / MANIFEST, len(manifest_raw), hashlib.sha256(manifest_raw).hexdigest()),
-                    (SIGNATURE_FILE, Path(tmp) / SIGNATURE_FILE, len(signature), hashlib.sha256(signature).hexdigest())]
-        for rel, local, size, digest in sources:   # the manifest, then its signature, last
+        def send(rel: str, local: Path, size: int, digest: str) -> None:
             if staging is not None and rel != SIGNATURE_FILE:
                 with staging.encrypt(local) as (staged, csize, csha):
                     target.put(f"{name}/{rel}", staged, size=csize, sha256=csha)
             else:
                 target.put(f"{name}/{rel}", local, size=size, sha256=digest)
-            result.files += 1
-            result.bytes += size
+
+        # the artifacts and the log, several at once (biggest first); the manifest, then its signature, last
+        _send_all(send, sorted(((rel, folder / rel, size, digest) for rel, size, digest in files),
+                               key=lambda f: -f[2]), parallel)
+        send(MANIFEST, Path(tmp) / MANIFEST, len(manifest_raw), hashlib.sha256(manifest_raw).hexdigest())
+        send(SIGNATURE_FILE, Path(tmp) / SIGNATURE_FILE, len(signature), hashlib.sha256(signature).hexdigest())
+        result.files = len(files) + 2
+        result.bytes = sum(f[1] for f in files) + len(manifest_raw) + len(signature)
     result.duration_s = time.monotonic() - started
     return result
+
+
+def _send_all(send, files: list[tuple], parallel: int) -> None:
+    """``send(*f)`` for every file, ``parallel`` at a time; the first failure stops what has not
+    started, waits for what has, and is raised."""
+    if parallel <= 1 or len(files) <= 1:
+        for f in files:
+            send(*f)
+        return
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="offsite-put") as pool:
+        futures = [pool.submit(send, *f) for f in files]
+        try:
+            for fut in as_completed(futures):
+                fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
 
 
 def complete_snapshots(target: Target) -> list[str]:

@@ -165,7 +165,7 @@ class S3Target:
                         "payload_signing_enabled": False},
                     connect_timeout=_timeouts(cfg)[0], read_timeout=_timeouts(cfg)[1],
                     retries={"mode": "standard", "max_attempts": 3},
-                    max_pool_connections=max(10, cfg.max_concurrency + 2)))
+                    max_pool_connections=max(10, cfg.max_concurrency * cfg.parallel_files + 2)))
             return self._cl
 
     def _key(self, rel: str) -> str:
