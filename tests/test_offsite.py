@@ -4,6 +4,7 @@ real backup flow and the CLI, with the stack's real PostgreSQL, Redis and config
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from helpers import run_cli
@@ -164,3 +165,60 @@ def test_an_encrypted_copy_is_checked_with_the_identity_from_the_config_or_the_c
     check = run_cli(["config", "check", "--config", str(stack.config)], stack.env)
     assert check.returncode == 0, check.stdout + check.stderr
     assert str(ident) not in ok.stdout + ok.stderr + fetched.stdout + fetched.stderr
+
+
+def test_a_full_drive_makes_the_run_a_warning_leaves_nothing_complete_and_no_partial_file(stack, tmp_path):
+    import subprocess
+
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(drive)], check=True)
+    try:
+        big = stack.root / "opt" / "coderz" / "configs" / "big.bin"
+        big.write_bytes(os.urandom(256 * 1024))   # does not compress: the copy cannot fit in 64 KiB
+        _with_target(stack, drive)
+        res, snap = _backup(stack)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "✗ usb: " in res.stdout and "No space left on device" in res.stdout
+        assert (snap / MANIFEST).is_file() and (stack.dest / "latest").resolve() == snap   # local snapshot fine
+        leftovers = [p for p in drive.rglob("*") if p.is_file()]
+        assert not [p for p in leftovers if p.name in (MANIFEST, SIGNATURE_FILE) or p.name.endswith(".partial")], \
+            leftovers
+        listed = run_cli(["offsite", "list", "--json", "--config", str(stack.config)], stack.env)
+        assert json.loads(listed.stdout) == {"usb": []}
+    finally:
+        subprocess.run(["umount", str(drive)], check=False)
+
+
+def test_a_push_killed_mid_copy_leaves_nothing_listed_and_the_next_push_completes_it(stack, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    big = stack.root / "opt" / "coderz" / "configs" / "big.bin"
+    big.write_bytes(os.urandom(300 << 20))
+    res = run_cli(["backup", "--no-offsite", "--config", str(stack.config)], stack.env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    [snap] = stack.snapshots()
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    _with_target(stack, drive)
+    push = subprocess.Popen([sys.executable, "-m", "coderz_backup", "offsite", "push", "--config", str(stack.config)],
+                            env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    # kill it once the copy is under way: some file there, the big one still being written
+    while time.monotonic() < deadline and not list(drive.rglob(".*.partial")):
+        time.sleep(0.02)
+    push.send_signal(signal.SIGKILL)
+    push.wait(30)
+    assert list(drive.rglob(".*.partial")), "the push finished before it could be killed"
+    assert not (drive / snap.name / SIGNATURE_FILE).exists()
+    listed = run_cli(["offsite", "list", "--json", "--config", str(stack.config)], stack.env)
+    assert json.loads(listed.stdout) == {"usb": []}
+    again = run_cli(["offsite", "push", "--config", str(stack.config)], stack.env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not list(drive.rglob(".*.partial"))
+    fetched = run_cli(["fetch", snap.name, "--from", "usb", "--dest", str(tmp_path / "new"),
+                       "--config", str(stack.config)], stack.env)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
