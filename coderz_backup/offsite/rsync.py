@@ -233,7 +233,11 @@ class RsyncTarget:
 
     def _remote(self, rel: str = "", *, folder: bool = False) -> str:
         """``[user@]host:<path>/<rel>`` (``folder``: with a trailing slash, its content)."""
-        path = self.path if not rel else f"{self.path.rstrip('/')}/{safe_relpath(rel)}"
+        rel = safe_relpath(rel) if rel else ""
+        if any(ord(c) < 32 or ord(c) == 127 for c in rel):
+            raise OffsiteError(f"off-site {self.name}: {rel!r} holds a control character, which rsync over SSH "
+                               "cannot pass to the remote side; rename it")
+        path = self.path if not rel else f"{self.path.rstrip('/')}/{rel}"
         user = f"{self.user}@" if self.user else ""
         return f"{user}{self.host}:{path}{'/' if folder and not path.endswith('/') else ''}"
 
