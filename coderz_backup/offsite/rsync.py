@@ -106,10 +106,13 @@ class RsyncTargetConfig(TargetBase):
 
 def parse_target(target: str) -> tuple[str | None, str, str]:
     """``[user@]host:path`` as (user, host, path without a trailing slash); ValueError saying what is wrong."""
-    if target.startswith("rsync://") or "::" in target.split("/", 1)[0]:
-        raise ValueError("rsync over SSH is user@host:/path (an rsync daemon, host::module or rsync://, "
-                         "is not supported)")
+    daemon = ValueError("rsync over SSH is user@host:/path (an rsync daemon, host::module or rsync://, "
+                        "is not supported)")
+    if target.startswith("rsync://"):
+        raise daemon
     m = _TARGET.match(target)
+    if m and m["path"].startswith(":"):
+        raise daemon
     if not m:
         raise ValueError("write it as user@host:/path (host a name or an address, [v6] in brackets; the port "
                          "goes in port = N)")
