@@ -96,11 +96,12 @@ def test_a_backup_lands_complete_on_the_remote_folder_is_listed_and_fetched_back
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_an_unknown_host_key_is_never_accepted(stack, sshd, tmp_path):
+def test_an_unknown_host_key_is_never_accepted_and_a_refused_key_says_so(stack, sshd, tmp_path):
     remote = _remote_dir(tmp_path)
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     _with_rsync(stack, sshd, remote, known_hosts=empty)
+    base_config = stack.config.read_text()
     res, snap = _backup(stack)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "✗ nas: " in res.stdout and "host key verification failed" in res.stdout
@@ -110,23 +111,20 @@ def test_an_unknown_host_key_is_never_accepted(stack, sshd, tmp_path):
     verify = run_cli(["verify", snap.name, "--config", str(stack.config)], stack.env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     # another key for that host (a reinstalled host, or someone in between): it says it changed
-    other = keypair(tmp_path / "other_host_key")
+    keypair(tmp_path / "other_host_key")
     kind, blob = (tmp_path / "other_host_key.pub").read_text().split()[:2]
     empty.write_text(f"[127.0.0.1]:{sshd.port} {kind} {blob}\n")
     listed = run_cli(["offsite", "list", "--config", str(stack.config)], stack.env)
     assert listed.returncode == 2 and "host key verification failed" in listed.stderr
-    assert "changed" in listed.stderr and other.exists() and list(remote.iterdir()) == []
-
-
-def test_a_key_the_remote_account_does_not_accept_is_a_clear_error(stack, sshd, tmp_path):
-    remote = _remote_dir(tmp_path)
+    assert "changed" in listed.stderr and list(remote.iterdir()) == []
+    # the right host key, and a client key the remote account does not accept
     stranger = keypair(tmp_path / "stranger")
-    _with_rsync(stack, sshd, remote, key=stranger)
-    res, snap = _backup(stack)
-    assert res.returncode == 1, res.stdout + res.stderr
-    assert "✗ nas: " in res.stdout and f"refused the key {stranger}" in res.stdout
-    assert "authorized_keys" in res.stdout and list(remote.iterdir()) == []
-    assert (snap / SIGNATURE_FILE).is_file()
+    stack.config.write_text(base_config.replace(f'ssh_key = "{sshd.client_key}"', f'ssh_key = "{stranger}"')
+                            .replace(f'known_hosts = "{empty}"', f'known_hosts = "{sshd.known_hosts}"'))
+    push = run_cli(["offsite", "push", "--config", str(stack.config)], stack.env)
+    assert push.returncode == 1, push.stdout + push.stderr
+    out = push.stdout + push.stderr
+    assert f"refused the key {stranger}" in out and "authorized_keys" in out and list(remote.iterdir()) == []
 
 
 def test_a_server_that_is_down_makes_the_run_a_warning_and_the_next_run_catches_up(stack, sshd, tmp_path):
@@ -148,11 +146,20 @@ def test_a_server_that_is_down_makes_the_run_a_warning_and_the_next_run_catches_
     assert json.loads(listed.stdout) == {"nas": [snap2.name, snap1.name]}
 
 
-def test_fetch_refuses_a_tampered_or_truncated_remote_copy(stack, sshd, tmp_path):
+def test_a_copy_cut_short_is_not_listed_push_completes_it_and_fetch_refuses_a_damaged_one(stack, sshd, tmp_path):
     remote = _remote_dir(tmp_path)
     _with_rsync(stack, sshd, remote)
     res, snap = _backup(stack)
     assert res.returncode == 0, res.stdout + res.stderr
+    (remote / snap.name / SIGNATURE_FILE).unlink()     # what a push killed before its last write leaves
+    listed = run_cli(["offsite", "list", "--json", "--config", str(stack.config)], stack.env)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == {"nas": []}, listed.stdout + listed.stderr
+    push = run_cli(["offsite", "push", snap.name, "--config", str(stack.config)], stack.env)
+    assert push.returncode == 0, push.stdout + push.stderr
+    assert (remote / snap.name / SIGNATURE_FILE).read_bytes() == (snap / SIGNATURE_FILE).read_bytes()
+    listed = run_cli(["offsite", "list", "--json", "--config", str(stack.config)], stack.env)
+    assert json.loads(listed.stdout) == {"nas": [snap.name]}
+
     rel = next(p for p in _files(snap) if p.endswith(".sql.gz"))
     victim = remote / snap.name / rel
     original = victim.read_bytes()
@@ -171,22 +178,6 @@ def test_fetch_refuses_a_tampered_or_truncated_remote_copy(stack, sshd, tmp_path
     assert truncated.returncode == 1, truncated.stdout + truncated.stderr
     assert f"{len(original) // 2} bytes fetched, the manifest says {len(original)}" in truncated.stderr
     assert _only_lock(other)
-
-
-def test_a_copy_cut_short_is_never_listed_and_push_completes_it(stack, sshd, tmp_path):
-    remote = _remote_dir(tmp_path)
-    res, snap = _backup(stack)                       # no target yet
-    assert res.returncode == 0, res.stdout + res.stderr
-    _with_rsync(stack, sshd, remote)
-    shutil.copytree(snap, remote / snap.name)       # what a push killed before its last write leaves
-    (remote / snap.name / SIGNATURE_FILE).unlink()
-    listed = run_cli(["offsite", "list", "--json", "--config", str(stack.config)], stack.env)
-    assert listed.returncode == 0 and json.loads(listed.stdout) == {"nas": []}, listed.stdout + listed.stderr
-    push = run_cli(["offsite", "push", snap.name, "--config", str(stack.config)], stack.env)
-    assert push.returncode == 0, push.stdout + push.stderr
-    assert (remote / snap.name / SIGNATURE_FILE).read_bytes() == (snap / SIGNATURE_FILE).read_bytes()
-    listed = run_cli(["offsite", "list", "--json", "--config", str(stack.config)], stack.env)
-    assert json.loads(listed.stdout) == {"nas": [snap.name]}
 
 
 @contextlib.contextmanager

@@ -135,7 +135,8 @@ def ssh_command(config: RsyncTargetConfig, control: str | None = None) -> list[s
             "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no",
             "-o", f"ConnectTimeout={_connect_timeout(config)}", "-p", str(config.port)]
     if control:
-        argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}", "-o", f"ControlPersist={CONTROL_PERSIST_S}"]
+        argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}",
+                 "-o", f"ControlPersist={CONTROL_PERSIST_S}"]
     return argv
 
 
@@ -251,8 +252,8 @@ class RsyncTarget:
 
     def _argv(self, *args: str, transfer: bool = False) -> list[str]:
         cfg = self.config
-        argv = ["rsync", "-e", " ".join(ssh_command(cfg, self._control_path())), f"--timeout={max(1, math.ceil(cfg.timeout_s))}",
-                "--no-h"]
+        argv = ["rsync", "-e", " ".join(ssh_command(cfg, self._control_path())),
+                f"--timeout={max(1, math.ceil(cfg.timeout_s))}", "--no-h"]
         if transfer and cfg.bwlimit_kbps:
             argv.append(f"--bwlimit={cfg.bwlimit_kbps}")
         return argv + list(args)
@@ -302,8 +303,9 @@ class RsyncTarget:
             changed = "HAS CHANGED" in err or "has changed" in err
             what = ("the host key of {w} is not the one in {kh} (it changed — a reinstalled host or a "
                     "man-in-the-middle)" if changed else "the host key of {w} is not in {kh}")
-            return OffsiteError(f"{head}: host key verification failed: {what.format(w=where, kh=self.config.known_hosts)}"
-                                f" — get it with `ssh-keyscan -p {self.config.port} -t ed25519 {self.host.strip('[]')}`, "
+            what = what.format(w=where, kh=self.config.known_hosts)
+            scan = f"ssh-keyscan -p {self.config.port} -t ed25519 {self.host.strip('[]')}"
+            return OffsiteError(f"{head}: host key verification failed: {what} — get it with `{scan}`, "
                                 "compare its fingerprint (ssh-keygen -lf) with the one the host itself shows "
                                 "(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub there), then add the line to "
                                 "known_hosts; it is never accepted automatically")
@@ -321,8 +323,8 @@ class RsyncTarget:
                                 "remote host, is the port right?")
         if re.search(r"Connection timed out|Operation timed out|timed out during banner", err) or code in (30, 35):
             return OffsiteError(f"{head}: {where} did not answer in time ({_connect_timeout(self.config)} s to "
-                                f"connect, --timeout {max(1, math.ceil(self.config.timeout_s))} s idle) — is the host "
-                                "up and reachable, does a firewall drop the port?")
+                                f"connect, --timeout {max(1, math.ceil(self.config.timeout_s))} s idle) — is the "
+                                "host up and reachable, does a firewall drop the port?")
         if re.search(r"Could not resolve hostname|Name or service not known|No route to host|Network is unreachable",
                      err):
             return OffsiteError(f"{head}: cannot reach {where} ({_excerpt(err, 120)}) — check the host name in "
@@ -462,13 +464,15 @@ def _key_problem(path: str) -> str | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return f"ssh_key {path} does not exist — create a key pair (ssh-keygen -t ed25519 -N '' -f {path}) or fix ssh_key"
+        return (f"ssh_key {path} does not exist — create a key pair (ssh-keygen -t ed25519 -N '' -f {path}) "
+                "or fix ssh_key")
     except OSError as exc:
         return f"ssh_key {path} cannot be read: {exc.strerror}"
     if not stat.S_ISREG(st.st_mode):
         return f"ssh_key {path} is not a file"
     if st.st_uid == os.geteuid() and st.st_mode & 0o077:
-        return f"ssh_key {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}; ssh refuses it) — chmod 600 it"
+        return (f"ssh_key {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}; ssh refuses it) — "
+                "chmod 600 it")
     if not os.access(path, os.R_OK):
         return f"ssh_key {path} cannot be read by this user"
     return None

@@ -131,7 +131,8 @@ def test_listing_parser_keeps_plain_names_and_drops_dot_symlinks_and_odd_entries
 
 def test_remote_paths_are_checked_and_rels_never_leave_the_folder(tmp_path):
     target = create("nas", _cfg(tmp_path))
-    assert target._remote("2026-12-01_03-00-00/db.sql.gz") == "backup@nas.lan:/backups/coderz/2026-12-01_03-00-00/db.sql.gz"
+    assert target._remote("2026-12-01_03-00-00/db.sql.gz") == \
+        "backup@nas.lan:/backups/coderz/2026-12-01_03-00-00/db.sql.gz"
     assert target._remote("2026-12-01_03-00-00", folder=True).endswith("/2026-12-01_03-00-00/")
     for bad in ("../etc/passwd", "/etc/passwd", "a/../../b"):
         with pytest.raises(Exception, match="outside the snapshot folder"):
