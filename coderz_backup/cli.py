@@ -198,6 +198,10 @@ def cmd_config_check(args) -> int:
         print(f"✗ {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     problems = secret_problems(cfg, offsite=True)
+    if getattr(cfg, "offsite", None):
+        from .offsite import setup_problems
+
+        problems += setup_problems(cfg)
     if problems:
         print(f"✗ {ConfigError(cfg.source, problems)}", file=sys.stderr)
         return EXIT_UNUSABLE

@@ -13,6 +13,8 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
+command -v rsync >/dev/null || need+=(rsync)            # off-site kind "rsync" (rsync over SSH)
+command -v ssh >/dev/null || need+=(openssh-client)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -14,6 +14,25 @@ if [ ! -x /usr/bin/chromium ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 fi
+# A private sshd for the rsync off-site tests (tests/sshd.py). The system ssh service is never
+# started: apt asks /usr/sbin/policy-rc.d, which answers 101 (denied); if there is none, one is
+# put in place for the install only.
+if [ ! -x /usr/sbin/sshd ]; then
+  echo "test: installing openssh-server (the system ssh service is not started)"
+  export DEBIAN_FRONTEND=noninteractive
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# coderz-backup scripts/test.sh: no service starts during this install\nexit 101\n' \
+      > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT   # removed even when the install fails or is interrupted
+  fi
+  rc=0
+  apt-get install -y -qq openssh-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq openssh-server >/dev/null; } || rc=$?
+  if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
+  [ "$rc" -eq 0 ] || exit "$rc"
+fi
 
 # Does the caller name tests (a path, or path::test)? Values of pytest's options that take one
 # (-k aof, -m slow, …) are not paths; --help and --version are passed through as they are.

@@ -5,6 +5,7 @@
 - PostgreSQL 15 (two clusters: source and restore target) and Redis 7 started by
   :mod:`coderz_backup.sandbox`, the same code the README's demo uses.
 - SeaweedFS (``weed mini``, a real S3 server) for the off-site S3 tests (:mod:`seaweed`).
+- A private OpenSSH ``sshd`` (rsync over SSH) for the off-site rsync tests (:mod:`sshd`).
 
 A run that collects only ``tests/unit`` (the unit tier: no servers, no Docker, no network)
 starts none of this; its Prefect settings point at a closed port, so a unit test that
@@ -223,6 +224,16 @@ def seaweed():
     srv = SeaweedS3(_SESSION_DIR / "seaweed").start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def sshd():
+    """A real SSH server: a private ``/usr/sbin/sshd`` on a free 127.0.0.1 port (see tests/sshd.py)."""
+    from sshd import Sshd
+
+    srv = Sshd(_SESSION_DIR / "sshd").start()
+    yield srv
+    srv.cleanup()
 
 
 @pytest.fixture

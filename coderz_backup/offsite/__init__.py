@@ -24,13 +24,14 @@ from ..stages import StageResult
 from .base import Target, TargetBase
 from .copy import PushResult, complete_snapshots, fetch, push
 from .dir import DirTarget
+from .rsync import RsyncTarget
 from .s3 import S3Target
 
 __all__ = ["KINDS", "OffsiteStage", "PushResult", "Target", "TargetConfig", "complete_snapshots", "create",
-           "fetch", "identities", "push"]
+           "fetch", "identities", "push", "setup_problems"]
 
 #: every off-site target kind this version supports
-KINDS: tuple[type, ...] = (DirTarget, S3Target)
+KINDS: tuple[type, ...] = (DirTarget, S3Target, RsyncTarget)
 
 TARGET_MODELS: dict[str, type[TargetBase]] = {cls.kind: cls.config_model for cls in KINDS}
 
@@ -44,6 +45,17 @@ def create(name: str, config) -> Target:
     if cls is None:
         raise ConfigError(f"offsite.{name}", [f"kind {config.kind!r} is not supported by this version"])
     return cls(name, config)
+
+
+def setup_problems(cfg) -> list[str]:
+    """What keeps an enabled target from working on this host (a kind's optional ``setup_problems``:
+    a missing binary, key or known_hosts file), for ``config check``."""
+    out = []
+    for name, config in (getattr(cfg, "offsite", None) or {}).items():
+        cls = next((c for c in KINDS if c.kind == config.kind), None)
+        if config.enabled and cls is not None and hasattr(cls, "setup_problems"):
+            out += cls.setup_problems(name, config)
+    return out
 
 
 class OffsiteStage:
