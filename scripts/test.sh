@@ -14,6 +14,12 @@ if [ ! -x /usr/bin/chromium ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 fi
+# Debian's age: the off-site encryption tests decrypt our files with the reference tool
+if ! command -v age >/dev/null; then
+  echo "test: installing age"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq age >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq age >/dev/null; }
+fi
 # A private sshd for the rsync off-site tests (tests/sshd.py). The system ssh service is never
 # started: apt asks /usr/sbin/policy-rc.d, which answers 101 (denied); if there is none, one is
 # put in place for the install only.

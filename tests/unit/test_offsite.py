@@ -259,3 +259,19 @@ def test_an_s3_credentials_block_replaces_the_keys_never_joins_them(tmp_path):
     with pytest.raises(ConfigError, match="credentials_block, not both"):
         _s3_config(tmp_path, 'bucket = "bkt"\ncredentials_block = "x"\naccess_key_id = "env:K"\n'
                              'secret_access_key = "env:S"\n')
+
+
+def test_the_age_tool_decrypts_what_a_push_encrypted(snapshot, target, tmp_path, age_key):
+    """The format is age's own: an operator can read a copy with the reference `age` command."""
+    import shutil
+    import subprocess
+
+    folder, _ = snapshot
+    recipient, key_file = age_key
+    if shutil.which("age") is None:
+        pytest.fail("Debian's age is not installed (scripts/test.sh installs it)")
+    push(folder, target, DirTargetConfig(kind="dir", path=str(tmp_path / "drive"), encrypt_to=[recipient]).recipients())
+    for rel in ("db.sql.gz", MANIFEST):
+        out = subprocess.run(["age", "--decrypt", "--identity", str(key_file),
+                              str(tmp_path / "drive" / folder.name / rel)], capture_output=True, check=True)
+        assert out.stdout == (folder / rel).read_bytes(), rel
