@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 
-from helpers import run_cli
+from helpers import decoded_subject, mail_parts, run_cli, with_email
 
 from coderz_backup.signing import SIGNATURE_FILE
 from coderz_backup.snapshot import MANIFEST
@@ -222,3 +222,15 @@ def test_a_push_killed_mid_copy_leaves_nothing_listed_and_the_next_push_complete
     fetched = run_cli(["fetch", snap.name, "--from", "usb", "--dest", str(tmp_path / "new"),
                        "--config", str(stack.config)], stack.env)
     assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+
+
+def test_a_failed_copy_is_mailed_as_a_warning_naming_the_target_and_what_to_check(stack, tmp_path, smtp):
+    _with_target(stack, tmp_path / "not-mounted")
+    with_email(stack, smtp.port)
+    res, snap = _backup(stack)
+    assert res.returncode == 1, res.stdout + res.stderr
+    [(_, msg)] = smtp.messages
+    assert decoded_subject(msg).startswith("⚠️ Coderz Backup — 1 failure(s) on ")
+    text = mail_parts(msg)["text/plain"]
+    assert "usb" in text and "is not a folder (is the drive mounted?)" in text, text
+    assert snap.name in text
