@@ -31,6 +31,12 @@ fails is aborted; one whose process is killed stays invisible until a lifecycle 
 its retention date — coderz-backup never deletes object versions, expiring them is the
 bucket's lifecycle rules' job. Objects the store refuses to delete are logged one line each.
 
+``object_lock_days > 0`` writes every object with Object Lock mode COMPLIANCE until now + that
+many days (the bucket must have Object Lock enabled). :meth:`S3Target.lock_status` tells
+retention a snapshot is still locked (its signature, the object written last, from a HEAD;
+or object_lock_days after it was written when the store does not say), so retention leaves it
+whole instead of hiding it behind delete markers.
+
 Credentials are secret references (``env:NAME``, ``prefect-secret:NAME`` or the literal),
 resolved only when the first request is made; none given means boto3's default chain
 (``AWS_*`` environment, ``~/.aws``, an instance role). They never show in a message or a log.
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import hashlib
 import io
 import logging
@@ -84,6 +91,9 @@ class S3TargetConfig(TargetBase):
                                                             "with parts of this size (MiB; S3's minimum is 5)")
     max_concurrency: int = Field(4, ge=1, le=64, description="parts of one file uploaded in parallel "
                                                             "(memory: about part_size_mb times this)")
+    object_lock_days: int = Field(0, ge=0, le=36500, description="> 0: every object is written with Object Lock "
+                                  "(COMPLIANCE) until now + this many days; the bucket must have Object Lock "
+                                  "enabled (0 = no lock)")
 
     @field_validator("prefix")
     @classmethod
@@ -181,6 +191,12 @@ class S3Target:
                 return OffsiteError(f"{head}: the store is failing or throttling ({code}); the run retries, "
                                     "the next run catches up")
             msg = self._clean(str(err.get("Message") or ""))[:200]
+            if self.config.object_lock_days and (code == "InvalidRequest" or "lock" in msg.lower()) \
+                    and doing.startswith("uploading"):
+                return OffsiteError(f"{head}: the store refused an Object Lock upload ({code}) — bucket "
+                                    f"{self.bucket} must have Object Lock enabled (it can only be turned on when "
+                                    "the bucket is created, or on AWS for a versioned one), or set "
+                                    "object_lock_days = 0")
             return OffsiteError(f"{head}: {code}{': ' + msg if msg else ''}")
         if isinstance(inner, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
             connect, read = _timeouts(self.config)
@@ -226,7 +242,8 @@ class S3Target:
             expected = _expected_checksum(source, size, sha256, part if multipart else None, self.name, rel)
             with self._mapped(f"uploading {rel}"):
                 cl.upload_file(str(source), self.bucket, key, Config=transfer,
-                               ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha256}})
+                               ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha256},
+                                          **self._lock_args()})
         except OSError as exc:   # the local file (botocore's own socket errors arrive as BotoCoreError)
             raise OffsiteError(f"off-site {self.name}: reading {source} to upload it as {rel} failed: "
                                f"{exc.strerror or exc}") from None
@@ -240,6 +257,41 @@ class S3Target:
         if problem:
             self._discard(key)
             raise OffsiteError(f"off-site {self.name}: {rel} {problem}; not kept")
+
+    def _lock_args(self) -> dict[str, Any]:
+        """ExtraArgs of an upload under ``object_lock_days`` (none without)."""
+        days = self.config.object_lock_days
+        if not days:
+            return {}
+        until = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(days=days)
+        return {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": until}
+
+    def lock_status(self, rel: str) -> str | None:
+        """``"under Object Lock until …"`` while file ``rel`` may not be deleted, else None: its retain-until
+        date or legal hold from a HEAD, and with ``object_lock_days`` at least that long after it was
+        written (a key without s3:GetObjectRetention gets no lock headers)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            head = self._client().head_object(Bucket=self.bucket, Key=self._key(rel))
+        except ClientError as exc:
+            if str((exc.response.get("Error") or {}).get("Code", "")) in MISSING_CODES:
+                return None
+            raise self._error(exc, f"looking at the Object Lock of {rel}") from None
+        except BotoCoreError as exc:
+            raise self._error(exc, f"looking at the Object Lock of {rel}") from None
+        now = dt.datetime.now(dt.timezone.utc)
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            return "under an Object Lock legal hold"
+        until = [t for t in (head.get("ObjectLockRetainUntilDate"),) if isinstance(t, dt.datetime)]
+        written = head.get("LastModified")
+        if self.config.object_lock_days and isinstance(written, dt.datetime):
+            until.append(written + dt.timedelta(days=self.config.object_lock_days))
+        latest = max(until, default=None)
+        if latest is None or latest <= now:
+            return None
+        mode = head.get("ObjectLockMode") or "COMPLIANCE"
+        return f"under Object Lock until {latest.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC ({mode})"
 
     def _arrival_problem(self, head: dict, key: str, size: int, sha256: str, expected: str) -> str | None:
         got_size = head.get("ContentLength")
