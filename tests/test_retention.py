@@ -135,7 +135,7 @@ def test_object_lock_uploads_locked_objects_and_retention_skips_a_locked_snapsho
     push(old, _target(seaweed, bucket, object_lock_days=1))
     second = run_cli(["backup", "--config", str(stack.config)], stack.env)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "✗" not in second.stdout and "✓ cloud: " in second.stdout and "1 kept under Object Lock" in second.stdout
+    assert "✗ Failed : 0" in second.stdout and "✗ cloud" not in second.stdout and "✓ cloud: " in second.stdout and "1 kept under Object Lock" in second.stdout
     current = stack.snapshots()[-1]
     log = (current / "backup.log").read_text()
     about_old = [line for line in log.splitlines() if old.name in line]
