@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
                                                "/opt/coderz/backup/snapshots)")
     b.add_argument("--keep", metavar="N", type=_days, help="keep N days of snapshots, 0 = forever "
                                                            "(env KEEP_DAYS; default 7)")
+    for period, what in (("daily", "days"), ("weekly", "ISO weeks"), ("monthly", "months")):
+        b.add_argument(f"--keep-{period}", metavar="N", type=_count, dest=f"keep_{period}",
+                       help=f"also keep the newest usable snapshot of each of the last N {what} that have one "
+                            f"(env KEEP_{period.upper()}; default 0 = unused)")
     b.add_argument("--only", metavar="NAME", action="append",
                    help="back up only this service (config table name); repeatable")
     b.add_argument("--no-offsite", dest="offsite", action="store_false",
@@ -159,6 +163,16 @@ def _days(text: str) -> int:
     return n
 
 
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be 0 (unused) or more")
+    return n
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "only", None):  # repeatable, and "a,b" works too
@@ -206,7 +220,9 @@ def cmd_config_check(args) -> int:
         print(f"✗ {ConfigError(cfg.source, problems)}", file=sys.stderr)
         return EXIT_UNUSABLE
     enabled = cfg.enabled_services()
-    print(f"✓ {cfg.source}: valid — dest {cfg.dest}, keep {cfg.keep_days} days, "
+    gfs = ", ".join(f"{n} {k}" for k, n in (("daily", cfg.keep_daily), ("weekly", cfg.keep_weekly),
+                                            ("monthly", cfg.keep_monthly)) if n)
+    print(f"✓ {cfg.source}: valid — dest {cfg.dest}, keep {cfg.keep_days} days{' + ' + gfs if gfs else ''}, "
           f"{len(enabled)} service(s): {', '.join(enabled)}")
     return EXIT_OK
 
@@ -345,7 +361,8 @@ def _mail_orchestrator_down(cfg: Config, reason: str) -> None:
 
 
 def cmd_backup(args) -> int:
-    cfg: Config = load(args.config, dest=args.dest, keep=args.keep)  # fail fast on bad config
+    gfs = {k: getattr(args, k) for k in ("keep_daily", "keep_weekly", "keep_monthly")}
+    cfg: Config = load(args.config, dest=args.dest, keep=args.keep, **gfs)  # fail fast on bad config
     services = cfg.enabled_services(args.only)  # unknown --only names → ConfigError, exit 2
     missing = secret_problems(cfg, services)
     if missing:   # before Prefect starts: a backup that cannot log in is not worth 20 s of start-up
@@ -358,7 +375,7 @@ def cmd_backup(args) -> int:
             add_listener(progress)
             try:
                 state = coderz_backup(dest=args.dest, keep=args.keep, only=args.only, config=args.config,
-                                      offsite=args.offsite, return_state=True)
+                                      offsite=args.offsite, return_state=True, **gfs)
             finally:
                 remove_listener(progress)
     except OrchestratorError as exc:

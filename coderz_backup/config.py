@@ -1,7 +1,7 @@
 """Typed configuration, validated once.
 
 Sources, highest first: command-line flag > environment (``CODERZ_BACKUP_CONFIG``,
-``CODERZ_BACKUP_DEST``, ``KEEP_DAYS``) > TOML config file > built-in defaults (the
+``CODERZ_BACKUP_DEST``, ``KEEP_DAYS``, ``KEEP_DAILY``, ``KEEP_WEEKLY``, ``KEEP_MONTHLY``) > TOML config file > built-in defaults (the
 Coderz Stack of the product document). :func:`load` returns a :class:`Config` or raises
 :class:`~coderz_backup.errors.ConfigError` listing *every* problem, prefixed by the
 file name.
@@ -160,6 +160,12 @@ class Config(_Model):
 
     dest: Path = Field(DEFAULT_DEST, description="folder holding the dated snapshots")
     keep_days: int = Field(DEFAULT_KEEP_DAYS, ge=0, description="rotation: keep this many days, 0 = forever")
+    keep_daily: int = Field(0, ge=0, description="rotation: also keep the newest usable snapshot of each of the "
+                            "last N days that have one (0 = unused)")
+    keep_weekly: int = Field(0, ge=0, description="rotation: also keep the newest usable snapshot of each of the "
+                             "last N ISO weeks that have one (0 = unused)")
+    keep_monthly: int = Field(0, ge=0, description="rotation: also keep the newest usable snapshot of each of the "
+                              "last N months that have one (0 = unused)")
     retries: int = Field(2, ge=0, le=10, description="retries per service task after the first attempt")
     retry_delay_s: list[float] = Field(default_factory=lambda: [10.0, 30.0], description="delay before each retry")
     email: EmailConfig | None = Field(None, description="alert mail settings; absent = no mail")
@@ -293,6 +299,9 @@ def load(
     dest: str | Path | None = None,
     keep: int | None = None,
     env: Mapping[str, str] | None = None,
+    keep_daily: int | None = None,
+    keep_weekly: int | None = None,
+    keep_monthly: int | None = None,
 ) -> Config:
     """Load and validate the configuration with the documented precedence."""
     env = os.environ if env is None else env
@@ -342,6 +351,19 @@ def load(
             merged["keep_days"] = days
     if keep is not None:
         merged["keep_days"] = keep
+    for key, var, flag in (("keep_daily", "KEEP_DAILY", keep_daily), ("keep_weekly", "KEEP_WEEKLY", keep_weekly),
+                           ("keep_monthly", "KEEP_MONTHLY", keep_monthly)):
+        if flag is not None:
+            merged[key] = flag
+        elif var in env:
+            try:
+                count = int(env[var])
+            except ValueError:
+                count = -1
+            if count < 0:
+                problems.append(f"{var}={env[var]!r}: must be a whole number, 0 or more (0 = unused)")
+            else:
+                merged[key] = count
 
     services = merged.get("services")
     if isinstance(services, Mapping):

@@ -205,7 +205,7 @@ def authenticate(folder: Path, manifest_bytes: bytes | None, *, own_key: str | N
         if doc.get("format") != SIGNATURE_FORMAT or doc.get("algorithm") != "ed25519":
             raise ValueError("unknown signature format")
         public_key = parse_public_key(key_text)
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError) as exc:
         raise SignatureError(f"snapshot {name}: {SIGNATURE_FILE} is not a valid signature ({exc}): refused") from None
     accepted = {k for k in (own_key, *trusted) if k}
     if key_text not in accepted:

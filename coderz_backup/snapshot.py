@@ -292,7 +292,7 @@ def _parse_manifest(raw: bytes | None) -> dict | None:
         return None
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):   # RecursionError: a crafted file of nested brackets
         return None
     return data if isinstance(data, dict) else None
 

@@ -113,7 +113,7 @@ def read_record(folder: Path) -> dict | None:
         raw = fh.read(1 << 20)
     try:
         record = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):   # RecursionError: a crafted file of nested brackets
         return None
     signed = read_manifest_bytes(folder) or b""
     if not isinstance(record, dict) or record.get("manifest_sha256") != hashlib.sha256(signed).hexdigest():

@@ -33,7 +33,9 @@ def alert_on_failure(flow, flow_run, state) -> None:
         return
     params = dict(flow_run.parameters or {})
     try:
-        cfg = load(params.get("config"), dest=params.get("dest"), keep=params.get("keep"))
+        cfg = load(params.get("config"), dest=params.get("dest"), keep=params.get("keep"),
+                   keep_daily=params.get("keep_daily"), keep_weekly=params.get("keep_weekly"),
+                   keep_monthly=params.get("keep_monthly"))
     except CoderzBackupError as exc:
         log.error("cannot send the failure mail: config unusable (%s)", exc)
         return

@@ -41,7 +41,7 @@ from ..progress import add_listener, emit as _emit, remove_listener
 from ..config import Config, ServiceConfig, load
 from ..errors import ConfigError, CoderzBackupError, PartialBackupError, RunFailed, SecretError
 from ..report import render_report
-from ..rotation import rotate
+from ..rotation import describe_policy, rotate
 from ..runlog import run_log
 from ..services import REGISTRY, ArtifactResult, create, expected_artifacts
 from ..signing import load_signer
@@ -209,6 +209,9 @@ def coderz_backup(
     only: list[str] | None = None,
     config: str | None = None,
     offsite: bool = True,
+    keep_daily: int | None = None,
+    keep_weekly: int | None = None,
+    keep_monthly: int | None = None,
 ):
     """Back up every enabled service of the Coderz Stack into a new dated snapshot.
 
@@ -218,8 +221,11 @@ def coderz_backup(
         only: back up just these services (config table names).
         config: path of the TOML config file.
         offsite: copy the snapshot to the [offsite.*] targets (false: skip them for this run).
+        keep_daily: rotation, also keep the newest usable snapshot of each of the last N days (default:
+            KEEP_DAILY, config, 0 = unused); keep_weekly / keep_monthly likewise for ISO weeks and months.
     """
-    cfg = load(config, dest=dest, keep=keep)
+    cfg = load(config, dest=dest, keep=keep, keep_daily=keep_daily, keep_weekly=keep_weekly,
+               keep_monthly=keep_monthly)
     return run_backup(cfg, only=only, offsite=offsite)
 
 
@@ -256,9 +262,9 @@ def run_backup(cfg: Config, *, only: list[str] | None = None, report_key: str = 
 
 def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous, report_key, signer,
                      copy_offsite=True):
-    log.info("coderz-backup %s on %s: snapshot %s into %s (keep %s days, flow run %s)",
+    log.info("coderz-backup %s on %s: snapshot %s into %s (keep %s, flow run %s)",
              __version__, socket.gethostname(), snap.name, cfg.dest,
-             cfg.keep_days or "∞", rt_flow_run.id)
+             describe_policy(cfg.keep_days, cfg.keep_daily, cfg.keep_weekly, cfg.keep_monthly), rt_flow_run.id)
     for name in stale:
         log.warning("removed %s left behind by an interrupted run", name)
     sections = {name: section_title(name, c) for name, c in services.items()}
@@ -338,7 +344,8 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
     stages = offsite.stages_for(cfg, store) if usable and copy_offsite else []
     # off-site copies, on the finished snapshot (recorded in post-snapshot.json beside the manifest)
     after = _post_snapshot(cfg, stages, final, manifest) if stages else []
-    deleted = rotate(store, keep_days=cfg.keep_days, current=snap.name, current_usable=usable)
+    deleted = rotate(store, keep_days=cfg.keep_days, current=snap.name, current_usable=usable,
+                     keep_daily=cfg.keep_daily, keep_weekly=cfg.keep_weekly, keep_monthly=cfg.keep_monthly)
     try:
         publish_report(manifest, str(final), report_key, [r.as_manifest() for r in after])
     except Exception as exc:  # noqa: BLE001 - the UI report is a convenience, the snapshot is done

@@ -8,11 +8,14 @@ a remote copy complete, listing, fetching back — is :mod:`.copy`.
 In a backup run each enabled target is one ``offsite-<name>`` task of the post-snapshot stage
 (:mod:`coderz_backup.stages`), retried like a service: it pushes the new snapshot and every local
 one the target is missing (a target that was down catches up on the next run). A failed copy
-leaves the local snapshot as it is and makes the run ⚠️ (exit 1).
+leaves the local snapshot as it is and makes the run ⚠️ (exit 1). After the pushes the stage
+applies the target's retention (:mod:`.retention`: its ``keep_*`` keys, else the local ones);
+``offsite push`` never deletes anything.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Union
 
@@ -22,10 +25,14 @@ from ..errors import ConfigError
 from ..snapshot import SnapshotStore
 from ..stages import StageResult
 from .base import Target, TargetBase
+from . import retention
 from .copy import PushResult, complete_snapshots, fetch, push
 from .dir import DirTarget
 from .rsync import RsyncTarget
+from .retention import Policy
 from .s3 import S3Target
+
+log = logging.getLogger(__name__)
 
 __all__ = ["KINDS", "OffsiteStage", "PushResult", "Target", "TargetConfig", "complete_snapshots", "create",
            "fetch", "identities", "push", "setup_problems"]
@@ -59,13 +66,15 @@ def setup_problems(cfg) -> list[str]:
 
 
 class OffsiteStage:
-    """The post-snapshot step for one target: push the new snapshot, then what the target misses."""
+    """The post-snapshot step for one target: push the new snapshot, then what the target misses,
+    then the target's retention (:mod:`.retention`)."""
 
-    def __init__(self, name: str, config, store: SnapshotStore):
+    def __init__(self, name: str, config, store: SnapshotStore, policy: Policy | None = None):
         self.target_name = name
         self.name = f"offsite-{name}"
         self.config = config
         self.store = store
+        self.policy = policy
 
     def run(self, snapshot: Path, manifest: dict) -> StageResult:
         """Raises (OffsiteError) when a copy fails: the flow retries the task, then records it failed."""
@@ -73,19 +82,45 @@ class OffsiteStage:
         recipients = self.config.recipients()
         pushed = [push(snapshot, target, recipients, parallel=self.config.parallel_files)]
         remote = set(complete_snapshots(target))
-        for snap in self.store.list():   # newest first: what an earlier failed run did not send
-            if snap.name != snapshot.name and snap.name not in remote and snap.manifest \
-                    and snap.manifest.get("status") in ("ok", "partial"):
-                pushed.append(push(snap.path, target, recipients, parallel=self.config.parallel_files))
+        local_snaps = self.store.list()
+        local = {snap.name: snap.manifest for snap in local_snaps if isinstance(snap.manifest, dict)}
+        missing = [snap for snap in local_snaps   # newest first: what an earlier failed run did not send
+                   if snap.name != snapshot.name and snap.name not in remote and snap.manifest
+                   and snap.manifest.get("status") in ("ok", "partial")]
+        usable = (manifest or {}).get("status") in ("ok", "partial")
+        skipped: list[str] = []
+        if missing and self.policy is not None and not self.policy.forever:
+            # never sent only to be deleted by the target's retention right after
+            doomed = set(retention.plan_target(target, self.policy, current=snapshot.name, extra=missing,
+                                                 local=local).plan.delete)
+            skipped = [s.name for s in missing if s.name in doomed]
+            for name in skipped:
+                log.info("off-site %s: not catching up %s: the target's retention (%s) would not keep it",
+                         self.target_name, name, self.policy.describe())
+            missing = [s for s in missing if s.name not in doomed]
+        for snap in missing:
+            pushed.append(push(snap.path, target, recipients, parallel=self.config.parallel_files))
         sent = [p for p in pushed if not p.already_there]
         detail = (f"{pushed[0].files} files, {pushed[0].bytes} bytes to {target.describe()}"
                   if not pushed[0].already_there else f"already on {target.describe()}")
         if len(sent) > (0 if pushed[0].already_there else 1):
             detail += f"; caught up {', '.join(p.snapshot for p in sent if p.snapshot != snapshot.name)}"
-        return StageResult(self.name, "ok", detail, details={
+        details = {
             "target": self.target_name, "kind": self.config.kind, "where": target.describe(),
             "snapshots": [p.snapshot for p in sent], "bytes": sum(p.bytes for p in sent),
-            "files": sum(p.files for p in sent), "encrypted": bool(recipients)})
+            "files": sum(p.files for p in sent), "encrypted": bool(recipients)}
+        if self.policy is not None:
+            pruned = retention.prune(target, self.policy, current=snapshot.name, current_usable=usable,
+                                     pushing=[p.snapshot for p in pushed], local=local)
+            details.update(pruned=pruned.pruned, kept_locked=sorted(pruned.locked), not_caught_up=skipped)
+            if pruned.pruned:
+                detail += f"; pruned {len(pruned.pruned)}"
+            if pruned.locked:
+                detail += f"; {len(pruned.locked)} kept under Object Lock"
+            if pruned.errors:
+                details["prune_errors"] = pruned.errors
+                detail += f"; retention: {len(pruned.errors)} problem(s), see the log"
+        return StageResult(self.name, "ok", detail, details=details)
 
 
 def identities(name: str, config, given: str | None = None) -> list:
@@ -101,7 +136,8 @@ def identities(name: str, config, given: str | None = None) -> list:
 
 
 def stages_for(cfg, store: SnapshotStore) -> list[OffsiteStage]:
-    """One stage per enabled target, in config order."""
-    return [OffsiteStage(name, t, store) for name, t in (getattr(cfg, "offsite", None) or {}).items() if t.enabled]
+    """One stage per enabled target, in config order, each with its retention (its keys, else ``cfg``'s)."""
+    return [OffsiteStage(name, t, store, retention.policy_for(t, cfg))
+            for name, t in (getattr(cfg, "offsite", None) or {}).items() if t.enabled]
 
 

@@ -8,6 +8,9 @@ checked — is the same for every kind and lives in :mod:`coderz_backup.offsite.
   the store's own checksum); it never leaves a half-written file under the final name.
 - :meth:`Target.open` reads one file back; :meth:`Target.names` lists the names directly
   under a folder; :meth:`Target.exists`; :meth:`Target.remove` deletes a snapshot's folder.
+- optional: ``lock_status(rel) -> str | None`` says when file ``rel`` may not be deleted yet
+  (S3 Object Lock: ``"under Object Lock until …"``); retention keeps such a snapshot
+  (:mod:`coderz_backup.offsite.retention`). A kind without it has no locks.
 
 Every failure is an :class:`~coderz_backup.errors.OffsiteError` whose message says what to do.
 """
@@ -53,6 +56,12 @@ class TargetBase(_Model):
         from .crypt import parse_recipient
 
         return [parse_recipient(r) for r in self.encrypt_to]
+    keep_days: int | None = Field(None, ge=0, description="retention on this target: keep this many days "
+                                  "(0 = forever; unset: the local keep_days)")
+    keep_daily: int | None = Field(None, ge=0, description="retention on this target: also keep the newest usable "
+                                   "snapshot of each of the last N days (unset: the local keep_daily)")
+    keep_weekly: int | None = Field(None, ge=0, description="likewise for ISO weeks (unset: the local keep_weekly)")
+    keep_monthly: int | None = Field(None, ge=0, description="likewise for months (unset: the local keep_monthly)")
 
 
 class Target(Protocol):

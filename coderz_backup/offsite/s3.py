@@ -36,6 +36,12 @@ fails is aborted; one whose process is killed stays invisible until a lifecycle 
 its retention date — coderz-backup never deletes object versions, expiring them is the
 bucket's lifecycle rules' job. Objects the store refuses to delete are logged one line each.
 
+``object_lock_days > 0`` writes every object with Object Lock mode COMPLIANCE until now + that
+many days (the bucket must have Object Lock enabled). :meth:`S3Target.lock_status` tells
+retention a snapshot is still locked (its signature, the object written last, from a HEAD;
+or object_lock_days after it was written when the store does not say), so retention leaves it
+whole instead of hiding it behind delete markers.
+
 Credentials are secret references (``env:NAME``, ``prefect-secret:NAME`` or the literal), or a
 saved Prefect ``aws-credentials`` / ``minio-credentials`` block (``credentials_block``, see
 :mod:`.s3_blocks`), resolved only when the first request is made; none given means boto3's default chain
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import hashlib
 import io
 import logging
@@ -93,6 +100,9 @@ class S3TargetConfig(TargetBase):
                                                             "with parts of this size (MiB; S3's minimum is 5)")
     max_concurrency: int = Field(4, ge=1, le=64, description="parts of one file uploaded in parallel "
                                                             "(each part is streamed from the file: memory stays flat)")
+    object_lock_days: int = Field(0, ge=0, le=36500, description="> 0: every object is written with Object Lock "
+                                  "(COMPLIANCE) until now + this many days; the bucket must have Object Lock "
+                                  "enabled (0 = no lock)")
 
     @field_validator("prefix")
     @classmethod
@@ -205,6 +215,12 @@ class S3Target:
                 return OffsiteError(f"{head}: the store is failing or throttling ({code}); the run retries, "
                                     "the next run catches up")
             msg = self._clean(str(err.get("Message") or ""))[:200]
+            if self.config.object_lock_days and (code == "InvalidRequest" or "lock" in msg.lower()) \
+                    and doing.startswith("uploading"):
+                return OffsiteError(f"{head}: the store refused an Object Lock upload ({code}) — bucket "
+                                    f"{self.bucket} must have Object Lock enabled (it can only be turned on when "
+                                    "the bucket is created, or on AWS for a versioned one), or set "
+                                    "object_lock_days = 0")
             return OffsiteError(f"{head}: {code}{': ' + msg if msg else ''}")
         if isinstance(inner, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
             connect, read = _timeouts(self.config)
@@ -245,7 +261,7 @@ class S3Target:
                 expected = base64.b64encode(bytes.fromhex(sha256)).decode()
                 with self._mapped(f"uploading {rel}"), open(source, "rb") as fh:
                     cl.put_object(Bucket=self.bucket, Key=key, Body=fh, ChecksumAlgorithm="SHA256",
-                                  Metadata={"sha256": sha256})
+                                  Metadata={"sha256": sha256}, **self._lock_args())
             else:
                 from s3transfer.utils import ChunksizeAdjuster
 
@@ -278,7 +294,7 @@ class S3Target:
 
         conc = self.config.max_concurrency
         upload_id = cl.create_multipart_upload(Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256",
-                                               Metadata={"sha256": sha256})["UploadId"]
+                                               Metadata={"sha256": sha256}, **self._lock_args())["UploadId"]
         pool = ThreadPoolExecutor(conc, thread_name_prefix=f"s3-{self.name}")
         futures, pending = [], set()
         try:
@@ -343,6 +359,41 @@ class S3Target:
             raise OffsiteError(f"off-site {self.name}: part {number} of {key} arrived with another SHA-256 than "
                                "was sent; not kept")
         return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": checksum}
+
+    def _lock_args(self) -> dict[str, Any]:
+        """ExtraArgs of an upload under ``object_lock_days`` (none without)."""
+        days = self.config.object_lock_days
+        if not days:
+            return {}
+        until = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(days=days)
+        return {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": until}
+
+    def lock_status(self, rel: str) -> str | None:
+        """``"under Object Lock until …"`` while file ``rel`` may not be deleted, else None: its retain-until
+        date or legal hold from a HEAD, and with ``object_lock_days`` at least that long after it was
+        written (a key without s3:GetObjectRetention gets no lock headers)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            head = self._client().head_object(Bucket=self.bucket, Key=self._key(rel))
+        except ClientError as exc:
+            if str((exc.response.get("Error") or {}).get("Code", "")) in MISSING_CODES:
+                return None
+            raise self._error(exc, f"looking at the Object Lock of {rel}") from None
+        except BotoCoreError as exc:
+            raise self._error(exc, f"looking at the Object Lock of {rel}") from None
+        now = dt.datetime.now(dt.timezone.utc)
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            return "under an Object Lock legal hold"
+        until = [t for t in (head.get("ObjectLockRetainUntilDate"),) if isinstance(t, dt.datetime)]
+        written = head.get("LastModified")
+        if self.config.object_lock_days and isinstance(written, dt.datetime):
+            until.append(written + dt.timedelta(days=self.config.object_lock_days))
+        latest = max(until, default=None)
+        if latest is None or latest <= now:
+            return None
+        mode = head.get("ObjectLockMode") or "COMPLIANCE"
+        return f"under Object Lock until {latest.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC ({mode})"
 
     def _arrival_problem(self, head: dict, key: str, size: int, sha256: str, expected: str) -> str | None:
         got_size = head.get("ContentLength")

@@ -16,7 +16,7 @@ def isolated_settings(tmp_path, monkeypatch):
     """No config file, destination, keep days or signing key of the host."""
     from coderz_backup import config
 
-    for name in ("CODERZ_BACKUP_CONFIG", "CODERZ_BACKUP_DEST", "KEEP_DAYS"):
+    for name in ("CODERZ_BACKUP_CONFIG", "CODERZ_BACKUP_DEST", "KEEP_DAYS", "KEEP_DAILY", "KEEP_WEEKLY", "KEEP_MONTHLY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", tmp_path / "absent" / "coderz-backup.toml")
     monkeypatch.setenv("CODERZ_BACKUP_SIGNING_KEY", str(tmp_path / "keys" / "signing.key"))
