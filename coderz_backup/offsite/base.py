@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import threading
+import time
 from pathlib import Path
 from typing import BinaryIO, ClassVar, Protocol
 
@@ -26,7 +29,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from ..schema import _Model
 
-__all__ = ["Target", "TargetBase", "file_digest"]
+__all__ = ["Target", "TargetBase", "Throttle", "file_digest"]
 
 
 class TargetBase(_Model):
@@ -36,6 +39,8 @@ class TargetBase(_Model):
     enabled: bool = Field(True, description="copy each finished snapshot to this target")
     timeout_s: float = Field(3600.0, gt=0, description="give up on one copy attempt after this long")
     parallel_files: int = Field(4, ge=1, le=32, description="files of a snapshot sent at the same time")
+    bwlimit_kbps: int | None = Field(None, ge=1, description="limit what is sent to this target to this many "
+                                     "KiB/s in all (unset: no limit)")
     encrypt_to: list[str] = Field(default_factory=list, description="age recipients (age1… or ssh-ed25519 "
                                   "public keys): every file is encrypted to them before it leaves the host")
     identity: SecretStr | None = Field(None, description="the age identity that reads encrypted copies back "
@@ -95,3 +100,57 @@ def file_digest(path: Path) -> tuple[int, str]:
     with open(path, "rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
         return fh.tell(), digest
+
+
+class Throttle:
+    """A bandwidth limit shared by every transfer of one target (``bwlimit_kbps``): each
+    :meth:`consume` books its bytes on one timeline and sleeps until they are due, so parallel
+    files and parts together stay under the limit (a burst of a quarter second is let through)."""
+
+    BURST_S = 0.25
+
+    def __init__(self, kbps: int | None):
+        self.rate = kbps * 1024 if kbps else None
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def consume(self, n: int) -> None:
+        if not self.rate or n <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._next = max(self._next, now - self.BURST_S) + n / self.rate
+            delay = self._next - now - self.BURST_S
+        if delay > 0:
+            time.sleep(delay)
+
+    def wrap(self, fh):
+        """``fh`` (a readable binary file) with its reads throttled; seek/tell pass through."""
+        return fh if not self.rate else _Throttled(fh, self)
+
+
+class _Throttled(io.RawIOBase):
+    def __init__(self, fh, throttle: Throttle):
+        self._fh, self._t = fh, throttle
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._fh.seekable()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        self._t.consume(len(data))
+        return data
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from ..errors import OffsiteError
 from ..reader import safe_relpath
-from .base import TargetBase, file_digest
+from .base import TargetBase, Throttle, file_digest
 
 __all__ = ["DirTarget", "DirTargetConfig"]
 
@@ -40,6 +40,7 @@ class DirTarget:
         self.name = name
         self.config = config
         self.root = Path(config.path)
+        self.throttle = Throttle(config.bwlimit_kbps)
 
     def describe(self) -> str:
         return f"folder {self.root}"
@@ -61,7 +62,7 @@ class DirTarget:
             with open(source, "rb") as src:
                 fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
                 with os.fdopen(fd, "wb") as out:
-                    shutil.copyfileobj(src, out, CHUNK)
+                    shutil.copyfileobj(self.throttle.wrap(src), out, CHUNK)
                     out.flush()
                     os.fsync(out.fileno())
             got_size, got_sha = file_digest(partial)

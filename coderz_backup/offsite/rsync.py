@@ -87,8 +87,6 @@ class RsyncTargetConfig(TargetBase):
                                           "restrict it there with rrsync")
     known_hosts: str = Field(..., description="known_hosts file holding the remote host's key (ssh-keyscan it "
                                               "and compare its fingerprint); the only host keys trusted")
-    bwlimit_kbps: int | None = Field(None, ge=1, description="limit each transfer to this many KiB/s "
-                                                            "(rsync --bwlimit; unset: no limit)")
 
     @field_validator("target")
     @classmethod
@@ -255,7 +253,8 @@ class RsyncTarget:
         argv = ["rsync", "-e", " ".join(ssh_command(cfg, self._control_path())),
                 f"--timeout={max(1, math.ceil(cfg.timeout_s))}", "--no-h"]
         if transfer and cfg.bwlimit_kbps:
-            argv.append(f"--bwlimit={cfg.bwlimit_kbps}")
+            # the limit is the target's in all: shared by the files sent at the same time
+            argv.append(f"--bwlimit={max(1, cfg.bwlimit_kbps // cfg.parallel_files)}")
         return argv + list(args)
 
     def _run(self, argv: list[str], doing: str) -> subprocess.CompletedProcess:

@@ -65,7 +65,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from ..errors import OffsiteError
 from ..reader import safe_relpath
 from ..schema import resolve_secret
-from .base import TargetBase
+from .base import TargetBase, Throttle
 
 __all__ = ["S3Target", "S3TargetConfig"]
 
@@ -138,6 +138,7 @@ class S3Target:
         self.prefix = config.prefix
         self._cl = None
         self.endpoint_url, self.region = config.endpoint_url, config.region   # a credentials block may set them
+        self.throttle = Throttle(config.bwlimit_kbps)
         self._secrets: tuple[str, ...] = ()
         self._lock = threading.Lock()
 
@@ -211,6 +212,9 @@ class S3Target:
                                     "or fix bucket (and region/endpoint_url)")
             if code in ("PermanentRedirect", "301", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"):
                 return OffsiteError(f"{head}: bucket {self.bucket} is in another region ({code}) — fix region")
+            if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"):
+                return OffsiteError(f"{head}: the bytes sent do not match the manifest's sha256 (the local file "
+                                    f"changed or is damaged; `coderz-backup verify` it) ({code}); not kept")
             if code in ("SlowDown", "ServiceUnavailable", "InternalError", "500", "503"):
                 return OffsiteError(f"{head}: the store is failing or throttling ({code}); the run retries, "
                                     "the next run catches up")
@@ -257,11 +261,13 @@ class S3Target:
         part = self.config.part_size_mb * MiB
         try:
             if size < part:
-                # one PUT: botocore computes the x-amz-checksum-sha256 header from the bytes it sends
+                # one PUT
                 expected = base64.b64encode(bytes.fromhex(sha256)).decode()
                 with self._mapped(f"uploading {rel}"), open(source, "rb") as fh:
-                    cl.put_object(Bucket=self.bucket, Key=key, Body=fh, ChecksumAlgorithm="SHA256",
-                                  Metadata={"sha256": sha256}, **self._lock_args())
+                    # the checksum is known (the manifest's sha256): botocore sends it as it is
+                    # instead of reading the file for it; the store checks it against the body
+                    cl.put_object(Bucket=self.bucket, Key=key, Body=self.throttle.wrap(fh), ContentLength=size,
+                                  ChecksumSHA256=expected, Metadata={"sha256": sha256}, **self._lock_args())
             else:
                 from s3transfer.utils import ChunksizeAdjuster
 
@@ -352,7 +358,8 @@ class S3Target:
 
         checksum = base64.b64encode(digest).decode()
         with ReadFileChunk.from_filename(str(source), start, length, enable_callbacks=False) as body:
-            resp = cl.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
+            resp = cl.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                  Body=self.throttle.wrap(body),
                                   ContentLength=length, ChecksumSHA256=checksum)
         got = resp.get("ChecksumSHA256")
         if got is not None and got != checksum:

@@ -275,3 +275,26 @@ def test_the_age_tool_decrypts_what_a_push_encrypted(snapshot, target, tmp_path,
         out = subprocess.run(["age", "--decrypt", "--identity", str(key_file),
                               str(tmp_path / "drive" / folder.name / rel)], capture_output=True, check=True)
         assert out.stdout == (folder / rel).read_bytes(), rel
+
+
+def test_bwlimit_holds_a_copy_to_the_rate_shared_by_parallel_files(tmp_path):
+    """A lower bound only (a slow machine makes it pass sooner, never fail): four files of 256 KiB
+    sent at once to a target limited to 256 KiB/s in all take about 4 s, not the 1 s each would."""
+    import os
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    (tmp_path / "drive").mkdir()
+    limited = create("usb", DirTargetConfig(kind="dir", path=str(tmp_path / "drive"), bwlimit_kbps=256))
+    files = []
+    for i in range(4):
+        f = tmp_path / f"f{i}"
+        f.write_bytes(os.urandom(256 * 1024))
+        files.append((f, hashlib.sha256(f.read_bytes()).hexdigest()))
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda fs: limited.put(f"2026-12-01_03-00-00/{fs[0].name}", fs[0], size=256 * 1024,
+                                             sha256=fs[1]), files))
+    assert time.monotonic() - started >= 3.5
+    for f, _ in files:
+        assert (tmp_path / "drive" / "2026-12-01_03-00-00" / f.name).read_bytes() == f.read_bytes()

@@ -45,8 +45,11 @@ def test_ssh_is_strict_reads_no_config_and_has_no_secret_on_its_command_line(tmp
 def test_bwlimit_and_timeout_reach_rsync(tmp_path):
     target = create("nas", _cfg(tmp_path, bwlimit_kbps=512, timeout_s=2.5))
     moving = target._argv("-I", transfer=True)
-    assert "--bwlimit=512" in moving and "--timeout=3" in moving
-    assert "--bwlimit=512" not in target._argv("--list-only")        # a listing is not limited
+    # the target's limit in all, shared by the parallel_files (4) transfers at a time
+    assert "--bwlimit=128" in moving and "--timeout=3" in moving
+    assert not [a for a in target._argv("--list-only") if a.startswith("--bwlimit")]   # a listing is not limited
+    one = create("nas", _cfg(tmp_path, bwlimit_kbps=512, parallel_files=1))
+    assert "--bwlimit=512" in one._argv("-I", transfer=True)
     assert "ConnectTimeout=3" in " ".join(ssh_command(target.config))
 
 
