@@ -82,17 +82,34 @@ import os, shutil, signal, sys, time
 root = sys.argv[1]
 sys.stdin.buffer.read()          # returns when the drill closes the pipe or dies
 def ours():
+    # processes whose command line names the scratch folder, and all their descendants
+    # (a server's workers do not name it)
     me = os.getpid()
+    parents, found = {}, set()
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == me:
             continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 cmd = fh.read().replace(b"\0", b" ")
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
         except OSError:
             continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if fields[0] == b"Z":
+            continue
+        parents[int(pid)] = int(fields[1])
         if root.encode() in cmd:
-            yield int(pid)
+            found.add(int(pid))
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return found
 for sig in (signal.SIGTERM, signal.SIGKILL):
     for pid in list(ours()):
         try:
