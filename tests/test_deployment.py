@@ -565,3 +565,52 @@ def test_a_worker_run_copies_off_site_as_its_own_task_and_a_run_parameter_skips_
     assert len(stack.snapshots()) == 2
     assert sorted(p.name for p in drive.iterdir()) == [snap.name]   # this run's snapshot stayed here
     assert "offsite-usb" not in {t["name"] for t in _task_runs(run_id, 7)}
+
+
+# -- the weekly restore drill ---------------------------------------------------------------
+
+
+def test_the_scheduler_creates_the_sunday_0500_utc_drills_and_a_worker_runs_one_to_a_matched_drill(stack):
+    import datetime as dt
+    import time
+
+    from helpers import run_cli as cli
+
+    res = cli(["backup", "--config", str(stack.config)], stack.env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    [snap] = stack.snapshots()
+    _forget(POOL, DEPLOYMENT)
+    setup()
+    deployed_at = dt.datetime.now(dt.timezone.utc)
+    res = _prefect(["--no-prompt", "deploy", "--all"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    with _client() as c:
+        backup = c.read_deployment_by_name(DEPLOYMENT)
+        for sched in backup.schedules:
+            c.update_deployment_schedule(backup.id, sched.id, active=False)
+        dep = c.read_deployment_by_name("coderz-drill/coderz-drill-weekly")
+    [sched] = dep.schedules
+    assert (sched.schedule.cron, sched.schedule.timezone, sched.active) == ("0 5 * * 0", "UTC", True)
+    deadline = time.monotonic() + 90
+    while not (runs := _runs_of(str(dep.id), states=["SCHEDULED"])) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert runs, "the Prefect scheduler created no run of coderz-drill-weekly within 90 s"
+    starts = [dt.datetime.fromisoformat(r["expected_start_time"].replace("Z", "+00:00")) for r in runs]
+    assert all((s.weekday(), s.hour, s.minute) == (6, 5, 0) for s in starts), starts   # Sundays 05:00 UTC
+    assert starts[0] > deployed_at and starts[0] - deployed_at <= dt.timedelta(days=7)
+    run = runs[0]
+    resp = prefect_api("POST", f"flow_runs/{run['id']}/set_state", json={
+        "state": {"type": "SCHEDULED", "name": "Scheduled",
+                  "state_details": {"scheduled_time": dt.datetime.now(dt.timezone.utc).isoformat()}},
+        "force": True})
+    assert resp.status_code in (200, 201) and resp.json()["status"] == "ACCEPT", resp.text
+    log = _worker_run_once(stack)
+    with _client() as c:
+        done = c.read_flow_run(run["id"])
+        c.update_deployment_schedule(dep.id, sched.id, active=False)
+    assert done.state.type.value == "COMPLETED", f"{done.state!r}\n{log[-3000:]}"
+    record = json.loads((snap / "drill.json").read_text())
+    assert record["ok"] and record["matched"] == 4
+    assert {a["key"] for a in _artifacts(run["id"])} >= {"coderz-drill-report", "coderz-drill-results"}
+    names = {t["name"] for t in _task_runs(run["id"], 4)}
+    assert names >= {"drill-postgres-prefect", "drill-postgres-coderapi", "drill-redis", "drill-configs"}
