@@ -1,4 +1,4 @@
-"""A stand-in for the APISIX Admin API (service-contracts.md §3) that keeps its objects in a real etcd.
+"""A stand-in for the APISIX Admin API (CONTRACTS.md §3) that keeps its objects in a real etcd.
 
 No APISIX is installable here, so the tests talk to this server; the same tests run
 against the official image when ``CODERZ_TEST_REGISTRY`` is set. Like APISIX it stores
