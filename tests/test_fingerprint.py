@@ -104,3 +104,88 @@ def test_a_failing_fingerprint_never_fails_the_backup(make_db, tmp_path, monkeyp
     [res] = PostgresService("pg", db.service_config(), LocalAccess()).backup(tmp_path / "snap")
     assert res.status == "ok" and res.fingerprint is None and res.as_manifest()["fingerprint"] is None
     assert "counter bug" in caplog.text
+
+
+# -- Redis ----------------------------------------------------------------------------
+
+def _redis_fill(srv) -> dict[str, int]:
+    """Keys of every encoding in dbs 0, 3 and 9; returns the truth per db (DBSIZE)."""
+    import redis as redis_lib
+
+    for db in (0, 3, 9):
+        r = redis_lib.Redis(host="127.0.0.1", port=srv.port, password=srv.password, db=db)
+        n = {0: 500, 3: 40, 9: 3}[db]
+        for i in range(n):
+            r.set(f"s:{i}", "v" * (i % 50))
+        r.set("int", 12345)
+        r.set("big", os.urandom(200_000))            # LZF-compressible? random: stored raw
+        r.set("compressible", "abc" * 50_000)        # stored LZF-compressed
+        r.set("ttl", "x", ex=3600)
+        r.rpush("list", *[f"item{i}" for i in range(2000)])            # quicklist
+        r.hset("hash-small", mapping={"a": "1", "b": "2"})              # listpack
+        r.hset("hash-big", mapping={f"f{i}": "v" * 80 for i in range(600)})   # hashtable
+        r.sadd("intset", *range(50))
+        r.sadd("set-big", *[f"m{i}" for i in range(700)])                # hashtable
+        r.zadd("zset-small", {"a": 1.5, "b": -2})
+        r.zadd("zset-big", {f"m{i}": i / 3 for i in range(300)})        # skiplist (type 5)
+        r.xadd("stream", {"k": "v"})
+        r.xadd("stream", {"k2": "v2"})
+        r.xgroup_create("stream", "grp", id="0")
+        r.xreadgroup("grp", "consumer-1", {"stream": ">"}, count=1)
+        r.close()
+    r = srv.client()
+    try:
+        return {str(db): redis_lib.Redis(host="127.0.0.1", port=srv.port, password=srv.password, db=db).dbsize()
+                for db in (0, 3, 9)}
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("via", ["data_dir", "replication"])
+def test_redis_fingerprint_counts_keys_per_db(redis_server, tmp_path, via):
+    from coderz_backup.services.redis import RedisConfig, RedisService
+
+    truth = _redis_fill(redis_server)
+    cfg = RedisConfig(kind="redis", host="127.0.0.1", port=redis_server.port,
+                      password=SecretStr(redis_server.password),
+                      data_dir=str(redis_server.data) if via == "data_dir" else None)
+    svc = RedisService("redis", cfg, LocalAccess())
+    [res] = svc.backup(tmp_path / "snap")
+    fp = res.as_manifest()["fingerprint"]
+    assert fp["keys"] == truth and fp["keys_from"] == "records"
+    assert fp["expires"] == {"0": 1, "3": 1, "9": 1}
+    live = svc.fingerprint_live()
+    assert live["keys"] == truth and live["expires"] == fp["expires"]
+    assert compare(fp, live) == []
+
+    r = redis_server.client()
+    r.delete("s:7")
+    r.close()
+    assert compare(fp, svc.fingerprint_live()) == [
+        f"db 0: {truth['0']} keys in the manifest, {truth['0'] - 1} restored"]
+
+
+def test_redis_rdb_counter_is_read_only_and_chunk_independent(redis_server, tmp_path):
+    from coderz_backup.fingerprint import RdbCounter
+    from coderz_backup.services.redis import RedisConfig, RedisService
+
+    truth = _redis_fill(redis_server)
+    cfg = RedisConfig(kind="redis", host="127.0.0.1", port=redis_server.port,
+                      password=SecretStr(redis_server.password))
+    [res] = RedisService("redis", cfg, LocalAccess()).backup(tmp_path / "snap")
+    raw = (tmp_path / "snap" / "redis.rdb").read_bytes()
+    assert res.sha256 == hashlib.sha256(raw).hexdigest()
+    for size in (1, 7, 4096, len(raw)):
+        c = RdbCounter()
+        for i in range(0, len(raw), size):
+            c.observe(raw[i:i + size])
+        assert c.result()["keys"] == truth
+    # a record type the walk cannot step over: RESIZEDB still gives the first db's keys
+    from coderz_backup.services.redis import _rdb_length
+
+    at = raw.index(b"\xfe\x00\xfb") + 3        # SELECTDB 0, RESIZEDB, then its two lengths
+    _, _, at = _rdb_length(raw, at)
+    _, _, at = _rdb_length(raw, at)
+    c = RdbCounter()
+    c.observe(raw[:at] + b"\x06" + b"\x00" * 64)
+    assert c.result()["keys_from"] == "resizedb" and c.result()["keys"] == {"0": truth["0"]}
