@@ -189,3 +189,53 @@ def test_redis_rdb_counter_is_read_only_and_chunk_independent(redis_server, tmp_
     c = RdbCounter()
     c.observe(raw[:at] + b"\x06" + b"\x00" * 64)
     assert c.result()["keys_from"] == "resizedb" and c.result()["keys"] == {"0": truth["0"]}
+
+
+# -- etcd -----------------------------------------------------------------------------
+
+@pytest.fixture
+def etcd(tmp_path):
+    from etcd_server import EtcdServer
+
+    if not (shutil.which("etcd") and shutil.which("etcdctl")):
+        pytest.skip("etcd-server / etcd-client not installed")
+    srv = EtcdServer(tmp_path / "etcd").start()
+    try:
+        for i in range(30):
+            srv.put(f"/apisix/routes/{i}".encode(), json.dumps({"uri": f"/r{i}"}).encode())
+        for i in range(5):      # history: overwritten keys, and deleted ones
+            srv.put(b"/apisix/routes/1", f"v{i}".encode())
+        srv.put(b"gone", b"x")
+        srv.call("/kv/deleterange", {"key": _b64(b"gone")})
+        srv.put(b"binary\x00\xff", bytes(range(256)))
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _b64(b: bytes) -> str:
+    import base64
+
+    return base64.b64encode(b).decode()
+
+
+@pytest.mark.parametrize("method", ["gateway", "etcdctl"])
+def test_etcd_fingerprint_counts_live_keys_at_the_snapshot_revision(etcd, tmp_path, method):
+    import subprocess
+
+    from coderz_backup.services.etcd import EtcdConfig, EtcdService
+
+    svc = EtcdService("etcd", EtcdConfig(kind="etcd", endpoint=etcd.url, method=method), LocalAccess())
+    [res] = svc.backup(tmp_path / "snap")
+    fp = res.as_manifest()["fingerprint"]
+    truth = len(etcd.everything())
+    assert fp["keys"] == truth == 31
+    # the snapshot's own revision, as etcdctl reads it from the file
+    status = json.loads(subprocess.run(["etcdctl", "snapshot", "status", "-w", "json",
+                                        str(tmp_path / "snap" / "etcd.snapshot")], capture_output=True,
+                                       check=True, env=dict(os.environ, ETCDCTL_API="3")).stdout)
+    assert fp["revision"] == status["revision"]
+    live = svc.fingerprint_live()
+    assert live == fp and compare(fp, live) == []
+    etcd.call("/kv/deleterange", {"key": _b64(b"/apisix/routes/3")})
+    assert compare(fp, svc.fingerprint_live()) == ["keys: 31 in the manifest, 30 restored"]
