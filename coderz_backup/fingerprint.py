@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 log = logging.getLogger("coderz_backup")
 
 __all__ = ["StreamCounter", "PgDumpCounter", "TarCounter", "RdbCounter", "bolt_fingerprint", "tree_fingerprint",
-           "sqlite_tables", "tee", "safely", "compare", "NotDrillable", "NOT_REPRODUCIBLE"]
+           "sqlite_tables", "tee", "safely", "normalized", "compare", "NotDrillable", "NOT_REPRODUCIBLE"]
 
 
 class NotDrillable(NotImplementedError):
@@ -41,6 +41,9 @@ def _sorted(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_sorted(v) for v in obj]
     return obj
+
+
+normalized = _sorted
 
 
 def safely(what: str, fn: Callable[[], dict | None]) -> dict | None:
@@ -404,8 +407,7 @@ def tree_fingerprint(paths: Iterable[str | Path], *, skip: Callable[[str], bool]
         if not os.path.lexists(top) or not _one(top):
             continue
         for root, dnames, fnames in os.walk(top):
-            dnames[:] = [d for d in sorted(dnames) if _one(os.path.join(root, d)) or
-                         (os.path.islink(os.path.join(root, d)) and False)]
+            dnames[:] = [d for d in sorted(dnames) if _one(os.path.join(root, d))]   # links: counted, not entered
             for f in fnames:
                 _one(os.path.join(root, f))
     return {"files": files, "bytes": size, "dirs": dirs, "symlinks": links}
