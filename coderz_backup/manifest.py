@@ -6,12 +6,13 @@
     passed, failed, skipped, total_bytes, tool_version, host, keep_days, flow_run_id,
     signing_key, size_check {findings, free_bytes_before, estimate_bytes, compared_with},
     artifacts: [ {service, kind, path, status, bytes, sha256, duration_s, attempts, error,
-                  files: [{path, bytes, sha256}], summary, details, section, report_lines} ]
+                  files: [{path, bytes, sha256}], summary, details, fingerprint, section, report_lines} ]
 
 An artifact entry is :meth:`ArtifactResult.as_manifest` plus its report section and lines;
 a multi-file artifact (a folder) lists its files, each written by the writer (its
 :class:`~coderz_backup.writer.FileRecord`). The reader (:mod:`coderz_backup.reader`) reads
-artifacts back against these records.
+artifacts back against these records. ``fingerprint`` (or null) is what the artifact holds in
+numbers, for restore drills (:mod:`coderz_backup.fingerprint`; docs/services.md, "Fingerprints").
 """
 
 from __future__ import annotations

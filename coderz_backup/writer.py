@@ -195,13 +195,15 @@ def write_stream(root: Path, relpath: str, chunks: Iterable[bytes], *,
 
 def write_command(access: Access, argv: list[str], root: Path, relpath: str, *,
                   check: Check | None = None, env: dict[str, str] | None = None,
-                  timeout: float | None = None, label: str | None = None) -> FileRecord:
+                  timeout: float | None = None, label: str | None = None,
+                  observe: Callable[[bytes], None] | None = None) -> FileRecord:
     """Run a producer command through ``access`` and write its stdout as one artifact.
 
     The producer's exit status is checked *before* the completeness check and the
-    rename, so a dump that dies mid-stream can never be committed.
+    rename, so a dump that dies mid-stream can never be committed. ``observe`` as for
+    :class:`ArtifactWriter` (e.g. a fingerprint counter).
     """
-    with ArtifactWriter.open(root, relpath, check=check) as w:
+    with ArtifactWriter.open(root, relpath, check=check, observe=observe) as w:
         with access.stream(argv, env=env, timeout=timeout, label=label) as cmd:
             for chunk in cmd.chunks(CHUNK):
                 w.write(chunk)

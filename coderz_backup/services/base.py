@@ -49,6 +49,10 @@ class ArtifactResult:
     lines: list[str] = field(default_factory=list)   # extra report lines before the file line
     summary: str | None = None   # report line instead of "<path> (<size>)", e.g. "Elasticsearch: 4 indices exported"
     details: dict = field(default_factory=dict)
+    #: what the artifact holds, in numbers (rows per table, keys per db, files and bytes …), for a
+    #: restore drill to compare with fingerprint_live(); None when it could not be made
+    #: (see coderz_backup.fingerprint)
+    fingerprint: dict | None = None
 
     @classmethod
     def from_files(cls, service: str, kind: str, path: str, files: list[FileRecord], **kw) -> "ArtifactResult":
@@ -72,6 +76,7 @@ class ArtifactResult:
             "files": [f.as_manifest() for f in self.files],
             "summary": self.summary,
             "details": self.details,
+            "fingerprint": self.fingerprint,
         }
 
 
@@ -101,6 +106,9 @@ class Service(Protocol):
     def health(self) -> str:
         """Check the service answers after a restore; raise RestoreError if not."""
 
+    def fingerprint_live(self) -> dict:
+        """The running instance's fingerprint, in the shape backup() records (for a restore drill;
+        :func:`coderz_backup.fingerprint.compare`). NotDrillable when the service cannot be read."""
 
 
 
@@ -123,6 +131,11 @@ class BaseService:
 
     def artifacts(self) -> list[str]:
         return [a.format(name=self.name) for a in self.artifact_names]
+
+    def fingerprint_live(self) -> dict:
+        from ..fingerprint import NotDrillable
+
+        raise NotDrillable(f"{self.name}: a {self.kind} service cannot be fingerprinted live yet (not drillable)")
 
     def precheck(self) -> None:
         """Before a backup attempt: what the access can check up front (a container exists and

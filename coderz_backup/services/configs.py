@@ -32,6 +32,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator
 
 from ..access import ARCHIVE_ERRORS, check_member
+from ..fingerprint import TarCounter, tree_fingerprint
 from ..schema import ServiceBase
 from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, VerifyError
 from ..reader import ArtifactPath, as_artifact
@@ -105,7 +106,9 @@ class ConfigsService(BaseService):
                                               f"({count} entries, {excluded} excluded): every file excluded, or "
                                               "the folders are empty")
 
-        with ArtifactWriter.open(into, self.artifact_path, check=_check) as w:
+        counter = TarCounter()   # files and bytes as the tar streams into the writer (read-only)
+        counter.what = f"{self.name}: fingerprint"
+        with ArtifactWriter.open(into, self.artifact_path, check=_check, observe=counter.observe) as w:
             try:
                 with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                     for path in self.config.paths:
@@ -123,7 +126,19 @@ class ConfigsService(BaseService):
                  ", ".join(self.config.paths), excluded)
         return [ArtifactResult.from_files(self.name, self.kind, self.artifact_path, [rec],
                                           details={"entries": count, "files": files, "excluded": excluded,
-                                                   "paths": list(self.config.paths)})]
+                                                   "paths": list(self.config.paths)},
+                                          fingerprint=counter.result())]
+
+    # -- fingerprint (restore drills) ----------------------------------------
+    def fingerprint_live(self, target: str | Path | None = None) -> dict:
+        """``files``/``bytes`` (and dirs, symlinks) of the configured paths under ``target`` (default:
+        restore_root), counted as the tarball counts them; excluded names are left out the same way."""
+        root = os.path.realpath(target or self.config.restore_root)
+
+        def _skip(p: str) -> bool:
+            return self._excluded("/" + os.path.relpath(p, root) if root != "/" else p)
+
+        return tree_fingerprint([os.path.join(root, p.lstrip("/")) for p in self.config.paths], skip=_skip)
 
     def _own_stores(self, into: Path) -> list[str]:
         """Archive names of the snapshot destination(s) when they lie inside a configured path:

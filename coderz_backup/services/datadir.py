@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 from ..access import ARCHIVE_ERRORS, CHUNK, Access, DataDirOps, HostFiles, ReplaceCheck, has, require
 from ..errors import AccessError, ArtifactError, CoderzBackupError, RestoreError
+from ..fingerprint import StreamCounter
 from ..reader import ArtifactPath, as_artifact
 from ..waiting import wait_until
 from ..writer import ArtifactWriter, FileRecord
@@ -39,15 +40,17 @@ __all__ = ["move_aside", "replace_data_dir", "write_tarball"]
 
 
 def write_tarball(access: Access, folder: str, into: Path, relpath: str, *, exclude: Sequence[str] = (),
-                  first: Sequence[tuple[tarfile.TarInfo, Path]] = ()) -> tuple[FileRecord, int]:
+                  first: Sequence[tuple[tarfile.TarInfo, Path]] = (),
+                  counter: StreamCounter | None = None) -> tuple[FileRecord, int]:
     """Write the contents of ``folder`` (through ``access``) as the gzip tar artifact ``relpath``.
 
     ``first``: (member, local file) pairs written before the folder's contents; ``exclude``:
     top-level names of the folder to leave out. Returns the file record and the number of
     entries. AccessError when the folder cannot be read (the caller says what that means);
-    nothing lands under ``relpath`` unless all of it was written.
+    nothing lands under ``relpath`` unless all of it was written. ``counter`` (a
+    :class:`~coderz_backup.fingerprint.TarCounter`) is shown the uncompressed tar stream.
     """
-    with ArtifactWriter.open(into, relpath) as w:
+    with ArtifactWriter.open(into, relpath, observe=counter.observe if counter else None) as w:
         if not first:
             entries = access.tar_dir(folder, w, exclude=exclude)
             return w.commit(), entries

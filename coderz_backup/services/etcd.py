@@ -58,6 +58,7 @@ import httpx
 from pydantic import Field, SecretStr
 
 from ..access import CHUNK, HostFiles, ManagedLifecycle, has
+from ..fingerprint import bolt_fingerprint, safely
 from ..schema import ServiceBase, resolve_secret
 from ..errors import (
     AccessError,
@@ -350,8 +351,19 @@ class EtcdService(BaseService):
             rec = self._backup_gateway(Path(into), checker)
             how = "v3 gateway /maintenance/snapshot"
         log.info("%s: %s, %d bytes in %.1fs", self.name, how, rec.bytes, time.monotonic() - started)
+        # live keys and revision read from the written snapshot's bbolt pages (mmap, page-cache hot)
+        fingerprint = safely(f"{self.name}: fingerprint", lambda: bolt_fingerprint(Path(into) / self.artifact_path))
         return [ArtifactResult.from_files(self.name, self.kind, self.artifact_path, [rec],
-                                          details={"method": how, "endpoint": self.config.endpoint})]
+                                          details={"method": how, "endpoint": self.config.endpoint},
+                                          fingerprint=fingerprint)]
+
+    # -- fingerprint (restore drills) ----------------------------------------
+    def fingerprint_live(self) -> dict:
+        """``keys``: a count-only range over the whole key space; ``revision``: its header's."""
+        with _Gateway(self, read_timeout=60.0) as gw:
+            gw.authenticate(self.config.user, self._password())
+            body = gw.post("/kv/range", {"key": "AA==", "range_end": "AA==", "count_only": True})
+        return {"keys": int(body.get("count", 0)), "revision": int((body.get("header") or {}).get("revision", 0))}
 
     def _backup_gateway(self, into: Path, checker: SnapshotChecker):
         with _Gateway(self, read_timeout=min(self.config.timeout_s, 300.0)) as gw:

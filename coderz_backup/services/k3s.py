@@ -46,6 +46,7 @@ from pydantic import Field
 from ..access import ARCHIVE_ERRORS, CHUNK, HostFiles, ManagedLifecycle, SeenMembers, check_member, has
 from ..errors import (AccessError, ArtifactError, CoderzBackupError, IncompleteArtifactError, ProducerError,
                       RestoreError, VerifyError)
+from ..fingerprint import NotDrillable, TarCounter, bolt_fingerprint, normalized, safely, sqlite_tables
 from ..reader import ArtifactPath, as_artifact
 from ..schema import ServiceBase
 from ..writer import ArtifactWriter, write_stream
@@ -163,8 +164,10 @@ class K3sService(BaseService):
                 self.access.remove_tree(tmp_dir)
             except Exception as exc:  # noqa: BLE001 - cleanup must not hide the real outcome
                 log.warning("%s: could not remove %s on the node: %s", self.name, tmp_dir, exc)
+        fingerprint = safely(f"{self.name}: fingerprint", lambda: bolt_fingerprint(into / self.snapshot_path))
         return ArtifactResult.from_files(self.name, self.kind, self.snapshot_path, [rec],
-                                         details={"snapshot": files[0], "via": self.access.description})
+                                         details={"snapshot": files[0], "via": self.access.description},
+                                         fingerprint=fingerprint)
 
     def _backup_sqlite(self, into: Path) -> ArtifactResult:
         db_dir = self._p("server", "db")
@@ -181,12 +184,15 @@ class K3sService(BaseService):
         with tempfile.TemporaryDirectory(prefix=f".{self.name}-", dir=into) as tmp:
             copy = os.path.join(tmp, "state.db")
             pages = sqlite_copy(os.path.join(db_dir, "state.db"), copy).pages
+            counter = TarCounter()   # files and bytes as the tar streams into the writer (read-only)
+            counter.what = f"{self.name}: fingerprint"
+            tables = safely(counter.what, lambda: {"t": sqlite_tables(copy)})
 
             def _check(ends) -> None:
                 if count < 2:
                     raise IncompleteArtifactError(f"{self.name}: archive lacks state.db or token")
 
-            with ArtifactWriter.open(into, SQLITE_ARTIFACT, check=_check) as w:
+            with ArtifactWriter.open(into, SQLITE_ARTIFACT, check=_check, observe=counter.observe) as w:
                 with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                     info = tar.gettarinfo(os.path.join(db_dir, "state.db"), arcname="server/db/state.db")
                     info.size = os.path.getsize(copy)
@@ -201,9 +207,23 @@ class K3sService(BaseService):
                     tar.add(token, arcname="server/token")
                     count += 1
                 rec = w.commit()
+        fingerprint = counter.result()
+        if fingerprint is not None and tables:
+            fingerprint = normalized({**fingerprint, "tables": tables["t"]})
         return ArtifactResult.from_files(self.name, self.kind, SQLITE_ARTIFACT, [rec],
                                          details={"state_db_pages": pages, "entries": count,
-                                                  "integrity_check": "ok"})
+                                                  "integrity_check": "ok"}, fingerprint=fingerprint)
+
+    # -- fingerprint (restore drills) ------------------------------------------
+    def fingerprint_live(self) -> dict:
+        """sqlite mode: ``tables`` (rows per table of ``server/db/state.db``, opened read-only; the
+        archive's files/bytes hold the consistent copy's size, which the live file does not have).
+        etcd-snapshot mode is not drillable yet (k3s' etcd answers only with its client certificates)."""
+        mode = self.detect_mode()
+        if mode != "sqlite" or not self._is_local():
+            raise NotDrillable(f"{self.name}: k3s {mode} mode via {self.access.description} cannot be "
+                               "fingerprinted live yet (not drillable)")
+        return {"tables": sqlite_tables(self._p("server", "db", "state.db"))}
 
     # -- verify ---------------------------------------------------------------
     def verify(self, artifact: ArtifactPath | Path) -> str:

@@ -36,6 +36,7 @@ from psycopg import sql
 from pydantic import Field, SecretStr
 
 from ..access import ARCHIVE_ERRORS, CHUNK
+from ..fingerprint import PgDumpCounter
 from ..schema import ServiceBase, resolve_secret
 from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, VerifyError
 from ..reader import ArtifactPath, as_artifact
@@ -205,14 +206,37 @@ class PostgresService(BaseService):
         c = self.config
         argv = [c.pg_dump, *self._conn_args(), "--dbname", c.database, "--format=plain"]
         started = time.monotonic()
+        counter = PgDumpCounter()   # rows per table as the dump streams by (read-only)
+        counter.what = f"{self.name}: fingerprint"
         rec = write_command(
             self.access, argv, into, self.artifact_path, check=check_dump,
             env=self._env(), timeout=c.timeout_s, label=f"pg_dump of {c.database}@{c.host}:{c.port}",
+            observe=counter.observe,
         )
         log.info("%s: dumped %s (%d bytes raw, %d compressed) in %.1fs", self.name, c.database,
                  rec.raw_bytes, rec.bytes, time.monotonic() - started)
         return [ArtifactResult.from_files(self.name, self.kind, self.artifact_path, [rec],
-                                          details={"database": c.database, "raw_bytes": rec.raw_bytes})]
+                                          details={"database": c.database, "raw_bytes": rec.raw_bytes},
+                                          fingerprint=counter.result())]
+
+    # -- fingerprint (restore drills) ----------------------------------------
+    def fingerprint_live(self) -> dict:
+        """``server_version`` (``SHOW server_version``, its first word) and exact ``count(*)`` of
+        every table of the configured database pg_dump dumps data of: ordinary tables and
+        partitions outside the system schemas, not temporary, not an extension's own."""
+        with self._connect(self.config.database) as conn:
+            version = str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]
+            rows = conn.execute(
+                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind = 'r' AND c.relpersistence <> 't' "
+                "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' "
+                "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass "
+                "AND d.objid = c.oid AND d.deptype = 'e') ORDER BY 1, 2").fetchall()
+            tables = {}
+            for schema, table in rows:
+                q = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+                tables[f"{schema}.{table}"] = int(conn.execute(q).fetchone()[0])
+        return {"server_version": version, "tables": dict(sorted(tables.items()))}
 
     # -- verify -------------------------------------------------------------
     def verify(self, artifact: ArtifactPath | Path | Path) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
 import tarfile
 import time
@@ -42,7 +43,8 @@ import httpx
 
 from pydantic import Field
 
-from ..access import ARCHIVE_ERRORS, CHUNK, SeenMembers, check_member
+from ..access import ARCHIVE_ERRORS, CHUNK, HostFiles, SeenMembers, check_member, has
+from ..fingerprint import NotDrillable, safely
 from ..errors import AccessError, ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
 from ..reader import ArtifactPath, as_artifact
 from ..schema import ServiceBase
@@ -84,7 +86,8 @@ def read_blocks(artifact: ArtifactPath, *, allow_empty: bool = False) -> dict[st
                     try:
                         meta = json.loads(f.read(1 << 20))
                         blocks[top] = {"minTime": int(meta["minTime"]), "maxTime": int(meta["maxTime"]),
-                                       "ulid": meta["ulid"], "samples": (meta.get("stats") or {}).get("numSamples")}
+                                       "ulid": meta["ulid"], "samples": (meta.get("stats") or {}).get("numSamples"),
+                                       "series": (meta.get("stats") or {}).get("numSeries")}
                     except (ValueError, KeyError, TypeError) as exc:
                         raise VerifyError(f"{artifact.name}: {name} is not a block meta.json ({exc})") from None
                 elif member.isfile():
@@ -99,6 +102,17 @@ def read_blocks(artifact: ArtifactPath, *, allow_empty: bool = False) -> dict[st
     if not blocks and not allow_empty:
         raise VerifyError(f"{artifact.name}: no TSDB block in the snapshot")
     return blocks
+
+
+def blocks_fingerprint(blocks: dict[str, dict]) -> dict:
+    """``blocks``, ``series`` and ``samples`` (summed over the blocks' meta.json stats), ``min_time`` /
+    ``max_time`` (ms) of ``{ulid: meta}`` as :func:`read_blocks` gives it."""
+    out = {"blocks": len(blocks), "series": sum(int(b.get("series") or 0) for b in blocks.values()),
+           "samples": sum(int(b.get("samples") or 0) for b in blocks.values())}
+    if blocks:
+        out["min_time"] = min(b["minTime"] for b in blocks.values())
+        out["max_time"] = max(b["maxTime"] for b in blocks.values())
+    return out
 
 
 def _ts(ms: int) -> str:
@@ -203,7 +217,30 @@ class PrometheusService(BaseService):
             details["note"] = "Prometheus held no samples yet (no series in its head block)"
         log.info("%s: snapshot %s, %d block(s) %s … %s, %d bytes in %.1fs", self.name, name, len(blocks),
                  details.get("min_time", "-"), details.get("max_time", "-"), rec.bytes, time.monotonic() - started)
-        return [ArtifactResult.from_files(self.name, self.kind, self.artifact_path, [rec], details=details)]
+        fingerprint = safely(f"{self.name}: fingerprint", lambda: blocks_fingerprint(blocks))
+        return [ArtifactResult.from_files(self.name, self.kind, self.artifact_path, [rec], details=details,
+                                          fingerprint=fingerprint)]
+
+    # -- fingerprint (restore drills) ----------------------------------------
+    def fingerprint_live(self, data_dir: str | None = None) -> dict:
+        """The persisted blocks of the TSDB on disk (``data_dir``, default the config's): each
+        ``<ULID>/meta.json``, as :func:`blocks_fingerprint` sums them. Samples still only in the head
+        (``wal/``, ``chunks_head/``) are not in it: read a restored data dir before Prometheus has run
+        on it for long (it compacts blocks and, after ~2h, writes new ones from the head)."""
+        folder = data_dir or self.config.data_dir
+        if not folder or not has(self.access, HostFiles):
+            raise NotDrillable(f"{self.name}: the TSDB is read from data_dir on this host (not drillable via "
+                               f"{self.access.description} yet)")
+        blocks = {}
+        for entry in sorted(os.listdir(folder)):
+            meta_path = os.path.join(folder, entry, "meta.json")
+            if ULID.match(entry) and os.path.isfile(meta_path):   # <ULID>.tmp-for-deletion: not a block
+                with open(meta_path, "rb") as fh:
+                    meta = json.loads(fh.read(1 << 20))
+                stats = meta.get("stats") or {}
+                blocks[entry] = {"minTime": int(meta["minTime"]), "maxTime": int(meta["maxTime"]),
+                                 "samples": stats.get("numSamples"), "series": stats.get("numSeries")}
+        return blocks_fingerprint(blocks)
 
     def _head_series(self) -> int | None:
         """Series in the head block, from /api/v1/status/tsdb (None when Prometheus does not say)."""

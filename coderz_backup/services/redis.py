@@ -35,6 +35,7 @@ from redis.retry import Retry
 from pydantic import Field, SecretStr
 
 from ..access import CHUNK, ManagedLifecycle, has
+from ..fingerprint import RdbCounter, tee
 from ..schema import ServiceBase, resolve_secret
 from ..waiting import wait_until
 from ..errors import ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
@@ -199,17 +200,20 @@ class RedisService(BaseService):
             dbfile = self._dbfilename(client)
             local = os.path.join(c.data_dir, dbfile) if c.data_dir else None
             checker = RdbChecker()
+            counter = RdbCounter()   # keys per db, walking the records as they stream by (read-only)
+            counter.what = f"{self.name}: fingerprint"
+            observe = tee(checker.observe, counter.observe)
             if local and self.access.readable(c.data_dir):
                 checker.not_before, checker.where = time.time(), local
                 self._bgsave(client)
                 with self.access.open_read(local) as fh:
-                    rec = write_stream(into, self.artifact_path, iter(lambda: fh.read(CHUNK), b""), check=checker.check, observe=checker.observe)
+                    rec = write_stream(into, self.artifact_path, iter(lambda: fh.read(CHUNK), b""), check=checker.check, observe=observe)
                 how = f"BGSAVE + copy of {local}"
             else:
                 if local:
                     log.info("%s: %s is not readable here; fetching the RDB over the network", self.name, local)
                 rec = write_stream(into, self.artifact_path, self._sync_rdb(),
-                                   check=checker.check, observe=checker.observe)
+                                   check=checker.check, observe=observe)
                 how = "replication SYNC"
             keys = sum(v.get("keys", 0) for k, v in self._call(client.info, "keyspace").items()
                        if isinstance(v, dict))
@@ -217,7 +221,22 @@ class RedisService(BaseService):
             client.close()
         log.info("%s: %s, %d bytes (%d keys at backup time)", self.name, how, rec.bytes, keys)
         return [ArtifactResult.from_files(self.name, self.kind, self.artifact_path, [rec],
-                                          details={"method": how, "keys": keys})]
+                                          details={"method": how, "keys": keys}, fingerprint=counter.result())]
+
+    # -- fingerprint (restore drills) ----------------------------------------
+    def fingerprint_live(self) -> dict:
+        """``keys`` and ``expires`` per db from ``INFO keyspace`` (dbs without keys are not listed)."""
+        client = self.client()
+        try:
+            info = self._call(client.info, "keyspace")
+        finally:
+            client.close()
+        keys, expires = {}, {}
+        for name, v in info.items():
+            if isinstance(v, dict) and str(name).startswith("db") and v.get("keys"):
+                keys[str(name)[2:]] = int(v["keys"])
+                expires[str(name)[2:]] = int(v.get("expires", 0))
+        return {"keys": keys, "expires": expires}
 
     def _dbfilename(self, client: redis.Redis) -> str:
         try:

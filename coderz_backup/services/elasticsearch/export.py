@@ -12,6 +12,7 @@ from typing import Any
 
 from ...errors import ArtifactError, CoderzBackupError, IncompleteArtifactError, VerifyError
 from ...writer import ArtifactWriter, FileRecord, write_stream
+from ...fingerprint import normalized
 from ..base import ArtifactResult
 from .api import EsHTTPError, EsClient, quote, hits_total
 from .layout import FORMAT, INDEX_FILE, check_index_name, flatten_settings, strip_private_settings
@@ -99,7 +100,15 @@ class IndexExport:
         if left_out:
             summary += f" (not exported: {'; '.join(left_out)})"
         return ArtifactResult.from_files(self.name, self.kind, self.export_path, files, summary=summary,
-                                         details=details)
+                                         details=details, fingerprint=normalized({"indices": dict(counts)}))
+
+    def fingerprint_live(self) -> dict:
+        """``indices``: ``GET /<idx>/_count`` of every index the export would take (open, not hidden)."""
+        with self.http_api(self, read_timeout=min(self.config.timeout_s, 300.0)) as es:
+            export, _, _ = self._list_indices(es)
+            counts = {idx: int(es.json("GET", f"/{quote(idx)}/_count", what=f"count {idx}")["count"])
+                      for idx in export}
+        return normalized({"indices": counts})
 
     def _export_index(self, es: EsClient, into: Path, idx: str, counts: dict[str, int]) -> list[FileRecord]:
         q = quote(idx)

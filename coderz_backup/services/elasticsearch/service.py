@@ -19,6 +19,7 @@ from ...errors import AccessError, ArtifactError, CoderzBackupError, RestoreErro
 from ...reader import ArtifactPath, as_artifact
 from ..apiservice import ApiService
 from ..datadir import write_tarball
+from ...fingerprint import TarCounter
 from ..base import ArtifactResult
 from ..httpapi import HttpApi
 from .api import EsClient
@@ -93,7 +94,9 @@ class ElasticsearchService(IndexExport, IndexRestore, ApiService):
             raise ArtifactError(f"{self.name}: data dir {c.data_dir} is not readable through {self.access.description} "
                                 "access (missing, or run coderz-backup with permission to read it)")
         try:
-            rec, entries = write_tarball(self.access, c.data_dir, into, self.tarball_path)
+            counter = TarCounter()
+            counter.what = f"{self.name}: fingerprint"
+            rec, entries = write_tarball(self.access, c.data_dir, into, self.tarball_path, counter=counter)
         except AccessError as exc:
             raise ArtifactError(f"{self.name}: archiving data dir {c.data_dir} failed (files change while a "
                                 f"node runs; the flow retries): {exc}") from None
@@ -102,7 +105,8 @@ class ElasticsearchService(IndexExport, IndexRestore, ApiService):
                                          details={"data_dir": c.data_dir, "entries": entries,
                                                   "note": "live copy of a running node: not crash-consistent; "
                                                           "restore from the index export (or an ES snapshot) "
-                                                          "unless the node was stopped"})
+                                                          "unless the node was stopped"},
+                                         fingerprint=counter.result())
 
     # -- verify -------------------------------------------------------------
     def verify(self, artifact: ArtifactPath | Path) -> str:

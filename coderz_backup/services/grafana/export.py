@@ -11,6 +11,7 @@ from typing import Any
 
 from ...errors import ArtifactError, CoderzBackupError, IncompleteArtifactError
 from ...writer import FileRecord, write_stream
+from ...fingerprint import normalized
 from ..base import ArtifactResult
 from .api import GrafanaHTTPError, GrafanaApi
 from .layout import INDEX_FILE, SECRETS_NOTE, VIRTUAL_FOLDERS, safe_name
@@ -154,7 +155,26 @@ class ApiExport:
             details["alert_rules"] = "not exported (alert_rules = false)"
         return ArtifactResult.from_files(self.name, self.kind, self.export_path, files,
                                          summary=f"Grafana dashboards exported: {len(index)} files",
-                                         details=details)
+                                         details=details,
+                                         fingerprint=normalized({k: v for k, v in counts.items() if v is not None}))
+
+    def fingerprint_live(self) -> dict:
+        """``dashboards``, ``folders``, ``datasources`` (and ``alert_rules`` when exported) as the export
+        lists them through the API."""
+        c = self.config
+        with self.http_api(self, read_timeout=min(c.timeout_s, 300.0)) as api:
+            hits = self._search(api)
+            folders = self._folders(api)
+            for h in hits:
+                fuid = h.get("folderUid")
+                if fuid and fuid not in folders and fuid not in VIRTUAL_FOLDERS:
+                    self._add_folder(api, folders, fuid)
+            out = {"dashboards": len(hits), "folders": len(folders),
+                   "datasources": len(api.json("GET", "/api/datasources", what="list the datasources"))}
+            if c.alert_rules:
+                out["alert_rules"] = len(api.json("GET", "/api/v1/provisioning/alert-rules",
+                                                  what="list the alert rules"))
+        return normalized(out)
 
     def _write_json(self, into: Path, fname: str, obj: Any) -> FileRecord:
         return write_stream(into, f"{self.name}/{fname}",

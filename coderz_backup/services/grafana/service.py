@@ -24,6 +24,7 @@ from ...errors import AccessError, ArtifactError, CoderzBackupError, RestoreErro
 from ...reader import ArtifactPath, as_artifact
 from ..apiservice import ApiService
 from ..datadir import write_tarball
+from ...fingerprint import TarCounter, normalized, safely, sqlite_tables
 from ..base import ArtifactResult
 from ..sqlitecopy import sqlite_copy
 from ..httpapi import HttpApi
@@ -128,6 +129,9 @@ class GrafanaService(ApiExport, ApiRestore, ApiService):
                 tables = sqlite_copy(db, copy).tables
             except ArtifactError as exc:
                 raise type(exc)(f"{self.name}: {exc}") from None
+            counter = TarCounter()
+            counter.what = f"{self.name}: fingerprint"
+            db_rows = safely(counter.what, lambda: {"t": sqlite_tables(copy)})
             db_bytes = copy.stat().st_size
             info = tarfile.TarInfo(DB_NAME)   # owner, mode, mtime of the live file; the consistent copy's bytes
             st = db.stat()
@@ -135,14 +139,16 @@ class GrafanaService(ApiExport, ApiRestore, ApiService):
                 st.st_uid, st.st_gid
             try:
                 rec, entries = write_tarball(self.access, str(data_dir), into, self.tarball_path,
-                                             exclude=tuple(LIVE_DB_FILES), first=[(info, copy)])
+                                             exclude=tuple(LIVE_DB_FILES), first=[(info, copy)],
+                                             counter=counter)
             except AccessError as exc:
                 raise ArtifactError(f"{self.name}: {exc}") from None
         log.info("%s: data dir %s archived (%d entries, %s %d bytes, integrity ok)", self.name, data_dir,
                  entries, DB_NAME, db_bytes)
         return ArtifactResult.from_files(self.name, self.kind, self.tarball_path, [rec], details={
             "data_dir": str(data_dir), "entries": entries, "grafana_db_bytes": db_bytes, "grafana_db_tables": tables,
-            "grafana_db": "SQLite online backup, PRAGMA integrity_check ok"})
+            "grafana_db": "SQLite online backup, PRAGMA integrity_check ok"},
+            fingerprint=_with_tables(counter.result(), db_rows))
 
     def _data_tarball_container(self, into: Path) -> ArtifactResult:
         """Docker: copy grafana.db (+ journal/WAL) while the container is paused, make the
@@ -173,12 +179,16 @@ class GrafanaService(ApiExport, ApiRestore, ApiService):
                 raise ArtifactError(f"{self.name}: {DB_NAME} copied from the container is not readable: {exc}") from None
             copy = Path(tmp) / DB_NAME
             tables = sqlite_copy(live / DB_NAME, copy).tables
+            counter = TarCounter()
+            counter.what = f"{self.name}: fingerprint"
+            db_rows = safely(counter.what, lambda: {"t": sqlite_tables(copy)})
             db_bytes = copy.stat().st_size
             info = tarfile.TarInfo(DB_NAME)
             info.size, info.mode, info.mtime = db_bytes, 0o640, int(time.time())
             try:
                 rec, entries = write_tarball(self.access, data_dir, into, self.tarball_path,
-                                             exclude=tuple(LIVE_DB_FILES), first=[(info, copy)])
+                                             exclude=tuple(LIVE_DB_FILES), first=[(info, copy)],
+                                             counter=counter)
             except AccessError as exc:
                 raise ArtifactError(f"{self.name}: reading {data_dir} from {self.access.description} "
                                     f"failed: {exc}") from None
@@ -186,7 +196,8 @@ class GrafanaService(ApiExport, ApiRestore, ApiService):
                  self.access.description, entries, DB_NAME, db_bytes)
         return ArtifactResult.from_files(self.name, self.kind, self.tarball_path, [rec], details={
             "data_dir": data_dir, "entries": entries, "grafana_db_bytes": db_bytes, "grafana_db_tables": tables,
-            "grafana_db": "copied while the container was paused, SQLite online backup, PRAGMA integrity_check ok"})
+            "grafana_db": "copied while the container was paused, SQLite online backup, PRAGMA integrity_check ok"},
+            fingerprint=_with_tables(counter.result(), db_rows))
 
     # -- verify -------------------------------------------------------------
     def verify(self, artifact: ArtifactPath | Path) -> str:
@@ -327,3 +338,10 @@ class GrafanaService(ApiExport, ApiRestore, ApiService):
     def _answers(self) -> bool:
         with HttpApi(self, timeout=3.0) as api:   # no credentials: /api/health is public
             return api.answers("/api/health", timeout=3.0)
+
+
+def _with_tables(tar: dict | None, db_rows: dict | None) -> dict | None:
+    """The tarball's files/bytes plus ``tables`` (rows per table of the grafana.db copy)."""
+    if tar is None:
+        return None
+    return normalized({**tar, "tables": db_rows["t"]}) if db_rows else tar
