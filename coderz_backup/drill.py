@@ -45,7 +45,7 @@ from .errors import CoderzBackupError
 from .reader import SnapshotReader
 from .services import REGISTRY
 
-__all__ = ["DrillResult", "DRILLS", "drill_snapshot", "Reaper", "RECORD", "write_record", "read_record"]
+__all__ = ["DrillResult", "DRILLS", "drill_artifact", "Reaper", "RECORD", "read_record", "summary", "write_record"]
 
 log = logging.getLogger("coderz_backup")
 
@@ -223,7 +223,7 @@ def drill_artifact(name: str, cfg, entry: dict, reader: SnapshotReader, root: Pa
     if not result.expected:
         result.detail = "the manifest records no fingerprint for it (a snapshot made before fingerprints)"
         return result
-    folder = root / name
+    folder = root / f"scratch-{name}"
     folder.mkdir(mode=0o755)
     try:
         with DRILLS[kind](folder, cfg) as scratch_cfg:
@@ -257,32 +257,6 @@ def drill_artifact(name: str, cfg, entry: dict, reader: SnapshotReader, root: Pa
         result.status = "matched"
         result.detail = f"restored in {result.duration_s:.1f}s ({detail}); content matches the manifest"
     return result
-
-
-def drill_snapshot(cfg, snap, only: list[str] | None = None,
-                   on_result: Callable[[DrillResult], None] | None = None) -> list[DrillResult]:
-    """Drill every ok artifact of ``snap`` (already authenticated by the caller) whose service is
-    in ``cfg`` (or in ``only``); artifacts of services the config no longer has are not drillable
-    (their restore settings are unknown)."""
-    results: list[DrillResult] = []
-    entries = [a for a in (snap.manifest or {}).get("artifacts", []) if a.get("status") == "ok"
-               and (not only or a.get("service") in only)]
-    reader = SnapshotReader(snap.path, snap.manifest)
-    with Reaper() as reaper:
-        for entry in entries:
-            name = entry["service"]
-            if name not in cfg.services:
-                res = DrillResult(name, entry.get("kind", "?"), entry["path"], "not-drillable",
-                                  f"service {name} is not in the config (its restore settings are unknown)")
-            else:
-                log.info("drill: %s (%s) …", name, entry["path"])
-                res = drill_artifact(name, cfg.services[name], entry, reader, reaper.root)
-            log.log(logging.INFO if res.status in ("matched", "not-drillable") else logging.ERROR,
-                    "drill: %s %s: %s", name, res.status.upper(), res.detail)
-            results.append(res)
-            if on_result:
-                on_result(res)
-    return results
 
 
 def summary(results: list[DrillResult]) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,21 +54,23 @@ def coderz_drill(snapshot: str = "latest", only: list[str] | None = None, config
         identity: the age identity for an encrypted off-site copy (a file, env:NAME, prefect-secret:NAME).
     """
     cfg = load(config, dest=dest)
-    with tempfile.TemporaryDirectory(prefix="coderz-drill-fetch-") as tmp:
+    # one scratch folder for everything (a fetched copy too), removed also when the drill is killed
+    with drills.Reaper() as reaper:
         if source:
             from ..offsite_cli import fetch_from
 
-            folder, _ = fetch_from(cfg, source, snapshot, Path(tmp), identity=identity)
-            snap = SnapshotStore(Path(tmp)).get(folder.name)
+            fetched = reaper.root / "fetched"
+            folder, _ = fetch_from(cfg, source, snapshot, fetched, identity=identity)
+            snap = SnapshotStore(fetched).get(folder.name)
         else:
             snap = SnapshotStore(cfg.dest).get(snapshot)
         authenticate_snapshot(snap, cfg)   # the same signature check as restore: refused → the run fails
-        logfile = (Path(tmp) if source else snap.path) / "drill.log"
+        logfile = (reaper.root if source else snap.path) / "drill.log"
         with run_log(logfile, extra_handlers=api_log_handlers()):
-            return _drill(cfg, snap, only, record=not source, where=source)
+            return _drill(cfg, snap, only, reaper, record=not source, where=source)
 
 
-def _drill(cfg, snap, only, *, record: bool, where: str | None) -> dict:
+def _drill(cfg, snap, only, reaper: drills.Reaper, *, record: bool, where: str | None) -> dict:
     when = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     entries = [a for a in (snap.manifest or {}).get("artifacts", []) if a.get("status") == "ok"
                and (not only or a.get("service") in only)]
@@ -81,20 +82,19 @@ def _drill(cfg, snap, only, *, record: bool, where: str | None) -> dict:
             raise ConfigError("--only", [f"unknown service {n!r}" for n in unknown])
     log.info("drill of %s%s: %d artifact(s)", snap.name, f" from off-site {where}" if where else "", len(entries))
     results: list[drills.DrillResult] = []
-    with drills.Reaper() as reaper:
-        for entry in entries:
-            name = entry["service"]
-            if name not in cfg.services:
-                res = drills.DrillResult(name, entry.get("kind", "?"), entry["path"], "not-drillable",
-                                         f"service {name} is not in the config (its restore settings are unknown)")
-            else:
-                value = drill_task.with_options(task_run_name=f"drill-{name}")(
-                    name, cfg.services[name], entry, str(snap.path), snap.manifest, str(reaper.root))
-                res = drills.DrillResult(**value)
-            log.log(logging.INFO if res.status in ("matched", "not-drillable") else logging.ERROR,
-                    "drill: %s %s: %s", name, res.status.upper(), res.detail)
-            results.append(res)
-            _emit("drill-result", **res.as_dict())
+    for entry in entries:
+        name = entry["service"]
+        if name not in cfg.services:
+            res = drills.DrillResult(name, entry.get("kind", "?"), entry["path"], "not-drillable",
+                                     f"service {name} is not in the config (its restore settings are unknown)")
+        else:
+            value = drill_task.with_options(task_run_name=f"drill-{name}")(
+                name, cfg.services[name], entry, str(snap.path), snap.manifest, str(reaper.root))
+            res = drills.DrillResult(**value)
+        log.log(logging.INFO if res.status in ("matched", "not-drillable") else logging.ERROR,
+                "drill: %s %s: %s", name, res.status.upper(), res.detail)
+        results.append(res)
+        _emit("drill-result", **res.as_dict())
     summary = drills.summary(results)
     if record:
         try:

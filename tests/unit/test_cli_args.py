@@ -129,9 +129,9 @@ def test_list_shows_snapshots_newest_first_and_marks_latest(tmp_path, capsys):
     assert main(["list", "--config", config_file(tmp_path)]) == 0
 
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["SNAPSHOT", "STATUS", "SIZE", "PASSED", "FAILED", "SKIPPED"]
-    assert lines[1].split() == ["2026-03-06_03-00-00", "partial", "5.0M", "2", "1", "0"]
-    assert lines[2].split() == ["2026-03-05_03-00-00", "ok", "2.0K", "2", "0", "0", "←", "latest"]
+    assert lines[0].split() == ["SNAPSHOT", "STATUS", "SIZE", "PASSED", "FAILED", "SKIPPED", "DRILLED"]
+    assert lines[1].split() == ["2026-03-06_03-00-00", "partial", "5.0M", "2", "1", "0", "—"]
+    assert lines[2].split() == ["2026-03-05_03-00-00", "ok", "2.0K", "2", "0", "0", "—", "←", "latest"]
 
 
 def test_list_json_is_machine_readable(tmp_path, capsys):
