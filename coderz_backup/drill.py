@@ -71,8 +71,7 @@ class DrillResult:
         return d
 
 
-class NotDrillable(Exception):
-    """This host cannot drill this artifact (the message says why)."""
+from .fingerprint import NotDrillable  # noqa: E402 - one exception for "cannot be drilled here" (why)
 
 
 # -- cleanup that survives a kill --------------------------------------------------------------
@@ -149,7 +148,20 @@ class Reaper:
 
 # -- one scratch instance per kind --------------------------------------------------------------
 
-Scratch = Callable[[Path, object], contextlib.AbstractContextManager]
+@dataclasses.dataclass
+class Scratch:
+    """What a kind's scratch context yields: the service config the restore runs with, extra
+    restore options, and (when the instance starts only after the restore, as etcd's does) a
+    call that starts it and returns the config to read the fingerprint with; ``live`` are the
+    options of ``fingerprint_live``."""
+
+    config: object
+    restore: dict = dataclasses.field(default_factory=dict)
+    started: Callable[[], object] | None = None
+    live: dict = dataclasses.field(default_factory=dict)
+
+
+ScratchFactory = Callable[[Path, object], contextlib.AbstractContextManager]
 
 
 def _no_container(cfg, **update):
@@ -176,7 +188,7 @@ def _postgres(root: Path, cfg) -> Iterator[object]:
         server.start()
         password = secrets.token_urlsafe(18)
         server.create_role_db(cfg.user, password, cfg.database)
-        yield _no_container(cfg, host="127.0.0.1", port=server.port, password=SecretStr(password))
+        yield Scratch(_no_container(cfg, host="127.0.0.1", port=server.port, password=SecretStr(password)))
     finally:
         server.stop()
 
@@ -191,8 +203,9 @@ def _redis(root: Path, cfg) -> Iterator[object]:
     server = RedisServer(root / "redis", password=password)
     try:
         server.start()
-        yield _no_container(cfg, host="127.0.0.1", port=server.port, username=None, password=SecretStr(password),
-                            data_dir=str(server.data), start_command=server.start_command)
+        yield Scratch(_no_container(cfg, host="127.0.0.1", port=server.port, username=None,
+                                    password=SecretStr(password), data_dir=str(server.data),
+                                    start_command=server.start_command))
     finally:
         server.stop()
 
@@ -202,11 +215,53 @@ def _files(root: Path, cfg) -> Iterator[object]:
     """configs: the archive is restored under a scratch root instead of ``/`` (restore_root)."""
     target = root / "root"
     target.mkdir(mode=0o700)
-    yield _no_container(cfg, restore_root=str(target))
+    yield Scratch(_no_container(cfg, restore_root=str(target)))
+
+
+@contextlib.contextmanager
+def _etcd(root: Path, cfg) -> Iterator[Scratch]:
+    """etcd: the snapshot restored into a new data dir (etcdutl snapshot restore), then a scratch
+    member started on it; the fingerprint is read through its gateway."""
+    from .sandbox import EtcdServer
+
+    if shutil.which("etcd") is None:
+        raise NotDrillable("no etcd server binary on this host")
+    server = EtcdServer(root / "etcd", name=cfg.name or "m1")
+    local = _no_container(cfg, data_dir=None, stop_command=None, start_command=None, endpoint=server.url,
+                          method="gateway", cacert=None, cert=None, key=None)
+
+    def started():
+        server.start()
+        return local
+
+    try:
+        yield Scratch(local, {"data_dir": str(server.data), "name": server.name, "peer_url": server.peer_url},
+                      started)
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def _prometheus(root: Path, cfg) -> Iterator[Scratch]:
+    """Prometheus: a scratch server on an empty TSDB; the restore swaps the snapshot's blocks in and
+    restarts it (the service's own stop/start path), then the blocks on disk are read back."""
+    from .sandbox import PrometheusServer
+
+    if shutil.which("prometheus") is None:
+        raise NotDrillable("no prometheus binary on this host")
+    server = PrometheusServer(root / "prometheus", admin_api=False, self_scrape=False)
+    try:
+        server.start()
+        yield Scratch(_no_container(cfg, url=server.url, data_dir=str(server.data), stop_command=server.stop_command,
+                                    start_command=server.start_command),
+                      live={"data_dir": str(server.data)})
+    finally:
+        server.stop()
 
 
 #: kinds this version can drill: a scratch instance and the service config that points at it
-DRILLS: dict[str, Scratch] = {"postgres": _postgres, "redis": _redis, "configs": _files}
+DRILLS: dict[str, ScratchFactory] = {"postgres": _postgres, "redis": _redis, "configs": _files, "etcd": _etcd,
+                                     "prometheus": _prometheus}
 
 
 # -- the drill ---------------------------------------------------------------------------------
@@ -226,17 +281,19 @@ def drill_artifact(name: str, cfg, entry: dict, reader: SnapshotReader, root: Pa
     folder = root / f"scratch-{name}"
     folder.mkdir(mode=0o755)
     try:
-        with DRILLS[kind](folder, cfg) as scratch_cfg:
-            svc = REGISTRY[kind](name, scratch_cfg, LocalAccess())
+        with DRILLS[kind](folder, cfg) as scratch:
+            svc = REGISTRY[kind](name, scratch.config, LocalAccess())
             started = time.monotonic()
             try:
-                detail = svc.restore(reader.artifact(entry))
+                detail = svc.restore(reader.artifact(entry), **scratch.restore)
+                if scratch.started is not None:
+                    svc = REGISTRY[kind](name, scratch.started(), LocalAccess())
             except CoderzBackupError as exc:
                 result.status, result.detail = "failed", f"the restore failed: {exc}"
                 result.duration_s = time.monotonic() - started
                 return result
             result.duration_s = time.monotonic() - started
-            result.got = svc.fingerprint_live()
+            result.got = svc.fingerprint_live(**scratch.live)
     except NotDrillable as exc:
         result.detail = str(exc)
         return result

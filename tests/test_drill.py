@@ -161,3 +161,41 @@ def test_a_drill_of_a_snapshot_signed_by_an_unknown_key_is_refused_before_anythi
     assert res.returncode == 2, res.stdout + res.stderr
     assert "neither this host's key nor in trusted_keys" in res.stderr
     assert not (snap / "drill.json").exists()
+
+
+def test_etcd_and_prometheus_snapshots_are_drilled_into_scratch_servers(tmp_path, cli_env):
+    import httpx
+    from helpers import Stack
+
+    from coderz_backup.sandbox import EtcdServer, PrometheusServer
+
+    etcd = EtcdServer(tmp_path / "etcd").start()
+    prom = PrometheusServer(tmp_path / "prom").start()
+    try:
+        for i in range(25):
+            etcd.put(f"/apisix/routes/{i}".encode(), b'{"uri": "/x"}')
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:   # a few samples of `up` in the head
+            r = httpx.get(f"{prom.url}/api/v1/query", params={"query": "count_over_time(up[1m])"}).json()
+            if r["data"]["result"] and float(r["data"]["result"][0]["value"][1]) >= 3:
+                break
+            time.sleep(0.5)
+        services = (f'[services.etcd]\nkind = "etcd"\nendpoint = "{etcd.url}"\n\n'
+                    f'[services.prometheus]\nkind = "prometheus"\nurl = "{prom.url}"\ndata_dir = "{prom.data}"\n')
+        stack = Stack(tmp_path, dict(cli_env), services, tmp_path / "snapshots")
+        res = run_cli(["backup", "--config", str(stack.config)], stack.env)
+        assert res.returncode == 0, res.stdout + res.stderr
+        keys_before = len(etcd.everything())
+        res = run_cli(["drill", "--json", "--config", str(stack.config)], stack.env)
+        assert res.returncode == 0, res.stdout + res.stderr
+        data = json.loads(res.stdout)
+        assert {r["service"]: r["status"] for r in data["results"]} == {"etcd": "matched", "prometheus": "matched"}
+        by = {r["service"]: r for r in data["results"]}
+        assert by["etcd"]["got"]["keys"] == by["etcd"]["expected"]["keys"] == 25
+        assert by["prometheus"]["got"]["samples"] == by["prometheus"]["expected"]["samples"] >= 3
+        assert len(etcd.everything()) == keys_before   # production untouched
+        assert httpx.get(f"{prom.url}/-/ready").status_code == 200
+        assert not _scratch_processes() and not _scratch_folders()
+    finally:
+        prom.stop()
+        etcd.stop()
