@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -161,7 +162,7 @@ class Scratch:
     live: dict = dataclasses.field(default_factory=dict)
 
 
-ScratchFactory = Callable[[Path, object], contextlib.AbstractContextManager]
+ScratchFactory = Callable[[Path, object, dict], contextlib.AbstractContextManager]
 
 
 def _no_container(cfg, **update):
@@ -175,14 +176,25 @@ def _no_container(cfg, **update):
     return cfg.model_copy(update={**clear, **update})
 
 
+def _pg_major(text: str) -> str:
+    """"15" of "15.18 (Debian …)" or of "postgres (PostgreSQL) 15.18 …"."""
+    m = re.search(r"(\d+)\.\d+", str(text))
+    return m.group(1) if m else str(text).strip()
+
+
 @contextlib.contextmanager
-def _postgres(root: Path, cfg) -> Iterator[object]:
+def _postgres(root: Path, cfg, expected: dict) -> Iterator[object]:
     from .sandbox import PostgresServer, pg_bin
 
     try:
-        pg_bin("initdb")
+        postgres = pg_bin("postgres")
+        here = subprocess.run([postgres, "--version"], capture_output=True, text=True, timeout=30).stdout
     except Exception as exc:  # noqa: BLE001
         raise NotDrillable(f"no PostgreSQL server binaries on this host ({exc})") from None
+    if expected.get("server_version") and _pg_major(expected["server_version"]) != _pg_major(here):
+        raise NotDrillable(f"the dump is from PostgreSQL {expected['server_version']}, this host's scratch server "
+                           f"is {_pg_major(here)} (a scratch container from the service's own image is not built "
+                           "yet)")
     server = PostgresServer(root / "postgres", password=secrets.token_urlsafe(18))
     try:
         server.start()
@@ -194,7 +206,7 @@ def _postgres(root: Path, cfg) -> Iterator[object]:
 
 
 @contextlib.contextmanager
-def _redis(root: Path, cfg) -> Iterator[object]:
+def _redis(root: Path, cfg, expected: dict) -> Iterator[object]:
     from .sandbox import RedisServer
 
     if shutil.which("redis-server") is None:
@@ -211,7 +223,7 @@ def _redis(root: Path, cfg) -> Iterator[object]:
 
 
 @contextlib.contextmanager
-def _files(root: Path, cfg) -> Iterator[object]:
+def _files(root: Path, cfg, expected: dict) -> Iterator[object]:
     """configs: the archive is restored under a scratch root instead of ``/`` (restore_root)."""
     target = root / "root"
     target.mkdir(mode=0o700)
@@ -219,7 +231,7 @@ def _files(root: Path, cfg) -> Iterator[object]:
 
 
 @contextlib.contextmanager
-def _etcd(root: Path, cfg) -> Iterator[Scratch]:
+def _etcd(root: Path, cfg, expected: dict) -> Iterator[Scratch]:
     """etcd: the snapshot restored into a new data dir (etcdutl snapshot restore), then a scratch
     member started on it; the fingerprint is read through its gateway."""
     from .sandbox import EtcdServer
@@ -242,7 +254,7 @@ def _etcd(root: Path, cfg) -> Iterator[Scratch]:
 
 
 @contextlib.contextmanager
-def _prometheus(root: Path, cfg) -> Iterator[Scratch]:
+def _prometheus(root: Path, cfg, expected: dict) -> Iterator[Scratch]:
     """Prometheus: a scratch server on an empty TSDB; the restore swaps the snapshot's blocks in and
     restarts it (the service's own stop/start path), then the blocks on disk are read back."""
     from .sandbox import PrometheusServer
@@ -281,7 +293,7 @@ def drill_artifact(name: str, cfg, entry: dict, reader: SnapshotReader, root: Pa
     folder = root / f"scratch-{name}"
     folder.mkdir(mode=0o755)
     try:
-        with DRILLS[kind](folder, cfg) as scratch:
+        with DRILLS[kind](folder, cfg, result.expected) as scratch:
             svc = REGISTRY[kind](name, scratch.config, LocalAccess())
             started = time.monotonic()
             try:

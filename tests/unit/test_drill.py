@@ -61,3 +61,16 @@ def test_a_drill_is_ok_only_when_something_matched_and_nothing_mismatched_or_fai
     assert summary([r("matched"), r("failed")])["ok"] is False
     assert summary([r("not-drillable")])["ok"] is False       # a drill that proved nothing is not OK
     assert summary([r("matched"), r("matched")])["restore_s"] == 3.0
+
+
+def test_a_dump_from_another_postgresql_major_version_is_not_drillable_here(tmp_path):
+    import pytest
+
+    from coderz_backup.drill import NotDrillable, _postgres
+    from coderz_backup.services.postgres import PostgresConfig
+
+    cfg = PostgresConfig(kind="postgres", user="u", database="d")
+    with pytest.raises(NotDrillable, match=r"the dump is from PostgreSQL 99\.1, this host's scratch server is 15"):
+        with _postgres(tmp_path, cfg, {"server_version": "99.1", "tables": {}}):
+            pass
+    assert not list(tmp_path.iterdir())   # nothing was started
