@@ -199,3 +199,17 @@ def test_etcd_and_prometheus_snapshots_are_drilled_into_scratch_servers(tmp_path
     finally:
         prom.stop()
         etcd.stop()
+
+
+def test_a_drill_of_an_offsite_copy_fetches_checks_and_drills_it(stack, tmp_path):
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    stack.config.write_text(stack.config.read_text() + f'\n[offsite.usb]\nkind = "dir"\npath = "{drive}"\n')
+    snap = _backup(stack)
+    res = run_cli(["drill", "--from", "usb", "--only", "redis", "--only", "postgres-prefect",
+                   "--config", str(stack.config)], stack.env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"Restore drill of {snap.name} (off-site usb)" in res.stdout
+    assert "2 matched, 0 mismatched, 0 failed" in res.stdout
+    assert not (snap / "drill.json").exists()        # the local snapshot was not the one drilled
+    assert not _scratch_processes() and not _scratch_folders()
