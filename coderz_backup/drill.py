@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -336,34 +335,15 @@ def summary(results: list[DrillResult]) -> dict:
 
 
 def write_record(folder: Path, results: list[DrillResult], *, when: str) -> None:
-    """``drill.json`` beside the manifest, bound to it by its sha256 (like ``post-snapshot.json``)."""
-    import hashlib
+    """``drill.json`` beside the manifest, bound to it (like ``post-snapshot.json``)."""
+    from .snapshot import write_bound_record
 
-    from .snapshot import read_manifest_bytes, write_bytes_atomic
-
-    signed = read_manifest_bytes(folder) or b""
-    record = {"manifest_sha256": hashlib.sha256(signed).hexdigest(), "drilled_at": when,
-              **summary(results), "results": [r.as_dict() for r in results]}
-    write_bytes_atomic(folder / RECORD, json.dumps(record, indent=2).encode() + b"\n")
+    write_bound_record(folder, RECORD, {"drilled_at": when, **summary(results),
+                                        "results": [r.as_dict() for r in results]})
 
 
 def read_record(folder: Path) -> dict | None:
     """The last drill of this snapshot, when its record belongs to this manifest."""
-    import hashlib
+    from .snapshot import read_bound_record
 
-    from .snapshot import read_manifest_bytes
-
-    try:
-        fd = os.open(folder / RECORD, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        raw = fh.read(4 << 20)
-    try:
-        record = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    signed = read_manifest_bytes(folder) or b""
-    if not isinstance(record, dict) or record.get("manifest_sha256") != hashlib.sha256(signed).hexdigest():
-        return None
-    return record
+    return read_bound_record(folder, RECORD, 4 << 20)

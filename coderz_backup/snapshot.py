@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -319,3 +320,30 @@ def fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_bound_record(folder: Path, name: str, record: dict) -> None:
+    """A record beside the manifest of ``folder`` (``post-snapshot.json``, ``drill.json``), bound to
+    that manifest by its sha256: the signed manifest itself never changes."""
+    signed = read_manifest_bytes(folder) or b""
+    record = {"snapshot": folder.name, "manifest_sha256": hashlib.sha256(signed).hexdigest(), **record}
+    write_bytes_atomic(folder / name, (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def read_bound_record(folder: Path, name: str, limit: int = 1 << 20) -> dict | None:
+    """The record ``name`` of ``folder`` when it belongs to its current manifest, else None (there is
+    none, it is unreadable — a symlink, not JSON, nested brackets — or left from another manifest)."""
+    try:
+        fd = os.open(folder / name, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        raw = fh.read(limit)
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):   # RecursionError: a crafted file of nested brackets
+        return None
+    signed = read_manifest_bytes(folder) or b""
+    if not isinstance(record, dict) or record.get("manifest_sha256") != hashlib.sha256(signed).hexdigest():
+        return None
+    return record

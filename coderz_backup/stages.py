@@ -17,17 +17,14 @@ flow wraps it in one task.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
 
 from .errors import CoderzBackupError
-from .snapshot import read_manifest_bytes, write_bytes_atomic
+from .snapshot import read_bound_record, write_bound_record
 
 __all__ = ["RECORD", "SnapshotStage", "StageResult", "failed_result", "read_record", "run_stage", "run_stages",
            "write_record"]
@@ -96,26 +93,10 @@ def write_record(folder: Path, results: Sequence[StageResult]) -> None:
     """Record ``results`` in ``post-snapshot.json`` beside the manifest of ``folder`` (logged too)."""
     for r in results:
         (log.info if r.status != "failed" else log.error)("post-snapshot %s: %s — %s", r.stage, r.status, r.detail)
-    signed = read_manifest_bytes(folder) or b""
-    record = {"snapshot": folder.name, "manifest_sha256": hashlib.sha256(signed).hexdigest(),
-              "stages": [r.as_manifest() for r in results]}
-    write_bytes_atomic(folder / RECORD, (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode())
+    write_bound_record(folder, RECORD, {"stages": [r.as_manifest() for r in results]})
 
 
 def read_record(folder: Path) -> dict | None:
     """The post-snapshot record of ``folder`` when it belongs to its current manifest, else None
     (no stage ran, or the record is unreadable or left from another manifest)."""
-    try:
-        fd = os.open(folder / RECORD, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        raw = fh.read(1 << 20)
-    try:
-        record = json.loads(raw)
-    except (ValueError, RecursionError):   # RecursionError: a crafted file of nested brackets
-        return None
-    signed = read_manifest_bytes(folder) or b""
-    if not isinstance(record, dict) or record.get("manifest_sha256") != hashlib.sha256(signed).hexdigest():
-        return None
-    return record
+    return read_bound_record(folder, RECORD)
