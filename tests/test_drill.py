@@ -106,8 +106,9 @@ def _rewrite_dump(snap: Path, service: str, change) -> None:
     _resign(snap, manifest)
 
 
-def test_a_dump_with_rows_removed_and_re_signed_is_caught_by_its_fingerprint(stack):
+def test_a_dump_with_rows_removed_and_re_signed_is_caught_by_its_fingerprint(stack, smtp):
     snap = _backup(stack)
+    with_email(stack, smtp.port)
 
     def drop_rows(text: str) -> str:
         lines = text.split("\n")
@@ -121,6 +122,9 @@ def test_a_dump_with_rows_removed_and_re_signed_is_caught_by_its_fingerprint(sta
     assert res.returncode == 1, res.stdout + res.stderr
     assert "✗ postgres-prefect (" in res.stdout and "mismatched" in res.stdout
     assert "3000" in res.stdout and "2990" in res.stdout, res.stdout
+    [(_, msg)] = smtp.messages
+    assert decoded_subject(msg).startswith(f"🔴 Coderz Drill FAILED: {snap.name} — 1 mismatched, 0 failed")
+    assert json.loads((snap / "drill.json").read_text())["ok"] is False
 
 
 def test_a_dump_that_does_not_load_is_a_failed_drill(stack):
