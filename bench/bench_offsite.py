@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         rdef = rclone_defaults(rclone)
         matched = ["--transfers", "1", "--s3-upload-concurrency", str(conc), "--s3-chunk-size", f"{part_mb}Mi",
                    "--s3-upload-cutoff", f"{part_mb}Mi"]
-        print(f"ours: part_size_mb {part_mb}, max_concurrency {conc}, one file at a time (push)")
+        print(f"ours: part_size_mb {part_mb}, max_concurrency {conc}, parallel_files 4 (push)")
         print(f"rclone defaults: --transfers {rdef['transfers']} --checkers {rdef['checkers']} "
               f"--s3-upload-concurrency {rdef['s3-upload-concurrency']} --s3-chunk-size {rdef['s3-chunk-size']} "
               f"--s3-upload-cutoff {rdef['s3-upload-cutoff']}")
