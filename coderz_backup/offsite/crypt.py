@@ -99,6 +99,9 @@ class _Sink(io.RawIOBase):
         self.out, self.limit = out, limit
         self.sha = hashlib.sha256()
         self.size = 0
+        #: what went wrong on our side (too long, the local disk): pyrage turns an exception raised
+        #: in write() into its own error, so the cause is kept here to be raised as itself
+        self.error: BaseException | None = None
 
     def writable(self) -> bool:
         return True
@@ -106,10 +109,14 @@ class _Sink(io.RawIOBase):
     def write(self, b) -> int:
         n = len(b)
         self.size += n
-        if self.limit is not None and self.size > self.limit:
-            raise _TooLong()
-        self.sha.update(b)
-        self.out.write(b)
+        try:
+            if self.limit is not None and self.size > self.limit:
+                raise _TooLong()
+            self.sha.update(b)
+            self.out.write(b)
+        except (_TooLong, OSError) as exc:
+            self.error = self.error or exc
+            raise
         return n
 
 
@@ -144,17 +151,15 @@ def decrypt_into(src: BinaryIO, out: BinaryIO, identities: list | None, *, limit
     sink = _Sink(out, limit)
     try:
         decrypt_io(buffered, sink, identities)
-    except _TooLong:
-        raise VerifyError(f"longer than the {limit} bytes the manifest says") from None
     except Exception as exc:  # noqa: BLE001 - pyrage: DecryptError / OSError("decryption error")
-        if isinstance(exc, (OffsiteError, VerifyError)):
-            raise
+        if isinstance(sink.error, _TooLong) or isinstance(exc, _TooLong):
+            raise VerifyError(f"longer than the {limit} bytes the manifest says") from None
+        if sink.error is not None:   # writing here failed (disk full, …): not the copy's fault
+            raise sink.error from None
         msg = str(exc).lower()
         if "no matching keys" in msg or "no identity" in msg:
             raise OffsiteError(f"{where} is encrypted to other recipients than the identity given "
                                "(wrong --identity?)") from None
-        if sink.size > (limit if limit is not None else sink.size):
-            raise VerifyError(f"longer than the {limit} bytes the manifest says") from None
         raise VerifyError("does not decrypt — the encrypted copy was changed or damaged") from None
     return sink.size, sink.sha.hexdigest()
 

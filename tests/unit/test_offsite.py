@@ -298,3 +298,30 @@ def test_bwlimit_holds_a_copy_to_the_rate_shared_by_parallel_files(tmp_path):
     assert time.monotonic() - started >= 3.5
     for f, _ in files:
         assert (tmp_path / "drive" / "2026-12-01_03-00-00" / f.name).read_bytes() == f.read_bytes()
+
+
+def test_a_full_local_disk_while_decrypting_is_a_disk_error_not_a_damaged_copy():
+    """Writing the plaintext fails (here: /dev/full, ENOSPC): that is said as it is, never blamed
+    on the off-site copy."""
+    import errno
+    import io
+    import os
+
+    from pyrage import encrypt, x25519
+
+    from coderz_backup.offsite.crypt import decrypt_into
+
+    ident = x25519.Identity.generate()
+    ct = encrypt(os.urandom(3 << 20), [ident.to_public()])
+    with open("/dev/full", "wb", buffering=0) as full, pytest.raises(OSError) as err:
+        decrypt_into(io.BytesIO(ct), full, [ident], limit=None, where="x")
+    assert err.value.errno == errno.ENOSPC
+
+
+def test_an_unencrypted_push_leaves_no_folder_and_clears_one_a_killed_push_left(snapshot, target, tmp_path):
+    folder, _ = snapshot
+    stale = tmp_path / "dest" / ".offsite-usb-999999999-abc"   # no such process
+    stale.mkdir()
+    (stale / MANIFEST).write_bytes(b"{}")
+    push(folder, target)
+    assert not [p for p in (tmp_path / "dest").iterdir() if p.name.startswith(".offsite-")]
