@@ -20,13 +20,11 @@ decrypts each file as it downloads it and checks the plaintext against them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -109,13 +107,16 @@ def push(folder: Path, target: Target, recipients: list | None = None, *, parall
     files = [(safe_relpath(rec["path"]), rec["bytes"], rec["sha256"]) for rec in snapshot_files(manifest)]
     if (folder / LOG).is_file():
         files.append((LOG, *file_digest(folder / LOG)))
-    with tempfile.TemporaryDirectory(prefix=".coderz-push-", dir=folder.parent) as tmp, \
-            (Staging(folder.parent, target.name, recipients) if recipients else contextlib.nullcontext()) as staging:
+    # one private folder per push beside the snapshots (removed after, or by the next push when
+    # this one was killed): the encrypted files, and the manifest and signature as read above
+    with Staging(folder.parent, target.name, recipients or []) as staging:
+        tmp = staging.dir
         # the exact bytes that were signed, from one read (not the folder again)
         (Path(tmp) / MANIFEST).write_bytes(manifest_raw)
         (Path(tmp) / SIGNATURE_FILE).write_bytes(signature)
+
         def send(rel: str, local: Path, size: int, digest: str) -> None:
-            if staging is not None and rel != SIGNATURE_FILE:
+            if recipients and rel != SIGNATURE_FILE:
                 with staging.encrypt(local) as (staged, csize, csha):
                     target.put(f"{name}/{rel}", staged, size=csize, sha256=csha)
             else:
