@@ -40,7 +40,7 @@ from typing import Callable, Iterator
 
 from pydantic import SecretStr
 
-from .access.local import LocalAccess
+from .access.choose import access_for
 from .errors import CoderzBackupError
 from .reader import SnapshotReader
 from .services import REGISTRY
@@ -109,6 +109,26 @@ def ours():
                 found.add(pid)
                 grew = True
     return found
+def containers():
+    # scratch containers and their volumes, labelled with this folder (Docker-mode drills)
+    try:
+        import docker
+        client = docker.from_env(timeout=60)
+        flt = {"label": f"io.coderz.backup.drill={root}"}
+        for c in client.containers.list(all=True, filters=flt):
+            try:
+                c.remove(force=True, v=True)
+            except Exception:
+                pass
+        for v in client.volumes.list(filters=flt):
+            try:
+                v.remove(force=True)
+            except Exception:
+                pass
+    except Exception:
+        pass
+if os.path.exists(os.path.join(root, ".docker")):
+    containers()
 for sig in (signal.SIGTERM, signal.SIGKILL):
     for pid in list(ours()):
         try:
@@ -181,9 +201,171 @@ def _pg_major(text: str) -> str:
     return m.group(1) if m else str(text).strip()
 
 
+# -- Docker mode: a scratch container from the production container's own image ------------------
+
+#: label of every scratch container and volume: the drill's folder (the reaper removes them by it)
+DRILL_LABEL = "io.coderz.backup.drill"
+_MOUNT = "/coderz-drill"
+
+
+def _docker_mode(cfg) -> bool:
+    return bool(getattr(cfg, "container", None))
+
+
+@contextlib.contextmanager
+def _scratch_container(root: Path, cfg, *, script: str, user: str, env: dict[str, str],
+                       ready: Callable[[], bool], stop_signal: str = "SIGTERM", timeout: float = 120) -> Iterator[str]:
+    """Run ``script`` (sh) in a new container from the image of production container
+    ``cfg.container``, with ``--network none``: nothing of production in reach, no port on the host.
+    Its data is on a new volume at ``/coderz-drill``; ``root/sock`` is bind-mounted at the same path,
+    for the server's Unix socket (the only way in). Yields the container's name once ``ready()``;
+    container and volume are removed afterwards (and by the reaper when the drill is killed)."""
+    from .access.docker import docker_client
+    from .errors import AccessError
+
+    try:
+        client = docker_client()
+    except AccessError as exc:
+        raise NotDrillable(f"Docker mode, but {exc}") from None
+    import docker.errors
+
+    try:
+        production = client.containers.get(cfg.container)
+    except docker.errors.NotFound:
+        raise NotDrillable(f"container {cfg.container!r} does not exist on this Docker host; a drill runs a scratch "
+                           "container from its image") from None
+    image = production.attrs["Image"]            # the very image production runs: an id, nothing is pulled
+    own = (production.attrs.get("Config") or {}).get("User") or ""
+    if own and own.split(":")[0] not in ("root", "0"):
+        user = own
+    (root.parent / ".docker").touch()            # tells the reaper to look for labelled containers
+    sock = root / "sock"
+    sock.mkdir()
+    os.chmod(sock, 0o777)                        # the server in the container runs as its own user
+    label = {DRILL_LABEL: str(root.parent)}
+    name = f"coderz-drill-{re.sub(r'[^a-zA-Z0-9_.-]', '-', root.name)}-{secrets.token_hex(4)}"
+    volume = client.volumes.create(f"{name}-data", labels=label)
+    mounts = {volume.name: {"bind": _MOUNT, "mode": "rw"}, str(sock): {"bind": str(sock), "mode": "rw"}}
+    container = None
+    try:
+        # the volume belongs to the server's user (a one-off root container, same image, no network)
+        prep = client.containers.create(image, ["-c", f'mkdir -p {_MOUNT}/data && chown -R "$1" {_MOUNT}', "sh",
+                                                user.split(":")[0]],
+                                        entrypoint=["sh"], user="0", network_mode="none", volumes=mounts, labels=label,
+                                        name=f"{name}-prep")
+        try:
+            prep.start()
+            code = prep.wait(timeout=60).get("StatusCode")
+            if code != 0:
+                raise CoderzBackupError(f"preparing the scratch volume failed ({code}): "
+                                        f"{prep.logs(tail=5).decode(errors='replace').strip()}")
+        finally:
+            with contextlib.suppress(Exception):
+                prep.remove(force=True)
+        container = client.containers.create(image, ["-c", script], entrypoint=["sh"], name=name, user=user,
+                                             environment=env, network_mode="none", volumes=mounts, labels=label,
+                                             stop_signal=stop_signal, working_dir=_MOUNT)
+        container.start()
+        log.info("drill: scratch container %s from %s's image %s (--network none)", name, cfg.container, image[:19])
+        deadline = time.monotonic() + timeout
+        while True:
+            container.reload()
+            if container.status not in ("created", "running"):
+                raise CoderzBackupError(f"the scratch container exited before it was ready: "
+                                        f"{container.logs(tail=8).decode(errors='replace').strip()}")
+            with contextlib.suppress(Exception):
+                if ready():
+                    break
+            if time.monotonic() > deadline:
+                raise CoderzBackupError(f"the scratch container was not ready within {timeout:.0f}s: "
+                                        f"{container.logs(tail=8).decode(errors='replace').strip()}")
+            time.sleep(0.2)
+        yield name
+    finally:
+        if container is not None:
+            with contextlib.suppress(Exception):
+                container.remove(force=True, v=True)
+        with contextlib.suppress(Exception):
+            volume.remove(force=True)
+
+
+_PG_SCRIPT = """set -e
+for d in /usr/lib/postgresql/*/bin; do [ -d "$d" ] && PATH="$PATH:$d"; done
+D={mount}/data/pg
+if [ ! -s "$D/PG_VERSION" ]; then
+  printf %s "$CODERZ_DRILL_PASSWORD" > {mount}/pw
+  initdb -D "$D" -U "$CODERZ_DRILL_USER" --pwfile={mount}/pw -E UTF8 --locale=C --auth-local=scram-sha-256 \
+    --auth-host=scram-sha-256 > {mount}/initdb.log 2>&1 || {{ rm -f {mount}/pw; cat {mount}/initdb.log >&2; exit 1; }}
+  rm -f {mount}/pw
+fi
+exec postgres -D "$D" -c listen_addresses= -k {sock} -p 5432
+"""
+
+
+@contextlib.contextmanager
+def _postgres_container(root: Path, cfg, expected: dict) -> Iterator[Scratch]:
+    """A scratch cluster in a container of the production image (so the same server version)."""
+    import psycopg
+
+    password, sock = secrets.token_urlsafe(18), root / "sock"
+
+    def connect(dbname: str):
+        return psycopg.connect(host=str(sock), port=5432, user=cfg.user, password=password, dbname=dbname,
+                               connect_timeout=5, autocommit=True)
+
+    def ready() -> bool:
+        with connect("postgres"):
+            return True
+
+    script = _PG_SCRIPT.format(mount=_MOUNT, sock=sock)
+    with _scratch_container(root, cfg, script=script, user="postgres", stop_signal="SIGINT", ready=ready,
+                            env={"CODERZ_DRILL_USER": cfg.user, "CODERZ_DRILL_PASSWORD": password}) as name:
+        if cfg.database != "postgres":
+            from psycopg import sql
+
+            with connect("postgres") as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(cfg.database)))
+        yield Scratch(_no_container(cfg, container=name, host=str(sock), port=5432, password=SecretStr(password)))
+
+
+_REDIS_SCRIPT = """set -e
+printf 'requirepass %s\n' "$CODERZ_DRILL_PASSWORD" > {mount}/redis.conf
+exec redis-server {mount}/redis.conf --port 0 --unixsocket {sock}/redis.sock --unixsocketperm 777 \
+  --dir {mount}/data --dbfilename dump.rdb --appendonly no --save ''
+"""
+
+
+@contextlib.contextmanager
+def _redis_container(root: Path, cfg, expected: dict) -> Iterator[Scratch]:
+    """A scratch Redis in a container of the production image, reached through its Unix socket."""
+    import redis
+
+    password, sock = secrets.token_urlsafe(18), root / "sock"
+
+    def ready() -> bool:
+        client = redis.Redis(unix_socket_path=str(sock / "redis.sock"), password=password, socket_timeout=5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+
+    script = _REDIS_SCRIPT.format(mount=_MOUNT, sock=sock)
+    with _scratch_container(root, cfg, script=script, user="redis", ready=ready,
+                            env={"CODERZ_DRILL_PASSWORD": password}) as name:
+        yield Scratch(_no_container(cfg, container=name, socket=str(sock / "redis.sock"), username=None,
+                                    password=SecretStr(password), data_dir=f"{_MOUNT}/data", start_command=None))
+
+
+# -- this host's binaries ------------------------------------------------------------------------
+
 @contextlib.contextmanager
 def _postgres(root: Path, cfg, expected: dict) -> Iterator[object]:
     from .sandbox import PostgresServer, pg_bin
+
+    if _docker_mode(cfg):
+        with _postgres_container(root, cfg, expected) as scratch:
+            yield scratch
+        return
 
     try:
         postgres = pg_bin("postgres")
@@ -208,6 +390,10 @@ def _postgres(root: Path, cfg, expected: dict) -> Iterator[object]:
 def _redis(root: Path, cfg, expected: dict) -> Iterator[object]:
     from .sandbox import RedisServer
 
+    if _docker_mode(cfg):
+        with _redis_container(root, cfg, expected) as scratch:
+            yield scratch
+        return
     if shutil.which("redis-server") is None:
         raise NotDrillable("no redis-server on this host")
     password = secrets.token_urlsafe(18)
@@ -293,12 +479,13 @@ def drill_artifact(name: str, cfg, entry: dict, reader: SnapshotReader, root: Pa
     folder.mkdir(mode=0o755)
     try:
         with DRILLS[kind](folder, cfg, result.expected) as scratch:
-            svc = REGISTRY[kind](name, scratch.config, LocalAccess())
+            svc = REGISTRY[kind](name, scratch.config, access_for(scratch.config))
             started = time.monotonic()
             try:
                 detail = svc.restore(reader.artifact(entry), **scratch.restore)
                 if scratch.started is not None:
-                    svc = REGISTRY[kind](name, scratch.started(), LocalAccess())
+                    later = scratch.started()
+                    svc = REGISTRY[kind](name, later, access_for(later))
             except CoderzBackupError as exc:
                 result.status, result.detail = "failed", f"the restore failed: {exc}"
                 result.duration_s = time.monotonic() - started

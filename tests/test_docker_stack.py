@@ -197,3 +197,81 @@ def test_a_stopped_container_fails_only_its_artifact(docker_stack):
     assert by["redis.rdb"]["status"] == "failed"
     assert all(a["status"] == "ok" for p, a in by.items() if p != "redis.rdb")
     assert not (s.dest / "latest" / "redis.rdb").exists()
+
+
+def _drill_leftovers(client) -> list[str]:
+    flt = {"label": "io.coderz.backup.drill"}
+    return ([c.name for c in client.containers.list(all=True, filters=flt)]
+            + [v.name for v in client.volumes.list(filters=flt)])
+
+
+def _production_state(s) -> dict:
+    with psycopg.connect(host="127.0.0.1", port=s.pg.port, user=s.pg.user, password=s.pg.password,
+                         dbname="prefect") as conn:
+        rows = conn.execute("SELECT count(*) FROM flow_run").fetchone()[0]
+    r = redis_lib.Redis(port=s.redis.port, password=s.redis.password)
+    started = {}
+    for c in (s.pg.container, s.redis.container, s.app):
+        c.reload()
+        started[c.name] = (c.status, c.attrs["State"]["StartedAt"])
+    return {"rows": rows, "keys": r.dbsize(), "started": started}
+
+
+def test_a_drill_of_the_containerised_stack_restores_into_scratch_containers_of_the_production_images(
+        docker_stack, docker_engine):
+    s = docker_stack
+    res = run_cli(["backup", "--config", str(s.config)], s.env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    before = _production_state(s)
+    res = run_cli(["drill", "--json", "--config", str(s.config)], s.env, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    status = {r["service"]: r["status"] for r in out["results"]}
+    assert status == {"postgres-prefect": "matched", "postgres-coderapi": "matched", "redis": "matched",
+                      "prometheus": "matched", "configs": "matched", "etcd-apisix": "matched"}, res.stdout
+    by = {r["service"]: r for r in out["results"]}
+    assert by["postgres-prefect"]["got"]["tables"] == {"public.flow_run": 5000}
+    assert by["redis"]["got"]["keys"] == {"0": 300}
+    # the production containers kept running the whole time, untouched; nothing of the drill is left
+    assert _production_state(s) == before
+    assert _drill_leftovers(docker_engine.client) == []
+    log = (s.dest / "latest" / "drill.log").read_text()
+    assert "scratch container coderz-drill-" in log and "coderz-postgres's image" in log and "--network none" in log
+    for secret in s.secrets:
+        assert secret not in res.stdout + res.stderr + log
+
+
+def test_a_killed_docker_mode_drill_leaves_no_scratch_container_or_volume(docker_stack, docker_engine):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    s = docker_stack
+    assert run_cli(["backup", "--only", "postgres-prefect", "--config", str(s.config)], s.env).returncode == 0
+    before = _production_state(s)
+    client = docker_engine.client
+    proc = subprocess.Popen([sys.executable, "-m", "coderz_backup", "drill", "--only", "postgres-prefect",
+                             "--config", str(s.config)], env=s.env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=os.getcwd())
+    try:
+        deadline = time.monotonic() + 120
+        scratch = []
+        while time.monotonic() < deadline and not scratch and proc.poll() is None:
+            scratch = [c for c in client.containers.list(filters={"label": "io.coderz.backup.drill"})
+                       if not c.name.endswith("-prep")]
+            time.sleep(0.1)
+        assert scratch, "no scratch container appeared"
+        [c] = scratch
+        # a container of the production container's own image, with no network at all
+        assert c.attrs["Image"] == s.pg.container.attrs["Image"]
+        assert c.attrs["HostConfig"]["NetworkMode"] == "none"
+        assert not c.attrs["HostConfig"].get("PortBindings")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _drill_leftovers(client):
+        time.sleep(0.3)
+    assert _drill_leftovers(client) == []
+    assert _production_state(s) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 
@@ -192,3 +193,50 @@ def test_an_old_dump_where_data_dir_points_is_not_taken_for_this_backup(redis_se
     with pytest.raises(ArtifactError, match="old file, and Redis saves somewhere else.*CONFIG GET dir"):
         svc.backup(out)
     assert list(out.iterdir()) == []
+
+
+def test_a_redis_on_a_unix_socket_only_is_backed_up_and_restored_through_it(tmp_path):
+    """``socket = …`` instead of host/port: BGSAVE + file, the replication stream, the restore's
+    stop/start checks and the client all go through the socket (the server has no TCP port)."""
+    srv = RedisServer(tmp_path / "sock-redis", password="sock-pw")
+    srv.write_conf()
+    sock = tmp_path / "sock-redis" / "redis.sock"
+    srv.conf.write_text(srv.conf.read_text().replace(f"port {srv.port}\n", "port 0\n")
+                        + f"unixsocket {sock}\nunixsocketperm 700\n")
+    import subprocess
+
+    proc = subprocess.Popen(srv.start_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import redis
+
+        client = redis.Redis(unix_socket_path=str(sock), password="sock-pw")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis on the socket did not start"
+                time.sleep(0.1)
+        client.mset({f"k{i}": i for i in range(250)})
+        for via in ("data_dir", "replication"):
+            cfg = RedisConfig(kind="redis", socket=str(sock), password=SecretStr("sock-pw"),
+                              start_command=srv.start_command, data_dir=str(srv.data) if via == "data_dir" else None)
+            svc = RedisService("redis", cfg, LocalAccess())
+            out = tmp_path / via
+            out.mkdir()
+            [res] = svc.backup(out)
+            assert res.status == "ok" and res.details["keys"] == 250, res
+            assert ("replication" in res.details["method"]) == (via == "replication")
+            assert str(sock) in svc.restore_target()
+        client.flushall()
+        cfg = RedisConfig(kind="redis", socket=str(sock), password=SecretStr("sock-pw"),
+                          start_command=srv.start_command, data_dir=str(srv.data))
+        # restore: SHUTDOWN NOSAVE over the socket, wait until the socket refuses, start, wait until loaded
+        assert "250 keys" in RedisService("redis", cfg, LocalAccess()).restore(tmp_path / "data_dir" / "redis.rdb")
+        assert redis.Redis(unix_socket_path=str(sock), password="sock-pw").dbsize() == 250
+    finally:
+        with contextlib.suppress(Exception):
+            redis.Redis(unix_socket_path=str(sock), password="sock-pw").shutdown(nosave=True)
+        proc.kill()
+        subprocess.run(["pkill", "-f", str(srv.conf)], check=False)

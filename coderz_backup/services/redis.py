@@ -145,6 +145,7 @@ class RedisConfig(ServiceBase):
     kind: Literal["redis"]
     host: str = Field("127.0.0.1", description="server host")
     port: int = Field(6379, ge=1, le=65535, description="server port")
+    socket: str | None = Field(None, description="Unix socket path of the server (instead of host and port)")
     username: str | None = Field(None, description="ACL user (needs SYNC/REPLCONF for the network path)")
     password: SecretStr | None = Field(None, description="password reference")
     data_dir: str | None = Field(None, description="server's data dir as seen from this host; unset = fetch over the network")
@@ -174,11 +175,27 @@ class RedisService(BaseService):
         c = self.config
         # No client-side retries: the flow's task retries decide, and a dead server
         # should fail in milliseconds, not after a hidden backoff.
-        return redis.Redis(host=c.host, port=c.port, username=c.username, password=self._password(),
+        where = {"unix_socket_path": c.socket} if c.socket else {"host": c.host, "port": c.port}
+        return redis.Redis(**where, username=c.username, password=self._password(),
                            socket_timeout=30, socket_connect_timeout=10, retry=Retry(NoBackoff(), 0))
 
     def _where(self) -> str:
-        return f"redis at {self.config.host}:{self.config.port}"
+        c = self.config
+        return f"redis at {c.socket}" if c.socket else f"redis at {c.host}:{c.port}"
+
+    def _connect_raw(self, timeout: float) -> socket.socket:
+        """A plain socket to the server (replication protocol, "is it down yet")."""
+        c = self.config
+        if not c.socket:
+            return socket.create_connection((c.host, c.port), timeout=timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(c.socket)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def _call(self, fn, *args):
         try:
@@ -290,7 +307,7 @@ class RedisService(BaseService):
         """Yield a fresh RDB from the server over the replication protocol."""
         c = self.config
         try:
-            sock = socket.create_connection((c.host, c.port), timeout=10)
+            sock = self._connect_raw(10)
         except OSError as exc:
             raise ArtifactError(f"{self._where()} is unreachable: {exc.strerror or exc}") from None
         sock.settimeout(self.config.save_timeout_s)
@@ -364,7 +381,7 @@ class RedisService(BaseService):
     def restore_target(self) -> str:
         c = self.config
         start = " ".join(c.start_command) if c.start_command else "(start_command not set: restore will refuse)"
-        return f"every key of Redis at {c.host}:{c.port} is replaced; the server is stopped and started with {start}"
+        return f"every key of {self._where()} is replaced; the server is stopped and started with {start}"
 
     def health(self) -> str:
         """PING answers; the key count."""
@@ -471,7 +488,7 @@ class RedisService(BaseService):
     def _wait_down(self, timeout: float = 30) -> None:
         def _gone() -> bool:
             try:
-                with socket.create_connection((self.config.host, self.config.port), timeout=1):
+                with self._connect_raw(1):
                     return False
             except OSError:
                 return True
