@@ -50,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.required = True
 
     b = sub.add_parser("backup", help="run flow coderz-backup now and print the report",
-                       description="Run flow `coderz-backup` now (embedded Prefect API unless PREFECT_API_URL "
-                                   "is set) and print the boxed report. Exit 0 all passed, 1 some artifacts "
+                       description="Run flow `coderz-backup` now and print the boxed report. Prefect API: "
+                                   "PREFECT_API_URL (environment or Prefect profile), else a Prefect server "
+                                   "answering at 127.0.0.1:4200 (CODERZ_BACKUP_LOCAL_API), else an embedded one. Exit 0 all passed, 1 some artifacts "
                                    "failed (snapshot kept, status partial), 2 nothing usable.")
     _common(b)
     b.add_argument("--dest", metavar="D", help="snapshot destination (env CODERZ_BACKUP_DEST; default "
@@ -357,8 +358,15 @@ def _prefect_session(verbose: bool):
                 for h in logging.getLogger(name).handlers:
                     if type(h).__name__ == "PrefectConsoleHandler":
                         h.setLevel(logging.WARNING)
+        import prefect.settings
+        from prefect.settings import temporary_settings
+
         try:
-            yield
+            # No flow-run heartbeats from a CLI run: they only feed Prefect's crashed-run detection,
+            # which a CLI run does itself (its 🔴 mail, exit 2), and the heartbeat thread holds every
+            # run's end for up to a second. Deployment runs keep Prefect's setting.
+            with temporary_settings(updates={prefect.settings.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                yield
         finally:  # ship the last log lines and events while the API is still there
             _drain_prefect()
 

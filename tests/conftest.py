@@ -64,6 +64,9 @@ def pytest_configure(config):
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["PREFECT_LOGGING_TO_API_BATCH_INTERVAL"] = "0.3"
     os.environ.pop("PREFECT_API_URL", None)
+    # a Prefect server a developer runs on 127.0.0.1:4200 is never picked up by a test's CLI run
+    # (the tests of that choice set CODERZ_BACKUP_LOCAL_API themselves)
+    os.environ["CODERZ_BACKUP_LOCAL_API"] = "off"
     # the host's snapshot signing key of the test session (never /opt/coderz/backup/keys here)
     os.environ["CODERZ_BACKUP_SIGNING_KEY"] = str(_SESSION_DIR / "keys" / "signing.key")
     config.coderz_unit_tier_only = unit_tier_only(config)

@@ -143,3 +143,44 @@ def test_an_unusable_api_is_exit_2_with_one_clear_line_and_the_red_mail(stack, s
     assert decoded_subject(msg).startswith("🔴 Coderz Backup FAILED on ")
     assert "PREFECT_API_URL" in msg.get_body(("plain",)).get_content()
     assert not stack.dest.exists()
+
+
+def _run_on(prefect_api: str, manifest: dict) -> int:
+    import httpx
+
+    return httpx.get(f"{prefect_api}/flow_runs/{manifest['flow_run_id']}", timeout=10).status_code
+
+
+def test_the_api_of_the_active_prefect_profile_is_used(stack, tmp_path):
+    """`prefect config set PREFECT_API_URL=…` (the profile, not the environment) is honoured: the
+    run goes to that server, no embedded one is started."""
+    api = stack.env["PREFECT_API_URL"]
+    home = tmp_path / "profile-home"
+    home.mkdir()
+    (home / "profiles.toml").write_text(f'active = "coderz"\n\n[profiles.coderz]\nPREFECT_API_URL = "{api}"\n'
+                                        '\n[profiles.ephemeral]\nPREFECT_SERVER_ALLOW_EPHEMERAL_MODE = "true"\n')
+    env = _embedded_env(stack, home)
+    res = run_cli(["backup", "--config", str(stack.config)], env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _run_on(api, stack.manifest()) == 200
+    assert not (home / "prefect.db").exists() and _servers_of(home) == []
+
+
+def test_a_prefect_server_answering_on_this_host_is_used_when_none_is_configured(stack, tmp_path):
+    """No PREFECT_API_URL anywhere, but the stack's Prefect server answers (127.0.0.1:4200 on a
+    Coderz host; the session's server here): the run shows in its UI instead of an embedded API."""
+    api = stack.env["PREFECT_API_URL"]
+    home = tmp_path / "bare-home"
+    env = dict(_embedded_env(stack, home), CODERZ_BACKUP_LOCAL_API=api)
+    res = run_cli(["backup", "--config", str(stack.config)], env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _run_on(api, stack.manifest()) == 200
+    assert not (home / "prefect.db").exists() and _servers_of(home) == []
+    # nothing answers there: the embedded API after all (the run is in its database, not the server's)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        env["CODERZ_BACKUP_LOCAL_API"] = f"http://127.0.0.1:{held.getsockname()[1]}/api"
+        res = run_cli(["backup", "--config", str(stack.config)], env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _run_on(api, stack.manifest()) == 404
+    assert (home / "prefect.db").exists() and _servers_of(home) == []
