@@ -32,7 +32,7 @@ import io
 import os
 import shutil
 import stat
-import tarfile
+from .tarfile_compat import tarfile
 import tempfile
 import time
 from pathlib import Path, PurePosixPath

@@ -120,7 +120,7 @@ def prefect_api(method: str, path: str, api: str | None = None, **kwargs):
 def tar_bytes(members: list[tuple[str, str, str]]) -> bytes:
     """(type, name, data-or-linkname) → an uncompressed tar."""
     import io
-    import tarfile
+    from coderz_backup.tarfile_compat import tarfile
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:

@@ -8,7 +8,7 @@ non-root user, data in named volumes). Nothing is pulled.
 from __future__ import annotations
 
 import io
-import tarfile
+from coderz_backup.tarfile_compat import tarfile
 import time
 
 import psycopg

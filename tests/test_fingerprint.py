@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 import shutil
-import tarfile
+from coderz_backup.tarfile_compat import tarfile
 import time
 
 import pytest

@@ -17,7 +17,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tarfile
+from coderz_backup.tarfile_compat import tarfile
 import threading
 import time
 from pathlib import Path

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-import tarfile
+from coderz_backup.tarfile_compat import tarfile
 import threading
 import time
 from pathlib import Path

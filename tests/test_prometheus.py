@@ -7,7 +7,7 @@ Also through Docker: the same module streams the snapshot folder out of a
 from __future__ import annotations
 
 import json
-import tarfile
+from coderz_backup.tarfile_compat import tarfile
 import time
 
 import httpx

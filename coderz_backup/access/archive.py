@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
+from ..tarfile_compat import tarfile
 import zlib
 from typing import Iterable
 

@@ -31,7 +31,7 @@ import os
 import signal
 import socket
 import struct
-import tarfile
+from ..tarfile_compat import tarfile
 import threading
 import time
 import uuid

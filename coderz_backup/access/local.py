@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tarfile
+from ..tarfile_compat import tarfile
 from typing import BinaryIO, Iterable, Iterator, Sequence
 
 from ..errors import AccessError

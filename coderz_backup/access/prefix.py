@@ -15,7 +15,7 @@ import io
 import os
 import shlex
 import subprocess
-import tarfile
+from ..tarfile_compat import tarfile
 import threading
 from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
 

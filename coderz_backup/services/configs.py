@@ -24,7 +24,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-import tarfile
+from ..tarfile_compat import tarfile
 from pathlib import Path
 from typing import ClassVar, Literal
 

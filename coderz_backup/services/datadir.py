@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import tarfile
+from ..tarfile_compat import tarfile
 import threading
 from pathlib import Path
 from typing import Callable, Sequence

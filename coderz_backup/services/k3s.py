@@ -34,7 +34,7 @@ import logging
 import os
 import shlex
 import sqlite3
-import tarfile
+from ..tarfile_compat import tarfile
 import tempfile
 import time
 from pathlib import Path

@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import re
-import tarfile
+from ..tarfile_compat import tarfile
 import time
 from pathlib import Path
 from typing import ClassVar, Literal

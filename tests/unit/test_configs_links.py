@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tarfile
+from coderz_backup.tarfile_compat import tarfile
 
 import pytest
 

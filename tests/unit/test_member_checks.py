@@ -7,7 +7,7 @@ configs archive. Members are crafted the way a tampered archive would hold them.
 
 from __future__ import annotations
 
-import tarfile
+from coderz_backup.tarfile_compat import tarfile
 
 import pytest
 

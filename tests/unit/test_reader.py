@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
+from coderz_backup.tarfile_compat import tarfile
 
 import pytest
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import tarfile
+from ...tarfile_compat import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal

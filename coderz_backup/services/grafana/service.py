@@ -8,7 +8,7 @@ import os
 import shlex
 import shutil
 import sqlite3
-import tarfile
+from ...tarfile_compat import tarfile
 import tempfile
 import time
 import urllib.parse
