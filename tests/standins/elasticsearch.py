@@ -17,7 +17,8 @@ error body shape ``{"error":{"root_cause":[…],"type":…,"reason":…},"status
   write block), ``POST /<idx>/_refresh`` (with ``refresh_interval: -1`` documents are
   invisible until a refresh), ``GET /<idx>/_count``;
 - ``PUT /_snapshot/<repo>`` and ``PUT /_snapshot/<repo>/<snap>?wait_for_completion=true``;
-- basic and ``ApiKey`` auth with the ES 401 body.
+- basic and ``ApiKey`` auth with the ES 401 body;
+- https with a given server context (``tls=``), as 8.x serves by default.
 
 Faults for tests are set in ``EsStandin.faults`` (see :meth:`EsStandin._fault`).
 Run as a process (``python tests/standins/elasticsearch.py --port P --data-dir D``) it
@@ -33,6 +34,7 @@ import itertools
 import json
 import os
 import secrets
+import ssl
 import threading
 import time
 import urllib.parse
@@ -118,7 +120,9 @@ class EsStandin:
     """The server state plus a ThreadingHTTPServer on 127.0.0.1 (``start()``/``stop()``)."""
 
     def __init__(self, *, users: dict[str, str] | None = None, api_keys: list[str] | None = None,
-                 port: int = 0, state_file: str | None = None, repos_root: str | None = None):
+                 port: int = 0, state_file: str | None = None, repos_root: str | None = None,
+                 tls: ssl.SSLContext | None = None):
+        self.tls = tls                            # a server context: serve https (xpack.security.http.ssl)
         self.users = users or {}
         self.api_keys = set(api_keys or [])
         self.port = port
@@ -143,7 +147,7 @@ class EsStandin:
     # -- life cycle ------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> EsStandin:
         srv = self
@@ -153,6 +157,8 @@ class EsStandin:
 
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._httpd.daemon_threads = True
+        if self.tls:   # the handshake runs in accept(); a refused one is dropped (OSError) by socketserver
+            self._httpd.socket = self.tls.wrap_socket(self._httpd.socket, server_side=True)
         self.port = self._httpd.server_address[1]
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
