@@ -735,3 +735,59 @@ def test_tls_still_checks_the_chain_and_the_host_name(es_tls, tmp_path, monkeypa
     with pytest.raises(ArtifactError, match="TLS failed .*(hostname|match)"):
         _svc(es_tls, url=f"https://localhost:{port}", cacert=es_tls.cacert).backup(tmp_path / "b")
     assert not (tmp_path / "a").exists() or list((tmp_path / "a").iterdir()) == []
+
+
+# -- searchable-snapshot (mounted) indices ------------------------------------------------
+
+
+@STANDIN_ONLY
+def test_creating_an_index_with_searchable_snapshot_settings_is_refused(es):
+    r = es.http.put("/copy-of-mounted", json={"settings": {
+        "index.store.type": "snapshot", "index.store.snapshot.repository_name": "r",
+        "index.store.snapshot.snapshot_name": "s", "index.store.snapshot.partial": True}})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["type"] == "validation_exception"
+    assert ("Validation Failed: 1: private index setting [index.store.snapshot.repository_name] can not be set "
+            "explicitly;2: private index setting [index.store.snapshot.snapshot_name]") in err["reason"]
+
+
+@STANDIN_ONLY
+def test_mounted_searchable_snapshots_are_skipped_with_a_reason_and_the_rest_round_trips(es, tmp_path, caplog):
+    es.call("PUT", "/_snapshot/frozen-repo", json={"type": "fs", "settings": {"location": "frozen"}})
+    es.call("PUT", "/_snapshot/frozen-repo/snap-1", params={"wait_for_completion": "true"},
+            json={"indices": "metrics,logs-app", "include_global_state": False})
+    es.call("POST", "/_snapshot/frozen-repo/snap-1/_mount", params={"wait_for_completion": "true"},
+            json={"index": "metrics", "renamed_index": "restored-metrics"})
+    es.call("POST", "/_snapshot/frozen-repo/snap-1/_mount",
+            params={"wait_for_completion": "true", "storage": "shared_cache"},
+            json={"index": "logs-app", "renamed_index": "partial-logs-app"})
+    try:
+        flat = es.call("GET", "/partial-logs-app/_settings", params={"flat_settings": "true"})[
+            "partial-logs-app"]["settings"]
+        assert flat["index.store.type"] == "snapshot" and flat["index.store.snapshot.partial"] == "true"
+        assert es.call("GET", "/restored-metrics/_count")["count"] == 700    # searchable: it holds data
+        svc = _svc(es)
+        with caplog.at_level("WARNING"):
+            [export, _] = svc.backup(tmp_path)
+        assert export.summary == ("Elasticsearch: 4 indices exported (not exported: searchable-snapshot indices "
+                                  "partial-logs-app, restored-metrics (mount them from their snapshot repository))")
+        skipped = {m["index"]: m for m in export.details["skipped_searchable_snapshots"]}
+        assert skipped["partial-logs-app"] == {
+            "index": "partial-logs-app", "repository": "frozen-repo", "snapshot": "snap-1",
+            "snapshot_index": "logs-app", "partial": True, "reason": skipped["partial-logs-app"]["reason"]}
+        assert "mount it again" in skipped["restored-metrics"]["reason"] and not skipped["restored-metrics"]["partial"]
+        assert "restored-metrics from frozen-repo/snap-1" in caplog.text and "_mount" in caplog.text
+        assert sorted(export.details["indices"]) == sorted(SEED)
+        assert not (tmp_path / "elasticsearch" / "restored-metrics").exists()
+        assert "restored-metrics" not in svc.fingerprint_live()["indices"]
+        for index in SEED:
+            es.call("DELETE", f"/{index}")
+        msg = svc.restore(tmp_path / "elasticsearch")
+        assert "4 indices restored" in msg
+        assert {index: es.docs(index) for index in SEED} == es.seeded
+        assert es.call("GET", "/partial-logs-app/_count")["count"] == 1500   # left alone
+    finally:
+        for index in ("restored-metrics", "partial-logs-app"):
+            es.call("DELETE", f"/{index}", ok=(200, 404))
+        es.standin.repos.pop("frozen-repo", None)
