@@ -791,3 +791,29 @@ def test_mounted_searchable_snapshots_are_skipped_with_a_reason_and_the_rest_rou
         for index in ("restored-metrics", "partial-logs-app"):
             es.call("DELETE", f"/{index}", ok=(200, 404))
         es.standin.repos.pop("frozen-repo", None)
+
+
+@STANDIN_ONLY
+def test_an_older_export_holding_a_searchable_snapshot_index_restores_the_rest(es, tmp_path):
+    svc = _svc(es)
+    svc.backup(tmp_path)
+    root = tmp_path / "elasticsearch"
+    # what an export made before the skip held for a mounted index: its private settings
+    shutil.copytree(root / "metrics", root / "restored-metrics")
+    settings = json.loads((root / "metrics" / "settings.json").read_text())
+    settings.update({"index.store.type": "snapshot", "index.store.snapshot.repository_name": "frozen-repo",
+                     "index.store.snapshot.snapshot_name": "snap-1", "index.store.snapshot.index_name": "metrics"})
+    (root / "restored-metrics" / "settings.json").write_text(json.dumps(settings))
+    index = json.loads((root / "index.json").read_text())
+    index["indices"]["restored-metrics"] = 700
+    (root / "index.json").write_text(json.dumps(index))
+    r = es.http.put("/restored-metrics", json={"settings": settings})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "validation_exception"   # why it is skipped
+    for name in SEED:
+        es.call("DELETE", f"/{name}")
+    msg = svc.restore(root)
+    assert "4 indices restored" in msg
+    assert ("searchable-snapshot indices not restored: restored-metrics (mount it from snapshot "
+            "frozen-repo/snap-1)") in msg
+    assert es.call("HEAD", "/restored-metrics", ok=(404,)) is None
+    assert es.docs("metrics") == es.seeded["metrics"]
