@@ -13,6 +13,7 @@ import gzip
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -605,3 +606,214 @@ def test_cli_backup_verify_and_restore_through_the_flows(es, tmp_path, cli_env):
     res = run_cli(["restore", "--config", str(config), "--yes", "--no-safety-backup"], env, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert es.docs("users") == es.seeded["users"] and es.docs("logs-app") == es.seeded["logs-app"]
+
+
+# -- TLS with a CA made the way Elasticsearch 8 made http_ca.crt (no keyUsage) ----------
+
+
+def _es8_style_pki(folder: Path, cn: str = "Elasticsearch security auto-configuration HTTP CA") -> tuple[Path, Path, Path]:
+    """(ca.crt, http.crt, http.key): a self-signed CA and a server certificate for 127.0.0.1 with
+    the extensions x-pack CertGenUtils.generateSignedCertificate gives them: subject and authority
+    key identifiers, basicConstraints (critical on the CA only), no keyUsage, no extendedKeyUsage."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+
+    def cert(subject, issuer, key, signer, ca_key_pub, *, ca: bool, san=None):
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now)
+             .not_valid_after(now + dt.timedelta(days=30))
+             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key_pub), critical=False)
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=ca))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    ca = cert(ca_name, ca_name, ca_key, ca_key, ca_key.public_key(), ca=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    srv = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "es-node")]), ca_name, key, ca_key,
+               ca_key.public_key(), ca=False, san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    assert not [e for e in ca.extensions if e.oid == x509.oid.ExtensionOID.KEY_USAGE]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / "http_ca.crt", folder / "http.crt", folder / "http.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(srv.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def es_tls(tmp_path_factory):
+    """The stand-in over https with an ES8-style CA; ``.cacert`` is that CA's file."""
+    pytest.importorskip("cryptography")
+    ca, crt, key = _es8_style_pki(tmp_path_factory.mktemp("es-pki"))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(crt, key)
+    srv = EsStandin(users={"elastic": PW}, tls=server).start()
+    try:
+        es = Es(srv.url, standin=srv)
+        helper = ssl.create_default_context(cafile=str(ca))
+        helper.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
+        es.http = httpx.Client(base_url=srv.url, auth=("elastic", PW), timeout=60, verify=helper)
+        es.cacert = str(ca)
+        yield es
+    finally:
+        srv.stop()
+
+
+def _py313_defaults(monkeypatch) -> None:
+    """ssl.create_default_context as Python 3.13+ has it (VERIFY_X509_STRICT and PARTIAL_CHAIN on),
+    so the tests below hold on 3.11/3.12 too; on 3.13+ it changes nothing."""
+    real = ssl.create_default_context
+
+    def default(*a, **kw):
+        ctx = real(*a, **kw)
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+        return ctx
+
+    monkeypatch.setattr(ssl, "create_default_context", default)
+
+
+needs_strict_flag = pytest.mark.skipif(not hasattr(ssl, "VERIFY_X509_STRICT"), reason="ssl has no VERIFY_X509_STRICT")
+
+
+@STANDIN_ONLY
+@needs_strict_flag
+@pytest.mark.parametrize("defaults", ["this-python", "python-3.13"])
+def test_tls_round_trip_with_an_es8_ca_without_key_usage(es_tls, tmp_path, monkeypatch, defaults):
+    from coderz_backup.services.httpapi import tls_verify
+
+    if defaults == "python-3.13":
+        _py313_defaults(monkeypatch)
+    svc = _svc(es_tls, cacert=es_tls.cacert)
+    ctx = tls_verify(NAME, svc.config)
+    assert isinstance(ctx, ssl.SSLContext)
+    assert not ctx.verify_flags & ssl.VERIFY_X509_STRICT          # cleared ...
+    assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED   # ... nothing else relaxed
+    seeded = seed(es_tls)
+
+    [export, _] = svc.backup(tmp_path)
+    assert export.summary == "Elasticsearch: 4 indices exported"
+    for index in SEED:
+        es_tls.call("DELETE", f"/{index}")
+    assert "4 indices restored" in svc.restore(tmp_path / "elasticsearch")
+    assert {index: es_tls.docs(index) for index in SEED} == seeded
+    assert "green" in svc.health()
+
+
+@STANDIN_ONLY
+@needs_strict_flag
+def test_the_es8_ca_is_the_kind_strict_mode_rejects(es_tls):
+    # what Python 3.13's default context does with that CA: proof the CA above is the problematic kind
+    strict = ssl.create_default_context(cafile=es_tls.cacert)
+    strict.verify_flags |= ssl.VERIFY_X509_STRICT
+    if ssl.OPENSSL_VERSION_INFO < (3, 0):
+        pytest.skip(f"{ssl.OPENSSL_VERSION} does not check keyUsage on CAs in strict mode")
+    with pytest.raises(httpx.ConnectError, match="key usage"):
+        httpx.get(f"{es_tls.url}/", verify=strict, auth=("elastic", PW))
+
+
+@STANDIN_ONLY
+def test_tls_still_checks_the_chain_and_the_host_name(es_tls, tmp_path, monkeypatch):
+    pytest.importorskip("cryptography")
+    _py313_defaults(monkeypatch)
+    other_ca, _, _ = _es8_style_pki(tmp_path / "other", cn="some other CA")
+    with pytest.raises(ArtifactError, match="TLS failed .*certificate verify failed"):
+        _svc(es_tls, cacert=str(other_ca)).backup(tmp_path / "a")
+    # the certificate names 127.0.0.1 only: localhost is another host name
+    port = es_tls.standin.port
+    with pytest.raises(ArtifactError, match="TLS failed .*(hostname|match)"):
+        _svc(es_tls, url=f"https://localhost:{port}", cacert=es_tls.cacert).backup(tmp_path / "b")
+    assert not (tmp_path / "a").exists() or list((tmp_path / "a").iterdir()) == []
+
+
+# -- searchable-snapshot (mounted) indices ------------------------------------------------
+
+
+@STANDIN_ONLY
+def test_creating_an_index_with_searchable_snapshot_settings_is_refused(es):
+    r = es.http.put("/copy-of-mounted", json={"settings": {
+        "index.store.type": "snapshot", "index.store.snapshot.repository_name": "r",
+        "index.store.snapshot.snapshot_name": "s", "index.store.snapshot.partial": True}})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["type"] == "validation_exception"
+    assert ("Validation Failed: 1: private index setting [index.store.snapshot.repository_name] can not be set "
+            "explicitly;2: private index setting [index.store.snapshot.snapshot_name]") in err["reason"]
+
+
+@STANDIN_ONLY
+def test_mounted_searchable_snapshots_are_skipped_with_a_reason_and_the_rest_round_trips(es, tmp_path, caplog):
+    es.call("PUT", "/_snapshot/frozen-repo", json={"type": "fs", "settings": {"location": "frozen"}})
+    es.call("PUT", "/_snapshot/frozen-repo/snap-1", params={"wait_for_completion": "true"},
+            json={"indices": "metrics,logs-app", "include_global_state": False})
+    es.call("POST", "/_snapshot/frozen-repo/snap-1/_mount", params={"wait_for_completion": "true"},
+            json={"index": "metrics", "renamed_index": "restored-metrics"})
+    es.call("POST", "/_snapshot/frozen-repo/snap-1/_mount",
+            params={"wait_for_completion": "true", "storage": "shared_cache"},
+            json={"index": "logs-app", "renamed_index": "partial-logs-app"})
+    try:
+        flat = es.call("GET", "/partial-logs-app/_settings", params={"flat_settings": "true"})[
+            "partial-logs-app"]["settings"]
+        assert flat["index.store.type"] == "snapshot" and flat["index.store.snapshot.partial"] == "true"
+        assert es.call("GET", "/restored-metrics/_count")["count"] == 700    # searchable: it holds data
+        svc = _svc(es)
+        with caplog.at_level("WARNING"):
+            [export, _] = svc.backup(tmp_path)
+        assert export.summary == ("Elasticsearch: 4 indices exported (not exported: searchable-snapshot indices "
+                                  "partial-logs-app, restored-metrics (mount them from their snapshot repository))")
+        skipped = {m["index"]: m for m in export.details["skipped_searchable_snapshots"]}
+        assert skipped["partial-logs-app"] == {
+            "index": "partial-logs-app", "repository": "frozen-repo", "snapshot": "snap-1",
+            "snapshot_index": "logs-app", "partial": True, "reason": skipped["partial-logs-app"]["reason"]}
+        assert "mount it again" in skipped["restored-metrics"]["reason"] and not skipped["restored-metrics"]["partial"]
+        assert "restored-metrics from frozen-repo/snap-1" in caplog.text and "_mount" in caplog.text
+        assert sorted(export.details["indices"]) == sorted(SEED)
+        assert not (tmp_path / "elasticsearch" / "restored-metrics").exists()
+        assert "restored-metrics" not in svc.fingerprint_live()["indices"]
+        for index in SEED:
+            es.call("DELETE", f"/{index}")
+        msg = svc.restore(tmp_path / "elasticsearch")
+        assert "4 indices restored" in msg
+        assert {index: es.docs(index) for index in SEED} == es.seeded
+        assert es.call("GET", "/partial-logs-app/_count")["count"] == 1500   # left alone
+    finally:
+        for index in ("restored-metrics", "partial-logs-app"):
+            es.call("DELETE", f"/{index}", ok=(200, 404))
+        es.standin.repos.pop("frozen-repo", None)
+
+
+@STANDIN_ONLY
+def test_an_older_export_holding_a_searchable_snapshot_index_restores_the_rest(es, tmp_path):
+    svc = _svc(es)
+    svc.backup(tmp_path)
+    root = tmp_path / "elasticsearch"
+    # what an export made before the skip held for a mounted index: its private settings
+    shutil.copytree(root / "metrics", root / "restored-metrics")
+    settings = json.loads((root / "metrics" / "settings.json").read_text())
+    settings.update({"index.store.type": "snapshot", "index.store.snapshot.repository_name": "frozen-repo",
+                     "index.store.snapshot.snapshot_name": "snap-1", "index.store.snapshot.index_name": "metrics"})
+    (root / "restored-metrics" / "settings.json").write_text(json.dumps(settings))
+    index = json.loads((root / "index.json").read_text())
+    index["indices"]["restored-metrics"] = 700
+    (root / "index.json").write_text(json.dumps(index))
+    r = es.http.put("/restored-metrics", json={"settings": settings})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "validation_exception"   # why it is skipped
+    for name in SEED:
+        es.call("DELETE", f"/{name}")
+    msg = svc.restore(root)
+    assert "4 indices restored" in msg
+    assert ("searchable-snapshot indices not restored: restored-metrics (mount it from snapshot "
+            "frozen-repo/snap-1)") in msg
+    assert es.call("HEAD", "/restored-metrics", ok=(404,)) is None
+    assert es.docs("metrics") == es.seeded["metrics"]

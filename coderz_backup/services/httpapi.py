@@ -13,7 +13,11 @@ error status; a service overrides it to explain 401/403 in its own terms) and
 check turns that error into a RestoreError. :meth:`HttpApi.stream` is a request whose
 answer is read as it comes (etcd's snapshot). :func:`credentials` is the login of
 Grafana and Elasticsearch: a token, else user + password, else none. Credentials go in
-headers or httpx auth objects, never in URLs or messages.
+headers or httpx auth objects, never in URLs or messages. :func:`tls_context` is the one
+verifying TLS context: Python 3.13+ turns on ``VERIFY_X509_STRICT`` in
+``ssl.create_default_context()``, which rejects CAs such as the ``http_ca.crt`` that
+Elasticsearch 8 generated for existing clusters (no keyUsage extension); the flag is
+cleared, the chain and the host name are still verified.
 """
 
 from __future__ import annotations
@@ -28,14 +32,25 @@ import httpx
 from ..schema import resolve_secret
 from ..errors import ArtifactError
 
-__all__ = ["HttpApi", "credentials", "tls_verify"]
+__all__ = ["HttpApi", "credentials", "tls_context", "tls_verify"]
+
+
+def tls_context(cafile: str | None = None) -> ssl.SSLContext:
+    """A client context that verifies the chain (against ``cafile``, else the system CAs) and
+    the host name, without ``VERIFY_X509_STRICT`` (Python 3.13+ sets it by default; the CA
+    that Elasticsearch 8 generated before elastic/elasticsearch#126376 lacks the keyUsage extension it requires)."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    strict = getattr(ssl, "VERIFY_X509_STRICT", 0)
+    if strict and ctx.verify_flags & strict:
+        ctx.verify_flags &= ~strict
+    return ctx
 
 
 def tls_verify(name: str, config) -> ssl.SSLContext | bool:
     """httpx ``verify`` for a config with ``url``, ``cacert`` and ``verify_tls``."""
     if config.verify_tls and (config.cacert or config.url.startswith("https://")):
         try:
-            return ssl.create_default_context(cafile=config.cacert)
+            return tls_context(config.cacert)
         except (OSError, ssl.SSLError) as exc:
             raise ArtifactError(f"{name}: cannot load cacert {config.cacert}: {exc}") from None
     return config.verify_tls

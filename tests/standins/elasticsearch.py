@@ -16,8 +16,12 @@ error body shape ``{"error":{"root_cause":[…],"type":…,"reason":…},"status
   that is not an object, a value that does not parse as its mapped numeric type, a
   write block), ``POST /<idx>/_refresh`` (with ``refresh_interval: -1`` documents are
   invisible until a refresh), ``GET /<idx>/_count``;
-- ``PUT /_snapshot/<repo>`` and ``PUT /_snapshot/<repo>/<snap>?wait_for_completion=true``;
-- basic and ``ApiKey`` auth with the ES 401 body.
+- ``PUT /_snapshot/<repo>`` and ``PUT /_snapshot/<repo>/<snap>?wait_for_completion=true`` (the
+  snapshot keeps a copy of its indices), ``POST /_snapshot/<repo>/<snap>/_mount`` (a searchable
+  snapshot index: ``index.store.type: snapshot``, the private ``index.store.snapshot.*`` settings;
+  creating an index with those is refused with 400 ``validation_exception``);
+- basic and ``ApiKey`` auth with the ES 401 body;
+- https with a given server context (``tls=``), as 8.x serves by default.
 
 Faults for tests are set in ``EsStandin.faults`` (see :meth:`EsStandin._fault`).
 Run as a process (``python tests/standins/elasticsearch.py --port P --data-dir D``) it
@@ -28,11 +32,13 @@ from __future__ import annotations
 
 import base64
 import copy
+import fnmatch
 import http.server
 import itertools
 import json
 import os
 import secrets
+import ssl
 import threading
 import time
 import urllib.parse
@@ -43,6 +49,9 @@ PRIVATE = ("index.uuid", "index.creation_date", "index.version.created", "index.
            "index.routing.allocation.initial_recovery.", "index.resize.", "index.version.")
 DYNAMIC = ("index.number_of_replicas", "index.refresh_interval", "index.blocks.", "index.max_result_window",
            "index.auto_expand_replicas")
+#: searchable snapshots: the index.store.snapshot.* settings registered with Property.PrivateIndex
+SNAPSHOT_PRIVATE = {f"index.store.snapshot.{k}" for k in (
+    "repository_name", "repository_uuid", "snapshot_name", "snapshot_uuid", "index_name", "index_uuid", "partial")}
 NUMERIC = {"long", "integer", "short", "byte", "double", "float"}
 
 
@@ -118,7 +127,9 @@ class EsStandin:
     """The server state plus a ThreadingHTTPServer on 127.0.0.1 (``start()``/``stop()``)."""
 
     def __init__(self, *, users: dict[str, str] | None = None, api_keys: list[str] | None = None,
-                 port: int = 0, state_file: str | None = None, repos_root: str | None = None):
+                 port: int = 0, state_file: str | None = None, repos_root: str | None = None,
+                 tls: ssl.SSLContext | None = None):
+        self.tls = tls                            # a server context: serve https (xpack.security.http.ssl)
         self.users = users or {}
         self.api_keys = set(api_keys or [])
         self.port = port
@@ -143,7 +154,7 @@ class EsStandin:
     # -- life cycle ------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> EsStandin:
         srv = self
@@ -153,6 +164,8 @@ class EsStandin:
 
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._httpd.daemon_threads = True
+        if self.tls:   # the handshake runs in accept(); a refused one is dropped (OSError) by socketserver
+            self._httpd.socket = self.tls.wrap_socket(self._httpd.socket, server_side=True)
         self.port = self._httpd.server_address[1]
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
@@ -241,8 +254,10 @@ class EsStandin:
                 raise EsError(400, "illegal_argument_exception",
                               f"unknown setting [{k}] please check that any required plugins are installed, or "
                               "check the breaking changes documentation for removed settings")
-            if k.startswith(PRIVATE):
-                raise EsError(400, "illegal_argument_exception", f"private index setting [{k}] can not be set explicitly")
+        private = [k for k in settings if k.startswith(PRIVATE) or k in SNAPSHOT_PRIVATE]
+        if private:   # MetadataCreateIndexService: a ValidationException listing every one
+            raise EsError(400, "validation_exception", "Validation Failed: " + "".join(
+                f"{i}: private index setting [{k}] can not be set explicitly;" for i, k in enumerate(private, 1)))
         mappings = body.get("mappings") or {}
         for field, spec in (mappings.get("properties") or {}).items():
             if not isinstance(spec, dict) or spec.get("type", "object") not in NUMERIC | {
@@ -323,7 +338,10 @@ class EsStandin:
             if op == "_mapping" and method == "GET":
                 return 200, {name: {"mappings": ix.mappings}}
             if op == "_settings" and method == "GET":
-                s = ix.settings if query.get("flat_settings") == "true" else _nest(ix.settings)
+                s = ix.settings
+                if rest[1:]:   # GET /<idx>/_settings/<names>: comma-separated names or wildcards
+                    s = {k: v for k, v in s.items() if any(fnmatch.fnmatchcase(k, p) for p in rest[1].split(","))}
+                s = s if query.get("flat_settings") == "true" else _nest(s)
                 return 200, {name: {"settings": s}}
             if op == "_settings" and method == "PUT":
                 return self._put_settings(ix, js or {})
@@ -569,6 +587,51 @@ class EsStandin:
         return {"_version": 1, "result": "created" if created else "updated", "status": 201 if created else 200,
                 "_shards": {"total": 2, "successful": 1, "failed": 0}, "_seq_no": 0, "_primary_term": 1}
 
+    def _mount(self, repo_name: str, repo: dict, snap: str, query: dict, body: dict) -> tuple[int, Any]:
+        """POST /_snapshot/<repo>/<snap>/_mount: a searchable-snapshot index with the settings
+        TransportMountSearchableSnapshotAction (8.x) gives it; storage full_copy or shared_cache."""
+        info = repo["snapshots"].get(snap)
+        if info is None:
+            raise EsError(404, "snapshot_missing_exception", f"[{repo_name}:{snap}] is missing")
+        source = body.get("index")
+        content = repo.get("contents", {}).get(snap, {}).get(source)
+        if content is None:
+            raise EsError(404, "index_not_found_exception", f"index [{source}] not found in repository [{repo_name}]")
+        name = body.get("renamed_index") or source
+        if name in self.indices:
+            raise EsError(500, "snapshot_restore_exception", f"[{repo_name}:{snap}/{info['uuid']}] cannot restore "
+                          f"index [{name}] because an open index with same name already exists in the cluster.")
+        partial = query.get("storage", "full_copy") == "shared_cache"
+        settings = {k: v for k, v in content["settings"].items()
+                    if not k.startswith(("index.routing.allocation.include.", "index.routing.allocation.require.",
+                                         "index.routing.allocation.exclude."))}
+        settings.update({
+            "index.number_of_replicas": "0", "index.auto_expand_replicas": "false",
+            "index.shard.check_on_startup": "false",
+            "index.routing.allocation.include._tier_preference": "data_frozen" if partial
+            else "data_cold,data_warm,data_hot",
+            **self._settings_body(body.get("index_settings")),
+            "index.store.snapshot.repository_uuid": repo.setdefault("uuid", secrets.token_urlsafe(16)[:22]),
+            "index.store.snapshot.repository_name": repo_name, "index.store.snapshot.snapshot_name": snap,
+            "index.store.snapshot.snapshot_uuid": info["uuid"], "index.store.snapshot.index_name": source,
+            "index.store.snapshot.index_uuid": secrets.token_urlsafe(16)[:22],
+            "index.store.type": "snapshot", "index.blocks.write": "true",
+            "index.allocation.existing_shards_allocator": "searchable_snapshot_allocator",
+            "index.recovery.type": "snapshot_prewarm",
+            "index.uuid": secrets.token_urlsafe(16)[:22], "index.provided_name": name})
+        if partial:
+            settings.update({"index.store.snapshot.partial": "true",
+                             "index.routing.allocation.disk.watermark.ignore": "true",
+                             "index.shard_limit.group": "frozen"})
+        ix = Index(name, settings, copy.deepcopy(content["mappings"]), {})
+        ix.docs = copy.deepcopy(content["docs"])
+        self.indices[name] = ix
+        self._save()
+        shards = {"total": 1, "failed": 0, "successful": 1}
+        if query.get("wait_for_completion") != "true":
+            return 200, {"accepted": True}
+        return 200, {"snapshot": {"snapshot": snap, "indices": [name], "shards": shards}}
+
     # -- snapshots --------------------------------------------------------------------------
     def _snapshot(self, method: str, parts: list[str], query: dict, body: dict) -> tuple[int, Any]:
         if len(parts) == 1 and method == "PUT":
@@ -599,10 +662,13 @@ class EsStandin:
                                                         "reason": "IndexShardSnapshotFailedException[disk full]"}],
                             shards={"total": len(names), "failed": 1, "successful": len(names) - 1})
             repo["snapshots"][snap] = info
+            repo.setdefault("contents", {})[snap] = {n: copy.deepcopy(self.indices[n].to_state()) for n in names}
             self._save()
             if query.get("wait_for_completion") != "true":
                 return 200, {"accepted": True}
             return 200, {"snapshot": info}
+        if len(parts) == 3 and parts[2] == "_mount" and method == "POST":
+            return self._mount(parts[0], repo, parts[1], query, body)
         if len(parts) == 2 and method == "GET":
             info = repo["snapshots"].get(parts[1])
             if info is None:

@@ -11,7 +11,11 @@ Artifacts:
   Indices are listed with ``_cat/indices`` (``expand_wildcards=open``, and ``all`` to
   name what is left out): names starting with ``.`` and hidden indices (system indices,
   data-stream backing indices) are skipped and named in the log and the details;
-  closed indices cannot be searched and are skipped with a warning line in the report.
+  closed indices cannot be searched and are skipped with a warning line in the report;
+  searchable-snapshot indices (``index.store.type`` = ``snapshot``: mounted, ILM's
+  ``restored-*``/``partial-*``) cannot be re-created from settings (private
+  ``index.store.snapshot.*``) and are skipped with their repository/snapshot and the reason
+  (``skipped_searchable_snapshots``): they are mounted again from their repository.
   Documents are read page by page through a point in time (``POST /<idx>/_pit``, then
   ``POST /_search`` with ``pit``, ``sort: [{"_shard_doc": "asc"}]`` and
   ``search_after``, always the newest ``pit_id``, the PIT deleted at the end, also on

@@ -24,8 +24,8 @@ log = logging.getLogger("coderz_backup.services.elasticsearch")
 class IndexExport:
     """The per-index export: mapping, settings, aliases and documents (point in time, else scroll), the optional ES snapshot."""
 
-    def _list_indices(self, es: EsClient) -> tuple[list[str], list[str], list[str]]:
-        """(to export, hidden/dot skipped, closed skipped), each sorted."""
+    def _list_indices(self, es: EsClient) -> tuple[list[str], list[str], list[str], list[dict]]:
+        """(to export, hidden/dot skipped, closed skipped, searchable snapshots skipped), each sorted."""
 
         def cat(expand: str) -> list[dict]:
             rows = es.json("GET", "/_cat/indices", what="list indices (_cat/indices)",
@@ -46,7 +46,27 @@ class IndexExport:
                 check_index_name(n)
             except VerifyError as exc:
                 raise ArtifactError(f"{es.where}: _cat/indices listed {exc}") from None
-        return export, hidden, closed
+        mounted = [m for m in (self._mounted(es, n) for n in export) if m]
+        names = {m["index"] for m in mounted}
+        return [n for n in export if n not in names], hidden, closed, mounted
+
+    @staticmethod
+    def _mounted(es: EsClient, idx: str) -> dict | None:
+        """Where a searchable-snapshot index (``index.store.type: snapshot``, from the mount API or
+        ILM's ``restored-*``/``partial-*``) lives; None for an ordinary index. Such an index cannot
+        be re-created from an export (its ``index.store.snapshot.*`` settings are private): it is
+        mounted again from its snapshot repository."""
+        body = es.json("GET", f"/{quote(idx)}/_settings/index.store.*", what=f"read the store settings of index {idx!r}",
+                       params={"flat_settings": "true"})
+        flat = (body.get(idx) or {}).get("settings") or {} if isinstance(body, dict) else {}
+        if any(isinstance(v, dict) for v in flat.values()):
+            flat = flatten_settings(flat)
+        if flat.get("index.store.type") != "snapshot":
+            return None
+        return {"index": idx, "repository": flat.get("index.store.snapshot.repository_name"),
+                "snapshot": flat.get("index.store.snapshot.snapshot_name"),
+                "snapshot_index": flat.get("index.store.snapshot.index_name"),
+                "partial": str(flat.get("index.store.snapshot.partial", "false")).lower() == "true"}
 
     def _data_streams(self, es: EsClient) -> list[str]:
         try:
@@ -65,7 +85,7 @@ class IndexExport:
         try:
             info = es.json("GET", "/", what="read the node info (GET /)")
             version = str((info.get("version") or {}).get("number", "?"))
-            export, hidden, closed = self._list_indices(es)
+            export, hidden, closed, mounted = self._list_indices(es)
             streams = self._data_streams(es)
             if hidden:
                 log.info("%s: skipped hidden/system indices: %s", self.name, ", ".join(hidden))
@@ -74,6 +94,15 @@ class IndexExport:
                 log.warning("%s: closed indices cannot be exported and were skipped (open them to include "
                             "them): %s", self.name, ", ".join(closed))
                 left_out.append(f"closed indices {', '.join(closed)}")
+            if mounted:
+                where = "; ".join(f"{m['index']} from {m['repository']}/{m['snapshot']}"
+                                  + (" (partial)" if m["partial"] else "") for m in mounted)
+                log.warning("%s: searchable-snapshot indices are not exported: their data lives in a snapshot "
+                            "repository and ES refuses to re-create them from settings (private "
+                            "index.store.snapshot.*); mount them again from there (POST /_snapshot/<repo>/"
+                            "<snapshot>/_mount): %s", self.name, where)
+                left_out.append(f"searchable-snapshot indices {', '.join(m['index'] for m in mounted)} "
+                                "(mount them from their snapshot repository)")
             if streams:
                 log.warning("%s: data streams live in hidden .ds-* indices and are not exported (use "
                             "snapshot_repository or the data-dir tarball): %s", self.name, ", ".join(streams))
@@ -89,7 +118,11 @@ class IndexExport:
                                       [json.dumps(index_doc, indent=1, sort_keys=True).encode() + b"\n"]))
             details: dict[str, Any] = {"elasticsearch": version, "url": self.config.url, "indices": counts,
                                        "documents": sum(counts.values()), "skipped_hidden": hidden,
-                                       "skipped_closed": closed, "data_streams_not_exported": streams}
+                                       "skipped_closed": closed, "data_streams_not_exported": streams,
+                                       "skipped_searchable_snapshots": [
+                                           {**m, "reason": "searchable snapshot (index.store.type = snapshot): "
+                                                           "its data lives in the snapshot repository; mount "
+                                                           "it again from there"} for m in mounted]}
             if self.config.snapshot_repository:
                 details["snapshot"] = self._snapshot(es, export)
         except BaseException:
@@ -105,7 +138,7 @@ class IndexExport:
     def fingerprint_live(self) -> dict:
         """``indices``: ``GET /<idx>/_count`` of every index the export would take (open, not hidden)."""
         with self.http_api(self, read_timeout=min(self.config.timeout_s, 300.0)) as es:
-            export, _, _ = self._list_indices(es)
+            export, _, _, _ = self._list_indices(es)
             counts = {idx: int(es.json("GET", f"/{quote(idx)}/_count", what=f"count {idx}")["count"])
                       for idx in export}
         return normalized({"indices": counts})

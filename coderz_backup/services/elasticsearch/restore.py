@@ -30,6 +30,17 @@ class IndexRestore:
             if unknown:
                 raise RestoreError(f"{self.name}: not in the export: {', '.join(unknown)}; nothing changed")
             names = sorted(only)
+        mounted, left = [], set()   # exports made before searchable-snapshot indices were skipped at backup
+        for idx in names:
+            flat = self._read_json(root / idx / "settings.json", f"{idx}/settings.json")
+            if isinstance(flat, dict) and flat.get("index.store.type") == "snapshot":
+                mounted.append(f"{idx} (mount it from snapshot {flat.get('index.store.snapshot.repository_name')}/"
+                               f"{flat.get('index.store.snapshot.snapshot_name')})")
+                left.add(idx)
+        if mounted:
+            log.warning("%s: searchable-snapshot indices cannot be re-created from an export and are left "
+                        "alone: %s", self.name, ", ".join(mounted))
+            names = [n for n in names if n not in left]
         done = []
         try:
             with EsClient(self, read_timeout=min(self.config.timeout_s, 600.0)) as es:
@@ -40,7 +51,8 @@ class IndexRestore:
         except ArtifactError as exc:
             so_far = f" (restored before the failure: {', '.join(done)})" if done else ""
             raise RestoreError(f"{self.name}: {exc}{so_far}") from None
-        return f"{len(done)} indices restored from {root.name}/: {', '.join(done) or 'none'}"
+        skipped = f"; searchable-snapshot indices not restored: {', '.join(mounted)}" if mounted else ""
+        return f"{len(done)} indices restored from {root.name}/: {', '.join(done) or 'none'}{skipped}"
 
     def _restore_index(self, es: EsClient, folder: ArtifactPath, idx: str, expected: int, *, replace: bool) -> int:
         c = self.config
