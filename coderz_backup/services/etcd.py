@@ -72,7 +72,7 @@ from ..reader import ArtifactPath, as_artifact
 from ..waiting import wait_until
 from ..writer import StreamEnds, write_stream
 from .base import ArtifactResult, BaseService
-from .httpapi import HttpApi
+from .httpapi import HttpApi, tls_context
 
 __all__ = ["EtcdService", "SnapshotChecker", "verify_snapshot_file"]
 
@@ -160,7 +160,7 @@ class _Gateway(HttpApi):
         c = self.svc.config
         if c.endpoint.startswith("https://") or c.cacert or c.cert:
             try:
-                ctx = ssl.create_default_context(cafile=c.cacert)
+                ctx = tls_context(c.cacert)   # the one TLS policy of every HTTP client here
                 if c.cert:
                     ctx.load_cert_chain(c.cert, c.key)
             except (OSError, ssl.SSLError) as exc:
