@@ -90,17 +90,17 @@ def main() -> int:
                                   start_new_session=True)
         import httpx
 
+        from coderz_backup.waiting import wait_until
+
         url = f"http://127.0.0.1:{port}/api"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"prefect server did not start (log {work / 'server.log'})")
-            time.sleep(0.5)
+
+        def up() -> bool:
+            if server.poll() is not None:
+                raise SystemExit(f"prefect server exited (log {work / 'server.log'})")
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+
+        wait_until(up, timeout=120, interval=0.5, retry=httpx.HTTPError,
+                   error=lambda _: SystemExit(f"prefect server did not start (log {work / 'server.log'})"))
         renv = dict(env, PREFECT_API_URL=url)
         subprocess.run(backup, env=renv, capture_output=True, timeout=300, check=True)   # first run: flow registered
         figures["server_s"], runs_server = _timed(backup, renv, args.repeat)

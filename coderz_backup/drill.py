@@ -44,6 +44,7 @@ from .access.choose import access_for
 from .errors import CoderzBackupError
 from .reader import SnapshotReader
 from .services import REGISTRY
+from .waiting import wait_until
 
 __all__ = ["DrillResult", "DRILLS", "drill_artifact", "Reaper", "RECORD", "read_record", "summary", "write_record"]
 
@@ -267,19 +268,21 @@ def _scratch_container(root: Path, cfg, *, script: str, user: str, env: dict[str
                                              stop_signal=stop_signal, working_dir=_MOUNT)
         container.start()
         log.info("drill: scratch container %s from %s's image %s (--network none)", name, cfg.container, image[:19])
-        deadline = time.monotonic() + timeout
-        while True:
+        def logs() -> str:
+            return container.logs(tail=8).decode(errors="replace").strip()
+
+        def up() -> bool:
             container.reload()
             if container.status not in ("created", "running"):
-                raise CoderzBackupError(f"the scratch container exited before it was ready: "
-                                        f"{container.logs(tail=8).decode(errors='replace').strip()}")
-            with contextlib.suppress(Exception):
-                if ready():
-                    break
-            if time.monotonic() > deadline:
-                raise CoderzBackupError(f"the scratch container was not ready within {timeout:.0f}s: "
-                                        f"{container.logs(tail=8).decode(errors='replace').strip()}")
-            time.sleep(0.2)
+                raise CoderzBackupError(f"the scratch container exited before it was ready: {logs()}")
+            try:
+                return ready()
+            except Exception:  # noqa: BLE001 - not listening yet: try again
+                return False
+
+        wait_until(up, timeout=timeout, interval=0.2,
+                   error=lambda _: CoderzBackupError(f"the scratch container was not ready within {timeout:.0f}s: "
+                                                     f"{logs()}"))
         yield name
     finally:
         if container is not None:
