@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -74,33 +73,53 @@ def pytest_configure(config):
         # no server: anything that asks for the Prefect API is refused (port 1 is never open)
         os.environ["PREFECT_API_URL"] = "http://127.0.0.1:1/api"
         return
-    port = _free_port()
-    log = open(_SESSION_DIR / "prefect-server.log", "wb")
-    prefect_bin = Path(sys.executable).with_name("prefect")
-    # The scheduler service looks for deployments to schedule every 2 s instead of 60 s, so
-    # the schedule test sees the runs it creates from prefect.yaml quickly.
-    # PREFECT_UI_API_URL: the UI in the browser asks the API there (default port 4200).
-    server_env = dict(os.environ, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
-                      PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
-    _prefect_proc = subprocess.Popen(
-        [str(prefect_bin), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=server_env,
-    )
-    os.environ["CODERZ_TEST_PREFECT_LOG"] = str(_SESSION_DIR / "prefect-server.log")
-    url = f"http://127.0.0.1:{port}/api"
+    url = _start_prefect_server()
+    os.environ["PREFECT_API_URL"] = url
+
+
+def _start_prefect_server(attempts: int = 3) -> str:
+    """``prefect server start`` on a free port; the API's URL once ``/health`` answers.
+
+    The port is free when it is picked, not necessarily when the server binds it: a server
+    that exits at once (its port taken meanwhile) is started again on another port.
+    """
+    global _prefect_proc
     import httpx
 
-    deadline = time.monotonic() + 120
-    while True:
+    from coderz_backup.waiting import wait_until
+
+    prefect_bin = Path(sys.executable).with_name("prefect")
+    log_path = _SESSION_DIR / "prefect-server.log"
+    os.environ["CODERZ_TEST_PREFECT_LOG"] = str(log_path)
+    for attempt in range(attempts):
+        port = _free_port()
+        # The scheduler service looks for deployments to schedule every 2 s instead of 60 s, so
+        # the schedule test sees the runs it creates from prefect.yaml quickly.
+        # PREFECT_UI_API_URL: the UI in the browser asks the API there (default port 4200).
+        server_env = dict(os.environ, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
+                          PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
+        with open(log_path, "ab") as log:
+            _prefect_proc = subprocess.Popen(
+                [str(prefect_bin), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=server_env,
+            )
+        url = f"http://127.0.0.1:{port}/api"
+
+        def up() -> bool:
+            if _prefect_proc.poll() is not None:
+                raise ChildProcessError(f"prefect server exited with {_prefect_proc.returncode}")
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            wait_until(up, timeout=120, interval=0.5, retry=httpx.HTTPError)
+            return url
+        except ChildProcessError:
+            if attempt == attempts - 1:
                 break
-        except httpx.HTTPError:
-            pass
-        if _prefect_proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"prefect server did not start; see {_SESSION_DIR / 'prefect-server.log'}")
-        time.sleep(0.5)
-    os.environ["PREFECT_API_URL"] = url
+        except TimeoutError:
+            os.killpg(_prefect_proc.pid, signal.SIGKILL)   # never left behind, however the session ends
+            break
+    raise RuntimeError(f"prefect server did not start; see {log_path}")
 
 
 def pytest_unconfigure(config):
@@ -242,15 +261,9 @@ def sshd():
 @pytest.fixture
 def smtp():
     """A real SMTP server (aiosmtpd) on a free 127.0.0.1 port."""
-    from aiosmtpd.controller import Controller
-
-    from coderz_backup.sandbox import free_port
-    from helpers import Inbox
+    from helpers import Inbox, start_smtp
 
     inbox = Inbox()
-    port = free_port()
-    ctl = Controller(inbox, hostname="127.0.0.1", port=port)
-    ctl.start()
-    inbox.port = port
+    ctl, inbox.port = start_smtp(inbox)
     yield inbox
     ctl.stop()

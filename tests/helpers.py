@@ -58,6 +58,31 @@ class Inbox:
         return "250 OK"
 
 
+def start_smtp(handler, attempts: int = 5, **controller_kwargs):
+    """An aiosmtpd ``Controller`` for ``handler`` started on a free 127.0.0.1 port: ``(controller, port)``.
+
+    The port is free when it is picked, not necessarily when the server binds it (another
+    process on the machine may take it in between): a port found taken is replaced by another.
+    """
+    import errno
+
+    from aiosmtpd.controller import Controller
+
+    from coderz_backup.sandbox import free_port
+
+    for attempt in range(attempts):
+        port = free_port()
+        ctl = Controller(handler, hostname="127.0.0.1", port=port, **controller_kwargs)
+        try:
+            ctl.start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                raise
+            continue
+        return ctl, port
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def with_email(stack, port: int) -> None:
     stack.config.write_text(stack.config.read_text() + (
         "\n[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = %d\nfrom = \"backup@coderz.local\"\n"

@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -37,7 +36,6 @@ import pytest
 
 from helpers import Inbox, decoded_subject, mail_parts, pg_table, prefect_api, run_cli, with_email
 
-from coderz_backup.sandbox import free_port
 from coderz_backup.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -449,21 +447,18 @@ class _AuthInbox(Inbox):
 @pytest.fixture
 def tls_smtp(request, tls_cert):
     """aiosmtpd with AUTH (only over TLS) in mode ``request.param``: SSL (implicit TLS) or STARTTLS."""
-    from aiosmtpd.controller import Controller
+    from helpers import start_smtp
 
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(*tls_cert)
     inbox = _AuthInbox("backup", "smtp-" + os.urandom(6).hex())
-    port = free_port()
     if request.param == "SSL":
         # implicit TLS: every connection is TLS from its first byte (aiosmtpd's auth_require_tls only
         # knows STARTTLS, so it is off here; handle_DATA checks that the session is TLS and logged in)
-        ctl = Controller(inbox, hostname="127.0.0.1", port=port, ssl_context=ctx, authenticator=inbox.authenticate,
-                         auth_require_tls=False)
+        ctl, port = start_smtp(inbox, ssl_context=ctx, authenticator=inbox.authenticate, auth_require_tls=False)
     else:
-        ctl = Controller(inbox, hostname="127.0.0.1", port=port, tls_context=ctx, require_starttls=True,
-                         authenticator=inbox.authenticate, auth_require_tls=True)
-    ctl.start()
+        ctl, port = start_smtp(inbox, tls_context=ctx, require_starttls=True, authenticator=inbox.authenticate,
+                               auth_require_tls=True)
     inbox.port, inbox.mode = port, request.param
     yield inbox
     ctl.stop()
