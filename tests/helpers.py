@@ -142,6 +142,31 @@ def prefect_api(method: str, path: str, api: str | None = None, **kwargs):
     return resp
 
 
+FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def task_runs(flow_run_id: str, names: set[str], timeout: float = 60) -> dict[str, dict]:
+    """The task runs of a flow run by name (REST JSON), once each of ``names`` is there and every
+    one is final with its start and end times.
+
+    The server records task-run states from the events the run sends, a moment after the run
+    (the CLI may have exited already): read with a bounded retry, never just once.
+    """
+    from coderz_backup.waiting import wait_until
+
+    def probe():
+        resp = prefect_api("POST", "/task_runs/filter",
+                           json={"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200})
+        resp.raise_for_status()
+        runs = {r["name"]: r for r in resp.json()}
+        final = all(r["state_type"] in FINAL_STATES and r["start_time"] and r["end_time"] for r in runs.values())
+        return runs if names <= set(runs) and final else None
+
+    return wait_until(probe, timeout=timeout, interval=0.3,
+                      error=lambda last: AssertionError(f"the task runs of flow run {flow_run_id} were not all "
+                                                        f"final within {timeout:g}s (wanted {sorted(names)})"))
+
+
 def tar_bytes(members: list[tuple[str, str, str]]) -> bytes:
     """(type, name, data-or-linkname) → an uncompressed tar."""
     import io

@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import Inbox, decoded_subject, mail_parts, pg_table, prefect_api, run_cli, with_email
+from helpers import Inbox, decoded_subject, mail_parts, pg_table, prefect_api, run_cli, task_runs, with_email
 
 from coderz_backup.waiting import wait_until
 
@@ -96,22 +96,6 @@ def _assert_snapshot_complete(snap: Path, expected: set[str]) -> dict:
 
 def _when(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _task_runs(flow_run_id: str, names: set[str], timeout: float = 60) -> dict[str, dict]:
-    """The flow run's task runs by name once every one of ``names`` is there and final (bounded)."""
-    def probe():
-        resp = prefect_api("POST", "/task_runs/filter",
-                           json={"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200})
-        resp.raise_for_status()
-        runs = {r["name"]: r for r in resp.json()}
-        final = all(r["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and r["end_time"]
-                    and r["start_time"] for r in runs.values())
-        return runs if names <= set(runs) and final else None
-
-    return wait_until(probe, timeout=timeout, interval=0.3,
-                      error=lambda last: AssertionError(f"task runs of {flow_run_id} not all final within "
-                                                        f"{timeout:g}s (wanted {sorted(names)})"))
 
 
 def _flow_run_state(flow_run_id: str, want: str, timeout: float = 60) -> dict:
@@ -275,7 +259,7 @@ def test_services_run_concurrently_as_named_task_runs_with_live_progress_and_mai
     run_id = manifest["flow_run_id"]
     names = {"backup-postgres-prefect", "backup-postgres-coderapi", "backup-redis", "backup-configs",
              "size-check", "publish-report", "send-mail"}
-    runs = _task_runs(run_id, names)
+    runs = task_runs(run_id, names)
     assert set(runs) == names, sorted(runs)   # "named exactly"
     assert all(r["state_type"] == "COMPLETED" for r in runs.values()), {n: r["state_type"] for n, r in runs.items()}
 
