@@ -6,7 +6,7 @@
 - *Scheduled backups* / *In the Prefect UI*: the task runs' names, their run times overlapping
   (each service is its own task, run concurrently), the ``coderz-backup-artifacts`` table's
   sha256 column; *Running a backup*: live progress on stderr on a terminal, ``-v``.
-- *Alert mails*: the per-artifact table of the mail; the 🔴 mail of a crashed run and exit 2;
+- *Alert mails*: the per-artifact table of the mail; the 🔴 mail of a crashed run (SIGTERM, Ctrl-C);
   SMTP AUTH over implicit TLS (``SSL``) and ``STARTTLS`` with a certificate that is verified.
 - *Size check*: ``margin``.
 
