@@ -159,7 +159,7 @@ def test_a_failed_safety_backup_aborts_the_restore_and_changes_nothing(backed_up
 # -- the lock is held for the whole restore -------------------------------------------------
 
 
-def test_the_lock_is_held_while_a_restore_waits_for_its_approval(backed_up):
+def test_the_lock_is_held_while_a_restore_waits_for_its_approval(backed_up, monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.flow_runs import resume_flow_run
 
@@ -167,7 +167,9 @@ def test_the_lock_is_held_while_a_restore_waits_for_its_approval(backed_up):
     from coderz_backup.flows.restore import coderz_restore
 
     s = backed_up
-    os.environ.update({k: v for k, v in s.env.items() if k.startswith("T_")})
+    for k, v in s.env.items():   # the in-process flow reads the env: secrets (undone after the test)
+        if k.startswith("T_"):
+            monkeypatch.setenv(k, v)
     seen: dict = {}
     listener = lambda event, data: seen.setdefault(event, data)  # noqa: E731
     add_listener(listener)
