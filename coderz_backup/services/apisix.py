@@ -50,7 +50,8 @@ it; ``create_time`` kept where the server takes it — APISIX ≥3.7 refuses bot
 restore) in dependency order — upstreams, services, plugin_configs,
 consumer_groups, consumers (``PUT /apisix/admin/consumers`` with ``username`` in the
 body), credentials (``PUT /apisix/admin/consumers/<username>/credentials/<id>``; an export
-with credentials is refused, before anything is changed, by an APISIX older than 3.11), ssls (only objects that carry a ``key``; otherwise skipped with a note), protos,
+with credentials is refused, before anything is changed, by an APISIX older than 3.11),
+ssls (only objects that carry a ``key``; otherwise skipped with a note), protos,
 secrets, global_rules, plugin_metadata, then routes and stream_routes. It **stops at
 the first refused PUT**: later objects may depend on it (a route on its upstream), and
 a stop leaves a state that is easy to describe and to finish by running the restore
