@@ -263,8 +263,10 @@ def test_registered_with_the_product_artifact_name_and_defaults():
     cfg = load(env={}).services[NAME]  # the built-in Coderz Stack
     assert cfg.admin_url == "http://127.0.0.1:9180" and cfg.page_size == 500 and cfg.api_version == "auto"
     assert cfg.resources[:5] == CORE.split(", ") and "plugin_metadata" in cfg.resources
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"page_size\n  Input should be greater than or equal to 10"):
         ApisixConfig(kind="apisix", page_size=5)
+    with pytest.raises(ValueError, match="'credentials' are listed per consumer: add 'consumers' to resources too"):
+        ApisixConfig(kind="apisix", resources=["routes", "credentials"])
     with pytest.raises(ValueError, match="unknown APISIX resource"):
         ApisixConfig(kind="apisix", resources=["routes", "route"])
 
@@ -435,7 +437,7 @@ def test_round_trip_through_the_admin_api_per_version(etcd, make_apisix, tmp_pat
         assert admin(api, "GET", "consumers/jack/credentials/jack-key-2").json()["value"]["desc"] == "second key"
     else:
         assert not any("/credentials" in path for _, path in api.requests)
-    assert "25 route(s)" in service.health()
+    assert service.health() == "Admin API answers (v3), 25 route(s)"
 
     # running it again replaces, creates nothing
     assert service.restore(tmp_path / "a" / NAME).startswith(f"0 created, {restorable} replaced;")
@@ -651,7 +653,12 @@ def test_v2_admin_api_shape(etcd, make_apisix, tmp_path):
     [res] = svc(api).backup(tmp_path / "a")
     assert res.details["api_version"] == "v2" and res.details["counts"]["routes"] == 12
     assert [o["id"] for o in files(tmp_path / "a")["routes"]] == sorted((str(i) for i in range(1, 13)), key=str)
-    svc(api).verify(tmp_path / "a" / NAME)
+    counts = res.details["counts"]
+    assert svc(api).verify(tmp_path / "a" / NAME) == (
+        f"{sum(counts.values())} objects in {len(counts)} types, counts match index.json, every object has an id, "
+        "1 skipped")
+    if has_credentials(api):  # the v2 shape of the credentials list too
+        assert {o["id"] for o in files(tmp_path / "a")["credentials"]} == {"jack-key-2", "jack-basic"}
     with pytest.raises(ArtifactError, match=r"answers with Admin API v2 but api_version = 'v3'"):
         svc(api, api_version="v3").backup(tmp_path / "b")
     assert not (tmp_path / "b" / NAME).exists()
@@ -709,17 +716,20 @@ def test_server_faults_fail_and_leave_no_files(apisix, etcd, tmp_path, fault):
 def test_older_apisix_types_are_skipped_with_reasons(etcd, make_apisix, tmp_path):
     old = make_apisix(etcd.url, supported=("routes", "services", "upstreams", "consumers", "ssls", "global_rules",
                                            "plugin_configs", "stream_routes", "protos", "plugin_metadata"),
-                      plugin_metadata_list=False, init_dirs=("routes", "upstreams"))
+                      plugin_metadata_list=False, init_dirs=("routes", "upstreams"), version="2.15.3")
     put(old, "upstreams/1", {"type": "roundrobin", "nodes": {"10.0.0.1:80": 1}})
     put(old, "routes/1", {"uri": "/a", "upstream_id": "1"})
     [res] = svc(old).backup(tmp_path)
     skipped = res.details["skipped"]
-    assert set(skipped) == {"consumer_groups", "secrets", "plugin_metadata", "stream_routes"}
-    assert "Unsupported resource type: secrets" in skipped["secrets"]
-    assert "missing plugin name" in skipped["plugin_metadata"]
+    assert set(skipped) == {"consumer_groups", "secrets", "plugin_metadata", "stream_routes", "credentials"}
+    assert skipped["secrets"] == "not supported by this APISIX (HTTP 404: Unsupported resource type: secrets)"
+    assert skipped["plugin_metadata"] == ("this APISIX cannot list plugin_metadata (HTTP 400: missing plugin name); "
+                                          "it is in the etcd-apisix snapshot")
+    assert skipped["credentials"].startswith("this APISIX (APISIX/2.15.3) has no consumer credentials")
     assert res.details["counts"]["protos"] == 0 and res.details["counts"]["services"] == 0  # dir absent: empty
     assert res.summary == f"APISIX config exported ({CORE})"
-    assert svc(old).verify(tmp_path / NAME).endswith("4 skipped")
+    assert svc(old).verify(tmp_path / NAME) == ("2 objects in 8 types, counts match index.json, every object has "
+                                                "an id, 5 skipped")
 
 
 def test_verify_and_restore_reject_damaged_exports(apisix, tmp_path):
@@ -777,7 +787,7 @@ def test_verify_and_restore_reject_damaged_exports(apisix, tmp_path):
 def test_restore_target_and_health_wording(apisix):
     service = svc(apisix)
     assert "PUT by id" in service.restore_target() and "etcd-apisix snapshot" in service.restore_target()
-    assert "Admin API answers" in service.health()
+    assert service.health() == "Admin API answers (v3), 0 route(s)"
     with pytest.raises(RestoreError, match="admin_key rejected"):
         svc(apisix, admin_key=SecretStr("nope-1234")).health()
 
