@@ -36,7 +36,7 @@ from coderz_backup.errors import (
 )
 from coderz_backup.sandbox import free_port
 from coderz_backup.services import REGISTRY, create, expected_artifacts
-from coderz_backup.services.apisix import SSL_KEY_NOTE, ApisixService
+from coderz_backup.services.apisix import CREDENTIALS_NOTE_OFF, SSL_KEY_NOTE, ApisixService
 from coderz_backup.services.etcd import EtcdService
 
 pytestmark = pytest.mark.skipif(not shutil.which("etcd"), reason="etcd-server not installed (scripts/setup.sh)")
@@ -539,6 +539,18 @@ def test_credential_secrets_never_reach_logs_errors_or_the_manifest(etcd, make_a
         service.restore(tmp_path / NAME)
     seen = caplog.text + json.dumps(res.as_manifest()) + str(err.value)
     assert CRED_KEY not in seen and CRED_PASSWORD not in seen
+
+
+@needs_standin
+def test_credentials_left_out_of_resources_are_not_fetched_and_the_manifest_says_so(etcd, make_apisix, tmp_path):
+    api = make_apisix(etcd.url, version="3.11.0")
+    fill(api, routes=2)
+    others = [t for t in ApisixConfig(kind="apisix").resources if t != "credentials"]
+    [res] = svc(api, resources=others).backup(tmp_path)
+    assert "credentials" not in res.details["counts"] and "credentials" not in res.details["skipped"]
+    assert res.details["consumer_credentials"] == CREDENTIALS_NOTE_OFF
+    assert not (tmp_path / NAME / "credentials.json").exists()
+    assert not any("/credentials" in path for m, path in api.requests if m == "GET")
 
 
 def test_stand_in_before_3_11_routes_the_credentials_path_to_the_consumer(etcd, make_apisix):

@@ -68,7 +68,8 @@ def test_snapshot_is_streamed_into_the_tarball_and_removed_from_the_data_dir(pro
     utc = lambda ms: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))  # noqa: E731
     lo, hi = min(b["minTime"] for b in blocks.values()), max(b["maxTime"] for b in blocks.values())
     assert lo < hi <= time.time() * 1000
-    assert svc.verify(art) == f"gzip and tar intact, {len(blocks)} TSDB block(s) with meta.json, {utc(lo)} … {utc(hi)}"
+    assert svc.verify(art) == (f"gzip and tar intact, {len(blocks)} TSDB block(s) with meta.json, "
+                               f"{utc(lo)} … {utc(hi)}")
 
 
 def test_snapshot_folder_is_removed_even_when_writing_fails(prom, tmp_path):
