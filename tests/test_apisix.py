@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import os
 import shutil
+import ssl
 import time
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from coderz_backup.errors import (
 )
 from coderz_backup.sandbox import free_port
 from coderz_backup.services import REGISTRY, create, expected_artifacts
-from coderz_backup.services.apisix import SSL_KEY_NOTE, ApisixService
+from coderz_backup.services.apisix import CREDENTIALS_NOTE_OFF, SSL_KEY_NOTE, ApisixService
 from coderz_backup.services.etcd import EtcdService
 
 pytestmark = pytest.mark.skipif(not shutil.which("etcd"), reason="etcd-server not installed (scripts/setup.sh)")
@@ -43,6 +45,8 @@ REGISTRY_HOST = os.environ.get("CODERZ_TEST_REGISTRY")
 APISIX_IMAGE = "apache/apisix:3.9.1-debian"
 ADMIN_KEY = "adm-key-7f3c9e1d5b"
 VIEWER_KEY = "view-key-2a8e4c6f0d"
+CRED_KEY = "jack-cred-key-5e1b93"          # secrets inside consumer credentials (APISIX ≥3.11)
+CRED_PASSWORD = "jack-basic-pw-c04d7a"
 NAME = "apisix-config"
 CORE = "routes, upstreams, services, consumers, global_rules"
 
@@ -189,6 +193,11 @@ def fill(api, *, routes: int = 25, stream: bool = False) -> dict[str, int]:
     put(api, "consumer_groups/g1", {"plugins": {"limit-count": {"count": 10, "time_window": 60}}})
     put(api, "consumers", {"username": "jack", "group_id": "g1", "plugins": {"key-auth": {"key": "jack-key"}}})
     put(api, "consumers", {"username": "jill", "plugins": {"key-auth": {"key": "jill-key"}}})
+    if has_credentials(api):  # APISIX ≥3.11: jack's further keys as credentials, one auth plugin each
+        put(api, "consumers/jack/credentials/jack-key-2", {"plugins": {"key-auth": {"key": CRED_KEY}},
+                                                          "desc": "second key"})
+        put(api, "consumers/jack/credentials/jack-basic",
+            {"plugins": {"basic-auth": {"username": "jack", "password": CRED_PASSWORD}}})
     cert, key = _cert()
     put(api, "ssls/1", {"cert": cert, "key": key, "snis": ["api.coderz.local"]})
     put(api, "global_rules/1", {"plugins": {"prometheus": {}}})
@@ -209,7 +218,23 @@ def fill(api, *, routes: int = 25, stream: bool = False) -> dict[str, int]:
     if stream:
         put(api, "stream_routes/1", {"upstream_id": "1", "server_port": 9100})
         counts["stream_routes"] = 1
+    if has_credentials(api):
+        counts["credentials"] = 2
     return counts
+
+
+def has_credentials(api) -> bool:
+    """Whether the Admin API under test has consumer credentials (a stand-in ≥3.11; the image is 3.9)."""
+    return bool(getattr(api, "credentials", False))
+
+
+def credentials_of(api, username: str) -> dict[str, dict]:
+    """The consumer's credentials as the Admin API lists them: id → plugins."""
+    r = admin(api, "GET", f"consumers/{username}/credentials")
+    if r.status_code == 404:
+        return {}
+    assert r.status_code == 200, r.text
+    return {o["value"]["id"]: o["value"]["plugins"] for o in r.json()["list"]}
 
 
 def svc(api, **over) -> ApisixService:
@@ -238,8 +263,10 @@ def test_registered_with_the_product_artifact_name_and_defaults():
     cfg = load(env={}).services[NAME]  # the built-in Coderz Stack
     assert cfg.admin_url == "http://127.0.0.1:9180" and cfg.page_size == 500 and cfg.api_version == "auto"
     assert cfg.resources[:5] == CORE.split(", ") and "plugin_metadata" in cfg.resources
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"page_size\n  Input should be greater than or equal to 10"):
         ApisixConfig(kind="apisix", page_size=5)
+    with pytest.raises(ValueError, match="'credentials' are listed per consumer: add 'consumers' to resources too"):
+        ApisixConfig(kind="apisix", resources=["routes", "credentials"])
     with pytest.raises(ValueError, match="unknown APISIX resource"):
         ApisixConfig(kind="apisix", resources=["routes", "route"])
 
@@ -253,8 +280,11 @@ def test_export_pages_every_type_into_its_own_file(etcd, apisix, tmp_path):
 
     assert res.status == "ok" and res.path == "apisix-config/"
     assert res.summary == ("APISIX config exported (routes, upstreams, services, consumers, global_rules, "
-                           "ssls, plugin_configs, consumer_groups, protos, secrets, plugin_metadata)")
-    assert res.details["ssl_private_keys"] == SSL_KEY_NOTE and "etcd-apisix snapshot" in res.details["consumer_credentials"]
+                           "ssls, plugin_configs, consumer_groups, protos, secrets, plugin_metadata"
+                           + (", credentials)" if has_credentials(apisix) else ")"))
+    assert res.details["ssl_private_keys"] == SSL_KEY_NOTE
+    if has_credentials(apisix):
+        assert res.details["consumer_credentials"].startswith("2 exported in credentials.json (APISIX/3.11.0)")
     assert res.details["counts"] == counts
     assert "stream mode is off" in res.details["skipped"]["stream_routes"]
     on_disk = sorted(p.name for p in (out / NAME).iterdir())
@@ -272,6 +302,12 @@ def test_export_pages_every_type_into_its_own_file(etcd, apisix, tmp_path):
     assert {o["id"] for o in data["consumers"]} == {"jack", "jill"}
     assert [o["id"] for o in data["secrets"]] == ["vault/1"]
     assert [o["id"] for o in data["plugin_metadata"]] == ["http-logger"]
+    if has_credentials(apisix):  # per consumer, with the secrets as the Admin API returns them
+        assert {(o["consumer"], o["id"]): o["value"]["plugins"] for o in data["credentials"]} == {
+            ("jack", "jack-key-2"): {"key-auth": {"key": CRED_KEY}},
+            ("jack", "jack-basic"): {"basic-auth": {"username": "jack", "password": CRED_PASSWORD}}}
+        assert [o["key"] for o in data["credentials"]][0].startswith("/apisix/consumers/jack/credentials/")
+        assert not any("credentials/" in o["key"] for o in data["consumers"])
     assert "key" not in data["ssls"][0]["value"] and data["ssls"][0]["value"]["snis"] == ["api.coderz.local"]
     # the export describes the state in etcd: same values, revisions as createdIndex/modifiedIndex
     for obj in data["routes"]:
@@ -279,13 +315,17 @@ def test_export_pages_every_type_into_its_own_file(etcd, apisix, tmp_path):
         assert obj["value"] == json.loads(base64.b64decode(kv["value"]))
         assert (obj["createdIndex"], obj["modifiedIndex"]) == (int(kv["create_revision"]), int(kv["mod_revision"]))
 
-    assert service.verify(out / NAME).startswith(f"{sum(counts.values())} objects in {len(counts)} types")
+    assert service.verify(out / NAME) == (f"{sum(counts.values())} objects in {len(counts)} types, counts match "
+                                          "index.json, every object has an id, 1 skipped")
     blob = json.dumps(res.as_manifest())
-    assert ADMIN_KEY not in blob
+    assert ADMIN_KEY not in blob and CRED_KEY not in blob and CRED_PASSWORD not in blob
     if isinstance(apisix, ApisixStandin):  # paging with both params, key only in the header
         pages = [p for m, p in apisix.requests if p.startswith("/apisix/admin/routes?")]
         assert pages == [f"/apisix/admin/routes?page={n}&page_size=10" for n in (1, 2, 3)]
         assert not any("api_key" in p for _, p in apisix.requests)
+        assert [p for m, p in apisix.requests if m == "GET" and "/credentials" in p] == [
+            f"/apisix/admin/consumers/{u}/credentials?page=1&page_size=10" for u in ("jack", "jill")]
+    assert res.fingerprint == counts and service.fingerprint_live() == counts  # a drill compares these
 
 
 def test_an_exact_multiple_of_the_page_size_and_empty_types(etcd, apisix, tmp_path):
@@ -324,57 +364,281 @@ def test_viewer_key_exports_but_restore_stops_at_the_first_refusal(apisix, tmp_p
     assert VIEWER_KEY not in str(err.value)
 
 
-def test_round_trip_through_the_admin_api(etcd, apisix, tmp_path):
-    counts = fill(apisix)
-    service = svc(apisix)
-    service.backup(tmp_path / "a")
-    before = comparable(files(tmp_path / "a"))
+WIPE_ORDER = ("routes", "consumers", "services", "plugin_configs", "consumer_groups", "upstreams", "ssls",
+              "global_rules", "protos", "secrets", "plugin_metadata")
 
-    # wipe everything through the API (dependants first), then restore
-    for rtype in ("routes", "consumers", "services", "plugin_configs", "consumer_groups", "upstreams", "ssls",
-                  "global_rules", "protos", "secrets", "plugin_metadata"):
-        for oid in before[rtype]:
-            r = admin(apisix, "DELETE", f"{rtype}/{oid}")
+
+def wipe(api, objects: dict[str, dict]) -> None:
+    """Delete every exported object through the API, dependants first (a consumer takes its credentials)."""
+    for rtype in WIPE_ORDER:
+        for oid in objects.get(rtype, {}):
+            r = admin(api, "DELETE", f"{rtype}/{oid}")
             assert r.status_code == 200, r.text
+
+
+def without(objs: dict[str, dict], *fields: str) -> dict[str, dict]:
+    return {t: {i: {k: v for k, v in o.items() if k not in fields} for i, o in by_id.items()}
+            for t, by_id in objs.items()}
+
+
+@needs_standin
+@pytest.mark.parametrize("version", ["3.6.0", "3.7.0", "3.11.0"])
+def test_round_trip_through_the_admin_api_per_version(etcd, make_apisix, tmp_path, version):
+    """3.6 keeps create_time; 3.7+ refuses it in a PUT (the restore goes on without it); 3.11+ has
+    consumer credentials, which come back with their keys; before 3.11 nothing touches
+    /consumers/<u>/credentials (there it is the consumer itself) and no consumer is lost."""
+    api = make_apisix(etcd.url, version=version)
+    counts = fill(api)
+    service = svc(api)
+    [res] = service.backup(tmp_path / "a")
+    before = comparable(files(tmp_path / "a"))
+    jack_before = admin(api, "GET", "consumers/jack").json()["value"]
+    if version == "3.11.0":
+        assert set(before["credentials"]) == {"jack-key-2", "jack-basic"}
+        assert credentials_of(api, "jack") == {"jack-key-2": {"key-auth": {"key": CRED_KEY}},
+                                               "jack-basic": {"basic-auth": {"username": "jack",
+                                                                             "password": CRED_PASSWORD}}}
+    else:
+        assert "credentials" not in counts and "credentials" not in before
+        assert res.details["skipped"]["credentials"] == (
+            f"this APISIX (APISIX/{version}) has no consumer credentials (they arrived in 3.11.0); its consumers "
+            "carry their auth plugins in consumers.json")
+        assert res.details["consumer_credentials"].startswith(f"not exported: this APISIX (APISIX/{version})")
+        # never asked the path that is the consumer itself before 3.11
+        assert not any("/credentials" in path for _, path in api.requests)
+
+    wipe(api, before)
+    if version == "3.11.0":
+        assert credentials_of(api, "jack") == {}  # deleting a consumer deletes its credentials (3.11+)
     [empty] = service.backup(tmp_path / "empty")
     assert sum(empty.details["counts"].values()) == 0
 
     msg = service.restore(tmp_path / "a" / NAME)
 
     restorable = sum(counts.values()) - counts["ssls"]
-    assert msg.startswith(f"{restorable} created, 0 replaced; 1 ssl(s) skipped")
-    assert "etcd-apisix snapshot" in msg
+    not_exported = "stream_routes" if version == "3.11.0" else "credentials, stream_routes"
+    assert msg == (f"{restorable} created, 0 replaced; 1 ssl(s) skipped: the export has no private keys (restore "
+                   f"them from the etcd-apisix snapshot); not in the export: {not_exported}")
     service.backup(tmp_path / "b")
     after = comparable(files(tmp_path / "b"))
     assert after.pop("ssls") == {}  # certificates need their keys: only the etcd snapshot has them
     before.pop("ssls")
-    assert after == before  # same ids and values (create_time kept), update_time aside
-    assert "25 route(s)" in service.health()
+    if version == "3.6.0":
+        assert after == before  # same ids and values, create_time kept, update_time aside
+    else:
+        assert all("create_time" in o for objs in before.values() for o in objs.values())
+        assert without(after, "create_time") == without(before, "create_time")  # the server set create_time anew
+    jack_after = admin(api, "GET", "consumers/jack").json()["value"]
+    assert jack_after["plugins"] == jack_before["plugins"] and jack_after["group_id"] == "g1"
+    if version == "3.11.0":  # jack's credentials are back, with their secrets, through the Admin API
+        assert credentials_of(api, "jack") == {"jack-key-2": {"key-auth": {"key": CRED_KEY}},
+                                               "jack-basic": {"basic-auth": {"username": "jack",
+                                                                             "password": CRED_PASSWORD}}}
+        assert admin(api, "GET", "consumers/jack/credentials/jack-key-2").json()["value"]["desc"] == "second key"
+    else:
+        assert not any("/credentials" in path for _, path in api.requests)
+    assert service.health() == "Admin API answers (v3), 25 route(s)"
 
     # running it again replaces, creates nothing
-    assert service.restore(tmp_path / "a" / NAME).startswith(f"0 created, {restorable} replaced")
+    assert service.restore(tmp_path / "a" / NAME).startswith(f"0 created, {restorable} replaced;")
+
+
+def test_round_trip_through_the_admin_api(etcd, apisix, tmp_path):
+    """The default Admin API under test (the stand-in at 3.11, or the official image)."""
+    counts = fill(apisix)
+    service = svc(apisix)
+    service.backup(tmp_path / "a")
+    before = comparable(files(tmp_path / "a"))
+    wipe(apisix, before)
+    msg = service.restore(tmp_path / "a" / NAME)
+    restorable = sum(counts.values()) - counts["ssls"]
+    assert msg.startswith(f"{restorable} created, 0 replaced; 1 ssl(s) skipped")
+    service.backup(tmp_path / "b")
+    after = comparable(files(tmp_path / "b"))
+    assert after.pop("ssls") == {}
+    before.pop("ssls")
+    assert without(after, "create_time") == without(before, "create_time")
 
 
 @needs_standin
-def test_round_trip_into_an_apisix_that_forbids_the_time_fields(etcd, make_apisix, tmp_path):
-    """APISIX ≥3.7 refuses create_time/update_time in a PUT (400 "the property is forbidden")."""
-    api = make_apisix(etcd.url, forbid_time_fields=True)
-    counts = fill(api)
+@pytest.mark.parametrize(("version", "exported"), [("3.11.0", True), ("3.9.1", False)])
+def test_without_a_version_in_the_server_header_the_credential_schema_decides(etcd, make_apisix, tmp_path,
+                                                                             version, exported):
+    """apisix.enable_server_tokens: false sends a bare ``Server: APISIX``; then the credential
+    schema tells (GET /apisix/admin/schema/credential: 200 from 3.11, 400 before)."""
+    api = make_apisix(etcd.url, version=version, server_tokens=False)
+    fill(api, routes=2)
+    [res] = svc(api).backup(tmp_path)
+    if exported:
+        assert res.details["counts"]["credentials"] == 2
+        assert res.details["consumer_credentials"].startswith(
+            "2 exported in credentials.json (the Admin API has the credential schema)")
+    else:
+        assert "credentials" not in res.details["counts"]
+        assert res.details["skipped"]["credentials"] == (
+            "this APISIX has no consumer credentials (GET /apisix/admin/schema/credential: HTTP 400: not found "
+            "schema: credential; they arrived in 3.11.0); its consumers carry their auth plugins in consumers.json")
+        assert not any("/credentials" in path for _, path in api.requests)
+
+
+@needs_standin
+def test_an_export_with_credentials_is_refused_by_an_older_apisix_before_anything_changes(
+        etcd, make_apisix, tmp_path, tmp_path_factory):
+    src = make_apisix(etcd.url, version="3.11.0")
+    fill(src, routes=2)
+    svc(src).backup(tmp_path)
+    other = EtcdServer(tmp_path_factory.mktemp("etcd-old")).start()
+    try:
+        old = make_apisix(other.url, version="3.9.1")
+        with pytest.raises(RestoreError, match=r"refusing to restore, nothing changed: the export has 2 consumer "
+                                               r"credential\(s\) but this APISIX \(APISIX/3\.9\.1\) has no consumer "
+                                               r"credentials.*restore into APISIX >= 3\.11"):
+            svc(old).restore(tmp_path / NAME)
+        assert [m for m, _ in old.requests if m != "GET"] == []  # not one PUT
+    finally:
+        other.stop()
+
+
+@needs_standin
+def test_an_older_export_without_credentials_still_restores(etcd, make_apisix, tmp_path):
+    """Snapshots made before credentials were exported have no credentials.json and no index entry."""
+    api = make_apisix(etcd.url, version="3.11.0")
+    counts = fill(api, routes=3)
+    svc(api).backup(tmp_path)
+    folder = tmp_path / NAME
+    (folder / "credentials.json").unlink()
+    index = json.loads((folder / "index.json").read_text())
+    del index["types"]["credentials"]
+    index["consumer_credentials"] = ("not exported: APISIX >= 3.7 keeps consumer credentials under "
+                                     "/apisix/admin/consumers/<username>/credentials")  # the old wording
+    (folder / "index.json").write_text(json.dumps(index))
     service = svc(api)
-    service.backup(tmp_path / "a")
-    before = comparable(files(tmp_path / "a"))
-    assert all("create_time" in o for objs in before.values() for o in objs.values())
-    for rtype in ("routes", "consumers", "services", "plugin_configs", "consumer_groups", "upstreams",
-                  "global_rules", "protos", "secrets", "plugin_metadata"):
-        for oid in before[rtype]:
-            assert admin(api, "DELETE", f"{rtype}/{oid}").status_code == 200
-    msg = service.restore(tmp_path / "a" / NAME)
-    assert msg.startswith(f"{sum(counts.values()) - counts['ssls']} created, 0 replaced")
-    service.backup(tmp_path / "b")
-    after = comparable(files(tmp_path / "b"))
-    no_time = lambda objs: {i: {k: v for k, v in o.items() if k != "create_time"} for i, o in objs.items()}  # noqa: E731
-    assert {t: no_time(o) for t, o in after.items() if t != "ssls"} == \
-        {t: no_time(o) for t, o in before.items() if t != "ssls"}
+    assert service.verify(folder).startswith(f"{sum(counts.values()) - 2} objects in {len(counts) - 1} types")
+    admin(api, "DELETE", "routes/3")
+    msg = service.restore(folder)
+    assert msg.startswith(f"1 created, {sum(counts.values()) - 2 - 1 - counts['ssls']} replaced;")
+    assert admin(api, "GET", "routes/3").json()["value"]["name"] == "r3"
+    assert set(credentials_of(api, "jack")) == {"jack-key-2", "jack-basic"}  # left alone, not deleted
+
+
+@needs_standin
+def test_credential_secrets_never_reach_logs_errors_or_the_manifest(etcd, make_apisix, tmp_path, caplog):
+    api = make_apisix(etcd.url, version="3.11.0")
+    fill(api, routes=2)
+    service = svc(api)
+    caplog.set_level(logging.DEBUG)
+    [res] = service.backup(tmp_path)
+    admin(api, "DELETE", "consumers/jack")
+    assert service.restore(tmp_path / NAME).startswith("3 created")  # jack and his two credentials
+    # a refused credential PUT names the credential and APISIX's error, not its secrets
+    creds = json.loads((tmp_path / NAME / "credentials.json").read_text())
+    creds[1]["value"]["plugins"]["not-an-auth-plugin"] = {"key": CRED_KEY}
+    (tmp_path / NAME / "credentials.json").write_text(json.dumps(creds))
+    with pytest.raises(RestoreError, match=r"restore stopped at credentials/jack/jack-basic: .*HTTP 400.*at most 1 "
+                                           r"properties") as err:
+        service.restore(tmp_path / NAME)
+    seen = caplog.text + json.dumps(res.as_manifest()) + str(err.value)
+    assert CRED_KEY not in seen and CRED_PASSWORD not in seen
+
+
+@needs_standin
+def test_credentials_left_out_of_resources_are_not_fetched_and_the_manifest_says_so(etcd, make_apisix, tmp_path):
+    api = make_apisix(etcd.url, version="3.11.0")
+    fill(api, routes=2)
+    others = [t for t in ApisixConfig(kind="apisix").resources if t != "credentials"]
+    [res] = svc(api, resources=others).backup(tmp_path)
+    assert "credentials" not in res.details["counts"] and "credentials" not in res.details["skipped"]
+    assert res.details["consumer_credentials"] == CREDENTIALS_NOTE_OFF
+    assert not (tmp_path / NAME / "credentials.json").exists()
+    assert not any("/credentials" in path for m, path in api.requests if m == "GET")
+
+
+def test_stand_in_before_3_11_routes_the_credentials_path_to_the_consumer(etcd, make_apisix):
+    """Why the product asks the version first: before 3.11 (apisix/admin/init.lua) the
+    credentials path *is* the consumer — a GET returns it, a DELETE deletes it."""
+    if REGISTRY_HOST:
+        pytest.skip("the stand-in's version switch")
+    api = make_apisix(etcd.url, version="3.10.0")
+    put(api, "consumers", {"username": "jack", "plugins": {"key-auth": {"key": "jack-key"}}})
+    r = admin(api, "GET", "consumers/jack/credentials")
+    assert r.status_code == 200 and r.json()["value"]["username"] == "jack"
+    assert admin(api, "DELETE", "consumers/jack/credentials/whatever").status_code == 200
+    assert admin(api, "GET", "consumers/jack").status_code == 404
+
+
+def _es8_like_ca(d: Path) -> tuple[Path, Path, Path]:
+    """A CA without the keyUsage extension (as Elasticsearch 8 generated them) and a server cert for 127.0.0.1."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Elasticsearch security auto-configuration HTTP CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+          .not_valid_after(now + dt.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)   # no KeyUsage
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "apisix")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    d.mkdir(parents=True, exist_ok=True)
+    paths = d / "ca.pem", d / "server.pem", d / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+@needs_standin
+def test_https_admin_api_with_a_ca_without_key_usage_uses_the_shared_tls_policy(etcd, tmp_path, monkeypatch):
+    """The Admin API's TLS goes through httpapi.tls_context: VERIFY_X509_STRICT (Python 3.13's default)
+    would reject this CA; the chain and the host name are still verified."""
+    ca, cert, key = _es8_like_ca(tmp_path / "pki")
+    api = ApisixStandin(etcd.url, admin_key=ADMIN_KEY, tls=(str(cert), str(key))).start()
+    try:
+        assert api.url.startswith("https://127.0.0.1:")
+        put_tls = httpx.put(f"{api.url}/apisix/admin/routes/1", headers={"X-API-KEY": ADMIN_KEY},
+                            verify=ssl.create_default_context(cafile=str(ca)),
+                            json={"uri": "/a", "upstream": {"type": "roundrobin", "nodes": {"10.0.0.9:80": 1}}})
+        assert put_tls.status_code == 201
+        strict = ssl.create_default_context(cafile=str(ca))
+        strict.verify_flags |= ssl.VERIFY_X509_STRICT
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"{api.url}/apisix/admin/routes", verify=strict)  # what 3.13's default would do
+
+        [res] = svc(api, cacert=str(ca)).backup(tmp_path / "ok")
+        assert res.details["counts"]["routes"] == 1
+        # Python 3.13+ turns VERIFY_X509_STRICT on in create_default_context(); this Python may not,
+        # so do what 3.13 does and check the export still verifies (the chain, against this CA)
+        default = ssl.create_default_context
+
+        def like_python_3_13(*a, **kw):
+            ctx = default(*a, **kw)
+            ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+            return ctx
+
+        monkeypatch.setattr(ssl, "create_default_context", like_python_3_13)
+        [res] = svc(api, cacert=str(ca)).backup(tmp_path / "ok-3.13")
+        assert res.details["counts"]["routes"] == 1
+        monkeypatch.undo()
+        with pytest.raises(ArtifactError, match="TLS handshake failed.*CERTIFICATE_VERIFY_FAILED"):
+            svc(api).backup(tmp_path / "untrusted")  # https without the CA: the system CAs do not know it
+        [res] = svc(api, verify_tls=False).backup(tmp_path / "unverified")
+        assert res.details["counts"]["routes"] == 1
+    finally:
+        api.stop()
 
 
 def test_restore_stops_at_the_first_refused_put_and_says_what_was_done(etcd, tmp_path, make_apisix, tmp_path_factory):
@@ -401,7 +665,12 @@ def test_v2_admin_api_shape(etcd, make_apisix, tmp_path):
     [res] = svc(api).backup(tmp_path / "a")
     assert res.details["api_version"] == "v2" and res.details["counts"]["routes"] == 12
     assert [o["id"] for o in files(tmp_path / "a")["routes"]] == sorted((str(i) for i in range(1, 13)), key=str)
-    svc(api).verify(tmp_path / "a" / NAME)
+    counts = res.details["counts"]
+    assert svc(api).verify(tmp_path / "a" / NAME) == (
+        f"{sum(counts.values())} objects in {len(counts)} types, counts match index.json, every object has an id, "
+        "1 skipped")
+    if has_credentials(api):  # the v2 shape of the credentials list too
+        assert {o["id"] for o in files(tmp_path / "a")["credentials"]} == {"jack-key-2", "jack-basic"}
     with pytest.raises(ArtifactError, match=r"answers with Admin API v2 but api_version = 'v3'"):
         svc(api, api_version="v3").backup(tmp_path / "b")
     assert not (tmp_path / "b" / NAME).exists()
@@ -459,17 +728,20 @@ def test_server_faults_fail_and_leave_no_files(apisix, etcd, tmp_path, fault):
 def test_older_apisix_types_are_skipped_with_reasons(etcd, make_apisix, tmp_path):
     old = make_apisix(etcd.url, supported=("routes", "services", "upstreams", "consumers", "ssls", "global_rules",
                                            "plugin_configs", "stream_routes", "protos", "plugin_metadata"),
-                      plugin_metadata_list=False, init_dirs=("routes", "upstreams"))
+                      plugin_metadata_list=False, init_dirs=("routes", "upstreams"), version="2.15.3")
     put(old, "upstreams/1", {"type": "roundrobin", "nodes": {"10.0.0.1:80": 1}})
     put(old, "routes/1", {"uri": "/a", "upstream_id": "1"})
     [res] = svc(old).backup(tmp_path)
     skipped = res.details["skipped"]
-    assert set(skipped) == {"consumer_groups", "secrets", "plugin_metadata", "stream_routes"}
-    assert "Unsupported resource type: secrets" in skipped["secrets"]
-    assert "missing plugin name" in skipped["plugin_metadata"]
+    assert set(skipped) == {"consumer_groups", "secrets", "plugin_metadata", "stream_routes", "credentials"}
+    assert skipped["secrets"] == "not supported by this APISIX (HTTP 404: Unsupported resource type: secrets)"
+    assert skipped["plugin_metadata"] == ("this APISIX cannot list plugin_metadata (HTTP 400: missing plugin name); "
+                                          "it is in the etcd-apisix snapshot")
+    assert skipped["credentials"].startswith("this APISIX (APISIX/2.15.3) has no consumer credentials")
     assert res.details["counts"]["protos"] == 0 and res.details["counts"]["services"] == 0  # dir absent: empty
     assert res.summary == f"APISIX config exported ({CORE})"
-    assert svc(old).verify(tmp_path / NAME).endswith("4 skipped")
+    assert svc(old).verify(tmp_path / NAME) == ("2 objects in 8 types, counts match index.json, every object has "
+                                                "an id, 5 skipped")
 
 
 def test_verify_and_restore_reject_damaged_exports(apisix, tmp_path):
@@ -493,8 +765,21 @@ def test_verify_and_restore_reject_damaged_exports(apisix, tmp_path):
         del routes[0]["id"]
         (d / "routes.json").write_text(json.dumps(routes))
 
+    def orphan_credential(d):
+        creds = json.loads((d / "credentials.json").read_text())
+        creds[0]["consumer"] = "nobody"
+        (d / "credentials.json").write_text(json.dumps(creds))
+
+    def unowned_credential(d):
+        creds = json.loads((d / "credentials.json").read_text())
+        del creds[1]["consumer"]
+        (d / "credentials.json").write_text(json.dumps(creds))
+
     cases = {
         "count": (drop_route, "2 objects but index.json says 3"),
+        "orphan-credential": (orphan_credential, "credential 'jack-key-2' belongs to consumer 'nobody', which is "
+                                                 "not in consumers.json"),
+        "unowned-credential": (unowned_credential, r"credentials.json: object #2 names no consumer"),
         "no-id": (no_id, "object #1 has no id"),
         "cut": (lambda d: (d / "upstreams.json").write_bytes((d / "upstreams.json").read_bytes()[:40]),
                 "upstreams.json: not valid JSON"),
@@ -507,13 +792,14 @@ def test_verify_and_restore_reject_damaged_exports(apisix, tmp_path):
             service.verify(damaged(label, change))
     with pytest.raises(RestoreError, match="refusing to restore, nothing changed.*has no id"):
         service.restore(tmp_path / "no-id" / NAME)
-    assert service.verify(good).startswith("15 objects in 11 types")
+    assert service.verify(good) == ("17 objects in 12 types, counts match index.json, every object has an id, "
+                                    "1 skipped")
 
 
 def test_restore_target_and_health_wording(apisix):
     service = svc(apisix)
     assert "PUT by id" in service.restore_target() and "etcd-apisix snapshot" in service.restore_target()
-    assert "Admin API answers" in service.health()
+    assert service.health() == "Admin API answers (v3), 0 route(s)"
     with pytest.raises(RestoreError, match="admin_key rejected"):
         svc(apisix, admin_key=SecretStr("nope-1234")).health()
 
@@ -544,7 +830,7 @@ def test_cli_backup_verify_and_restore_through_the_flows(apisix, tmp_path, cli_e
     res = run_cli(["backup", "--config", str(config)], env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert ("APISIX config exported (routes, upstreams, services, consumers, global_rules, ssls, plugin_configs, "
-            "consumer_groups, protos, secrets, plugin_metadata)") in res.stdout
+            "consumer_groups, protos, secrets, plugin_metadata, credentials)") in res.stdout
     manifest = json.loads((dest / "latest" / "manifest.json").read_text())
     [art] = [a for a in manifest["artifacts"] if a["service"] == NAME]
     assert art["status"] == "ok" and art["details"]["counts"] == counts
@@ -558,5 +844,5 @@ def test_cli_backup_verify_and_restore_through_the_flows(apisix, tmp_path, cli_e
         assert admin(apisix, "DELETE", f"routes/{oid}").status_code == 200
     res = run_cli(["restore", "--config", str(config), "--yes", "--no-safety-backup"], env, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "12 created, 11 replaced; 1 ssl(s) skipped" in res.stdout  # the deleted routes came back
+    assert "12 created, 13 replaced; 1 ssl(s) skipped" in res.stdout  # the deleted routes came back
     assert admin(apisix, "GET", "routes/12").json()["value"]["uri"] == "/api/v12/*"

@@ -257,7 +257,7 @@ def test_backup_exports_every_visible_index_with_all_documents(es, tmp_path):
     assert tarball.status == "ok" and tarball.path == "elasticsearch-data.tar.gz"
     assert "not crash-consistent" in tarball.details["note"]
     svc = _svc(es)
-    assert "4 indices, 3400 documents" in svc.verify(root)
+    assert svc.verify(root) == "4 indices, 3400 documents: JSON and gzip intact, document counts match index.json"
     assert svc.verify(out / "elasticsearch-data.tar.gz") == "gzip and tar intact, 5 entries"
 
 
@@ -491,24 +491,32 @@ def test_verify_catches_damage(es, tmp_path):
         fn(copy)
         return copy
 
-    cases = {
-        "truncated": lambda c: (c / "users" / "documents.ndjson.gz").write_bytes(raw[: len(raw) // 2]),
-        "flipped": lambda c: (c / "users" / "documents.ndjson.gz").write_bytes(
+    users = r"elasticsearch/users/documents\.ndjson\.gz: "
+    cases = {  # label: (damage, the check that must fire)
+        "truncated": (lambda c: (c / "users" / "documents.ndjson.gz").write_bytes(raw[: len(raw) // 2]),
+                      users + r"gzip stream is damaged or truncated \(Compressed file ended"),
+        "flipped": (lambda c: (c / "users" / "documents.ndjson.gz").write_bytes(
             raw[:200] + bytes([raw[200] ^ 0xFF]) + raw[201:]),
-        "line-lost": lambda c: (c / "users" / "documents.ndjson.gz").write_bytes(
+            users + "gzip stream is damaged or truncated"),   # zlib's message depends on the byte hit
+        "line-lost": (lambda c: (c / "users" / "documents.ndjson.gz").write_bytes(
             gzip.compress(plain[: plain.rindex(b"\n", 0, len(plain) - 1) + 1])),
-        "not-json-line": lambda c: (c / "users" / "documents.ndjson.gz").write_bytes(
-            gzip.compress(b'{"_id":"x","_source":{}}\nnot json\n')),
-        "bad-mapping": lambda c: (c / "logs-app" / "mapping.json").write_text("{\"properties\": "),
-        "no-settings": lambda c: (c / "metrics" / "settings.json").unlink(),
-        "no-docs": lambda c: (c / "metrics" / "documents.ndjson.gz").unlink(),
-        "extra-folder": lambda c: (c / "stray").mkdir(),
-        "evil-name": lambda c: (c / "index.json").write_text(
+            users + "1199 documents, index.json says 1200"),
+        "not-json-line": (lambda c: (c / "users" / "documents.ndjson.gz").write_bytes(
+            gzip.compress(b'{"_id":"x","_source":{}}\nnot json\n')), users + "line 2 is not a JSON object"),
+        "bad-mapping": (lambda c: (c / "logs-app" / "mapping.json").write_text("{\"properties\": "),
+                        r"elasticsearch/logs-app/mapping\.json: not valid JSON"),
+        "no-settings": (lambda c: (c / "metrics" / "settings.json").unlink(),
+                        r"elasticsearch/metrics/settings\.json: missing"),
+        "no-docs": (lambda c: (c / "metrics" / "documents.ndjson.gz").unlink(),
+                    r"elasticsearch/metrics/documents\.ndjson\.gz: missing \(700 documents expected\)"),
+        "extra-folder": (lambda c: (c / "stray").mkdir(), "elasticsearch: folders not listed in index.json: stray"),
+        "evil-name": (lambda c: (c / "index.json").write_text(
             json.dumps({"indices": {**json.loads((good / "index.json").read_text())["indices"], "_all": 0}})),
-        "no-index-json": lambda c: (c / "index.json").unlink(),
+            r"elasticsearch/index\.json: '_all' is not a valid index name"),
+        "no-index-json": (lambda c: (c / "index.json").unlink(), r"elasticsearch/index\.json: missing"),
     }
-    for label, fn in cases.items():
-        with pytest.raises(VerifyError):
+    for label, (fn, match) in cases.items():
+        with pytest.raises(VerifyError, match=match):
             svc.verify(damaged(label, fn))
     # a damaged export is refused before anything changes
     with pytest.raises(RestoreError, match="refusing to restore, nothing changed"):

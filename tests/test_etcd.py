@@ -115,7 +115,7 @@ def test_round_trip_with_auth_into_a_new_member(etcd_auth, tmp_path, method):
     assert res.status == "ok" and res.path == "etcd-apisix.snapshot" and res.bytes == snap.stat().st_size
     assert len(res.sha256) == 64 and oct(snap.stat().st_mode & 0o777) == "0o600"
     assert snap.stat().st_size % 512 == 32 and snap.stat().st_size > 512 * 1024
-    assert "SHA-256 trailer ok" in svc.verify(snap)
+    assert svc.verify(snap) == f"bbolt header and SHA-256 trailer ok ({snap.stat().st_size} bytes)"
 
     before = etcd_auth.everything()
     assert before[b"binary\x00\xff\xfekey"] == bytes(range(256)) * 4
@@ -197,18 +197,21 @@ def test_verify_and_restore_reject_truncated_and_flipped_snapshots(etcd_plain, t
     svc = _svc(etcd_plain)
     svc.backup(tmp_path)
     good = (tmp_path / "etcd-apisix.snapshot").read_bytes()
-    cases = {
-        "no-trailer": good[:-32],                       # a raw bbolt file: size % 512 == 0
-        "half": good[: len(good) // 2],
-        "cut-inside-trailer": good[:-5],
-        "flipped-db": good[: len(good) // 3] + bytes([good[len(good) // 3] ^ 0x01]) + good[len(good) // 3 + 1:],
-        "flipped-trailer": good[:-1] + bytes([good[-1] ^ 0xFF]),
-        "garbage": b"\0" * (len(good)),
+    no_trailer = "snapshot is truncated or has no SHA-256 trailer"
+    mismatch = "snapshot SHA-256 trailer mismatch: the file is corrupt or truncated"
+    cases = {  # label: (bytes, the check that must fire)
+        "no-trailer": (good[:-32], no_trailer),          # a raw bbolt file: size % 512 == 0
+        "half": (good[: len(good) // 2], no_trailer),
+        "cut-inside-trailer": (good[:-5], no_trailer),
+        "flipped-db": (good[: len(good) // 3] + bytes([good[len(good) // 3] ^ 0x01]) + good[len(good) // 3 + 1:],
+                       mismatch),
+        "flipped-trailer": (good[:-1] + bytes([good[-1] ^ 0xFF]), mismatch),
+        "garbage": (b"\0" * (len(good)), r"not an etcd snapshot \(no bbolt meta page magic at offset 16\)"),
     }
-    for label, data in cases.items():
+    for label, (data, match) in cases.items():
         bad = tmp_path / f"{label}.snapshot"
         bad.write_bytes(data)
-        with pytest.raises(VerifyError):
+        with pytest.raises(VerifyError, match=rf"^{label}\.snapshot: {match}"):
             svc.verify(bad)
     with pytest.raises(RestoreError, match="refusing to restore"):
         svc.restore(tmp_path / "flipped-db.snapshot", data_dir=str(tmp_path / "never"))
@@ -421,7 +424,8 @@ def test_tls_with_client_certificates_both_methods(tmp_path):
         for method in ("gateway", "etcdctl"):
             out = tmp_path / method
             _svc(None, endpoint=srv.url, method=method, **tls).backup(out)
-            assert "SHA-256 trailer ok" in svc.verify(out / "etcd-apisix.snapshot")
+            snap = out / "etcd-apisix.snapshot"
+            assert svc.verify(snap) == f"bbolt header and SHA-256 trailer ok ({snap.stat().st_size} bytes)"
         # without the client certificate the server refuses the TLS handshake
         with pytest.raises(ArtifactError, match="TLS handshake failed.*bad certificate"):
             _svc(None, endpoint=srv.url, cacert=str(c["ca.pem"])).backup(tmp_path / "nocert")

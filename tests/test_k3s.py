@@ -75,6 +75,10 @@ class Writer(threading.Thread):
         db.close()
 
 
+#: verify of a good sqlite-mode archive: its two members (state.db, token), the database checked
+SQLITE_VERIFIED = "gzip and tar intact, 2 entries, state.db integrity_check ok, token present"
+
+
 def _svc(data: Path, **over) -> K3sService:
     cfg = K3sConfig(kind="k3s", data_dir=str(data), **over)
     return create("etcd-k3s", cfg)
@@ -109,7 +113,7 @@ def test_auto_mode_picks_sqlite_and_copies_a_consistent_db_while_it_is_written(k
     # whole transactions only: 2000 seed rows + a multiple of 50, ids without gaps
     assert rows == top and rows >= 2000 + 5 * 50 and (rows - 2000) % 50 == 0
     assert (out / "server" / "token").read_text().startswith("K10")
-    assert "integrity_check ok" in _svc(k3s_dir).verify(into / SQLITE_ARTIFACT)
+    assert _svc(k3s_dir).verify(into / SQLITE_ARTIFACT) == SQLITE_VERIFIED
 
 
 def test_copy_of_a_big_state_db_finishes_while_kine_keeps_writing(k3s_dir, tmp_path):
@@ -151,7 +155,7 @@ def test_copy_of_a_big_state_db_finishes_while_kine_keeps_writing(k3s_dir, tmp_p
     assert "error" not in outcome, outcome.get("error")
     [res] = outcome["results"]
     assert res.status == "ok" and batches_during > 3
-    assert "integrity_check ok" in _svc(k3s_dir).verify(into / SQLITE_ARTIFACT)
+    assert _svc(k3s_dir).verify(into / SQLITE_ARTIFACT) == SQLITE_VERIFIED
 
 
 def test_sqlite_restore_puts_db_and_token_back_and_keeps_the_old_ones(k3s_dir, tmp_path):
@@ -198,7 +202,7 @@ def test_damaged_archive_fails_verify_and_restore(k3s_dir, tmp_path):
         data = bytearray(good)
         data[at] ^= 0xFF
         art.write_bytes(bytes(data))
-        with pytest.raises(VerifyError):
+        with pytest.raises(VerifyError, match=r"^k3s-server-db\.tar\.gz: archive is damaged \("):
             svc.verify(art)
     with pytest.raises(RestoreError, match="nothing changed"):
         svc.restore(art)
@@ -268,7 +272,8 @@ def test_etcd_snapshot_mode_runs_k3s_through_the_prefix_and_cleans_up(node):
     lines = calls.read_text().splitlines()
     assert lines[0].startswith("etcd-snapshot save --name coderz-") and f"--dir {tmp_dir}/coderz-backup-" in lines[0]
     assert list(tmp_dir.iterdir()) == []  # the node's copy is gone
-    assert "SHA-256 trailer ok" in svc.verify(into / res.path)
+    assert svc.verify(into / res.path) == (f"bbolt header and SHA-256 trailer ok "
+                                           f"({(into / res.path).stat().st_size} bytes)")
 
     # restore: stop, the documented cluster-reset command, start
     events = tmp / "lifecycle.log"
@@ -308,11 +313,22 @@ def test_cluster_reset_in_a_container_is_refused_before_anything_changes(node, d
     assert calls.read_text() == before
 
 
+#: what a real ``k3s etcd-snapshot save`` prints on a server with the SQLite datastore, and its exit status:
+#: k3s-io/k3s pkg/cli/etcdsnapshot/etcd_snapshot.go ``save`` returns
+#: ``fmt.Errorf("etcd database not found in %s", serverConfig.ControlConfig.DataDir)`` (DataDir is
+#: ``server.ResolveDataDir`` = ``<data-dir>/server``) and cmd/etcdsnapshot/main.go ends with
+#: ``logrus.Fatal(err)``: logrus' text formatter on a non-terminal writes ``time="…" level=fatal msg="…"``
+#: to stderr and exits 1.
+K3S_ON_SQLITE = ('time="2026-03-04T05:06:07Z" level=fatal msg="etcd database not found in '
+                 '/var/lib/rancher/k3s/server"')
+
+
 def test_etcd_snapshot_mode_on_a_sqlite_k3s_says_so(node):
     srv, prefix, calls, tmp = node
     failing = tmp / "node-bin" / "k3s"
-    failing.write_text("#!/bin/sh\necho 'level=fatal msg=\"etcd database not found in /var/lib/rancher/k3s/server\"' >&2\nexit 1\n")
+    failing.write_text(f"#!/bin/sh\necho '{K3S_ON_SQLITE}' >&2\nexit 1\n")
     cfg = K3sConfig(kind="k3s", mode="etcd-snapshot", exec_prefix=prefix, snapshot_tmp_dir=str(tmp))
-    with pytest.raises(ArtifactError, match="without embedded etcd"):
+    with pytest.raises(ArtifactError, match=r"k3s runs without embedded etcd \(.*etcd database not found in "
+                                            r"/var/lib/rancher/k3s/server.*\); set mode = \"sqlite\" \(or auto\)"):
         create("etcd-k3s", cfg).backup(tmp)
     assert not (tmp / "etcd-k3s.snapshot").exists()

@@ -48,7 +48,7 @@ def test_postgres_round_trip_into_a_second_server(make_db, pg_target, tmp_path):
     assert oct(dump.stat().st_mode & 0o777) == "0o600"
     with gzip.open(dump, "rt") as fh:  # readable by standard gzip, as the README says
         assert "-- PostgreSQL database dump" in fh.read(200)
-    assert "pg_dump header and trailer" in svc.verify(dump)
+    assert svc.verify(dump) == verified(dump)
 
     dst = make_db(server=pg_target, name=src.name, user=src.user)  # same names on a fresh server
     restored = PostgresService("postgres-app", dst.service_config(), LocalAccess())
@@ -92,9 +92,8 @@ def test_wrong_password_fails_with_pg_dump_message_and_no_file(make_db, tmp_path
     db = make_db()
     svc = PostgresService("pg", db.service_config(password=__import__("pydantic").SecretStr("wrong-pw-123")),
                           LocalAccess())
-    with pytest.raises(ArtifactError) as err:
+    with pytest.raises(ArtifactError, match="password authentication failed") as err:
         svc.backup(tmp_path)
-    assert "password authentication failed" in str(err.value)
     assert "wrong-pw-123" not in str(err.value)
     assert list(tmp_path.iterdir()) == []  # no partial, no final file
 
@@ -141,6 +140,12 @@ def test_pg_dump_killed_mid_stream_is_never_ok(make_db, tmp_path):
     assert not (tmp_path / ".pg.sql.gz.partial").exists()
 
 
+def verified(dump: Path) -> str:
+    """What verify reports for an intact dump: every layer it checked, and the SQL's size."""
+    return (f"gzip intact, pg_dump header and trailer present, no psql meta-commands "
+            f"({len(gzip.decompress(dump.read_bytes()))} bytes of SQL)")
+
+
 def test_verify_rejects_truncated_and_corrupted_dumps(make_db, tmp_path):
     db = make_db()
     _fill(db, rows=5000)
@@ -158,7 +163,8 @@ def test_verify_rejects_truncated_and_corrupted_dumps(make_db, tmp_path):
         flipped = bytearray(good)
         flipped[at] ^= 0xFF
         corrupt.write_bytes(bytes(flipped))
-        with pytest.raises(VerifyError):   # whichever layer notices: deflate data, CRC or SQL
+        # deflate data or the CRC: the gzip layer notices every flipped byte
+        with pytest.raises(VerifyError, match=r"^corrupt\.sql\.gz: gzip stream is damaged \("):
             svc.verify(corrupt)
 
     # a complete gzip whose SQL lacks the trailer (a dump cut off before compression)
@@ -212,15 +218,21 @@ def test_a_dump_with_a_shell_escape_never_runs_it_and_changes_nothing(make_db, t
     dump = _dump_with(src, tmp_path, inject)
     svc = PostgresService("postgres-app", src.service_config(), LocalAccess())
     if where == "mid-line":   # not a line of its own: only psql's \restrict can tell, at restore time
-        svc.verify(dump)
+        assert svc.verify(dump) == verified(dump)
     else:
         with pytest.raises(VerifyError, match="psql meta-command outside COPY data at line"):
             svc.verify(dump)
     with src.connect() as c:
         c.execute("INSERT INTO items VALUES (9999, 'after the backup', 1, '{}')")
     before = _snapshot_of(src)
-    with pytest.raises((RestoreError, VerifyError)):
-        svc.restore(dump)
+    if where == "mid-line":   # psql's \restrict refuses it, inside a scratch database
+        with pytest.raises(RestoreError, match=r"left unchanged: psql restore into .*__coderz_restore exited with "
+                                               r"status 3: .*backslash commands are restricted"):
+            svc.restore(dump)
+    else:                     # verify, which a restore runs first, refuses it
+        with pytest.raises(VerifyError, match=r"psql meta-command outside COPY data at line \d+ .*refused, nothing "
+                                              r"was run"):
+            svc.restore(dump)
     assert not marker.exists()
     assert _snapshot_of(src)[0] == before[0]        # the database was not touched
     with src.connect() as c:
@@ -242,7 +254,7 @@ def test_data_that_looks_like_meta_commands_round_trips_exactly(make_db, pg_targ
     dump = tmp_path / "postgres-app.sql.gz"
     with gzip.open(dump, "rt") as fh:
         assert "\n\\restrict abc\n" in fh.read()      # what the stream filter must leave alone
-    assert "no psql meta-commands" in svc.verify(dump)
+    assert svc.verify(dump) == verified(dump)
     dst = make_db(server=pg_target, name=src.name, user=src.user)
     PostgresService("postgres-app", dst.service_config(), LocalAccess()).restore(dump)
     with dst.connect() as c:

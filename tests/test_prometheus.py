@@ -65,7 +65,11 @@ def test_snapshot_is_streamed_into_the_tarball_and_removed_from_the_data_dir(pro
     assert f"{ulid}/meta.json" in names and f"{ulid}/index" in names
     assert not any(n.startswith(("wal", "snapshots", "/")) for n in names)
     assert list((prom.data / "snapshots").iterdir()) == []   # never piles up
-    assert "TSDB block(s) with meta.json" in svc.verify(art)
+    utc = lambda ms: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))  # noqa: E731
+    lo, hi = min(b["minTime"] for b in blocks.values()), max(b["maxTime"] for b in blocks.values())
+    assert lo < hi <= time.time() * 1000
+    assert svc.verify(art) == (f"gzip and tar intact, {len(blocks)} TSDB block(s) with meta.json, "
+                               f"{utc(lo)} … {utc(hi)}")
 
 
 def test_snapshot_folder_is_removed_even_when_writing_fails(prom, tmp_path):
@@ -107,7 +111,8 @@ def test_verify_catches_flipped_and_truncated_archives(prom, tmp_path):
     art = tmp_path / res.path
     data = art.read_bytes()
     art.write_bytes(data[: len(data) // 2])
-    with pytest.raises(VerifyError):
+    with pytest.raises(VerifyError, match=r"^prometheus-snapshot\.tar\.gz: archive is damaged \(Compressed file "
+                                          r"ended before the end-of-stream marker was reached\)"):
         svc.verify(art)
     # a flipped byte anywhere — in a deflate block (isal: "invalid lookback distance"), in the
     # header or in the trailer (CRC) — is a VerifyError, never another exception
@@ -115,7 +120,10 @@ def test_verify_catches_flipped_and_truncated_archives(prom, tmp_path):
         flipped = bytearray(data)
         flipped[at] ^= 0x55
         art.write_bytes(bytes(flipped))
-        with pytest.raises(VerifyError):
+        # the stream is checked as it is read: a flip that renames a block's meta.json in a tar
+        # header is caught there, before the gzip CRC at the end
+        with pytest.raises(VerifyError, match=r"^prometheus-snapshot\.tar\.gz: (archive is damaged \(|block\(s\) "
+                                              r"without meta\.json: )"):
             svc.verify(art)
 
 
@@ -182,7 +190,8 @@ def test_a_prometheus_without_any_data_gives_an_ok_empty_snapshot(tmp_path):
     finally:
         srv.stop()
     assert res.status == "ok" and res.details["blocks"] == 0 and "no samples" in res.details["note"]
-    assert "no TSDB block" in svc.verify(tmp_path / "snap" / res.path)
+    assert svc.verify(tmp_path / "snap" / res.path) == ("gzip and tar intact, no TSDB block (Prometheus held no "
+                                                        "samples when it was taken)")
 
 
 @pytest.mark.parametrize("member", [("sym", "01HZZZZZZZZZZZZZZZZZZZZZZZ/chunks", "/etc"),

@@ -26,6 +26,21 @@ land in access logs). Answers, per the Admin API:
   count that differs from ``total``: ArtifactError; files already written for the
   attempt are removed, so a failed export leaves nothing under final names.
 
+Consumer credentials (APISIX ≥ 3.11.0, ``apisix/admin/credentials.lua``, PR #11601) are a
+sub-resource of each consumer: after the types above, ``credentials`` lists
+``GET /apisix/admin/consumers/<username>/credentials`` (paged like the others; 404 ``Key
+not found`` = none) for every exported consumer into ``credentials.json`` (each entry also
+names its ``consumer``). Before 3.11 that path is routed to the consumer itself (a GET
+answers with the consumer, a DELETE would delete it), so the server is asked first: the
+``Server: APISIX/<version>`` header of the Admin API (``apisix/init.lua`` ``http_admin``),
+else — ``apisix.enable_server_tokens: false`` sends a bare ``APISIX`` — whether
+``GET /apisix/admin/schema/credential`` exists (200 from 3.11, 400 ``not found schema``
+before). An older APISIX: ``credentials`` is skipped with the reason (its consumers carry
+their auth plugins in ``consumers.json``). Credentials hold secrets (key-auth keys,
+basic-auth passwords, jwt secrets) as the Admin API returns them — decrypted when
+``data_encryption`` is on; a restore PUTs them in plain and the target encrypts them with
+its own keyring. They are never logged.
+
 SSL private keys are never returned by the Admin API; the manifest details say so —
 they are in the ``etcd-apisix`` snapshot, which holds the same state.
 
@@ -34,7 +49,9 @@ it; ``create_time`` kept where the server takes it — APISIX ≥3.7 refuses bot
 "the property is forbidden: create_time", and then it is dropped for the rest of the
 restore) in dependency order — upstreams, services, plugin_configs,
 consumer_groups, consumers (``PUT /apisix/admin/consumers`` with ``username`` in the
-body), ssls (only objects that carry a ``key``; otherwise skipped with a note), protos,
+body), credentials (``PUT /apisix/admin/consumers/<username>/credentials/<id>``; an export
+with credentials is refused, before anything is changed, by an APISIX older than 3.11),
+ssls (only objects that carry a ``key``; otherwise skipped with a note), protos,
 secrets, global_rules, plugin_metadata, then routes and stream_routes. It **stops at
 the first refused PUT**: later objects may depend on it (a route on its upstream), and
 a stop leaves a state that is easy to describe and to finish by running the restore
@@ -46,11 +63,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 import httpx
 
@@ -63,9 +82,9 @@ from ..reader import ArtifactPath, as_artifact
 from ..writer import ArtifactWriter, FileRecord
 from ..fingerprint import normalized
 from .base import ArtifactResult, BaseService
-from .httpapi import HttpApi
+from .httpapi import HttpApi, tls_context
 
-__all__ = ["CORE_TYPES", "RESTORE_ORDER", "SSL_KEY_NOTE", "ApisixService"]
+__all__ = ["CORE_TYPES", "CREDENTIALS_SINCE", "RESTORE_ORDER", "SSL_KEY_NOTE", "ApisixService"]
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +92,14 @@ log = logging.getLogger(__name__)
 CORE_TYPES: tuple[str, ...] = ("routes", "upstreams", "services", "consumers", "global_rules")
 #: dependencies first: a route may point at an upstream, service, plugin_config …
 RESTORE_ORDER: tuple[str, ...] = (
-    "upstreams", "services", "plugin_configs", "consumer_groups", "consumers", "ssls", "protos",
+    "upstreams", "services", "plugin_configs", "consumer_groups", "consumers", "credentials", "ssls", "protos",
     "secrets", "global_rules", "plugin_metadata", "routes", "stream_routes",
 )
-CREDENTIALS_NOTE = ("not exported: APISIX >= 3.7 keeps consumer credentials under "
-                    "/apisix/admin/consumers/<username>/credentials, which the consumer list leaves out; "
-                    "consumers restored from this export come back without them — they are in the "
-                    "etcd-apisix snapshot")
+#: the first APISIX with consumer credentials (CHANGELOG 3.11.0, PR #11601)
+CREDENTIALS_SINCE = (3, 11)
+_SERVER_VERSION = re.compile(r"^APISIX/(\d+)\.(\d+)")
+CREDENTIALS_NOTE_OFF = ("not exported: 'credentials' is not in resources; consumers of APISIX >= 3.11 restored from "
+                        "this export come back without their credentials (they are in the etcd-apisix snapshot)")
 SSL_KEY_NOTE = "not exported by the Admin API; they are in the etcd-apisix snapshot"
 INDEX = "index.json"
 FORMAT = "coderz-backup/apisix-config/1"
@@ -120,10 +140,12 @@ def _object_id(rtype: str, item: dict) -> str | None:
 
 
 
-#: APISIX Admin-API resource types, in export order (the product document's five first)
+#: APISIX Admin-API resource types, in export order (the product document's five first;
+#: ``credentials`` — per consumer — always after ``consumers``)
 APISIX_RESOURCES: tuple[str, ...] = (
     "routes", "upstreams", "services", "consumers", "global_rules",
     "ssls", "plugin_configs", "consumer_groups", "stream_routes", "protos", "secrets", "plugin_metadata",
+    "credentials",
 )
 
 
@@ -154,6 +176,8 @@ class ApisixConfig(ServiceBase):
                              f"known: {', '.join(APISIX_RESOURCES)}")
         if len(set(v)) != len(v):
             raise ValueError("resource types are listed more than once")
+        if "credentials" in v and "consumers" not in v:
+            raise ValueError("'credentials' are listed per consumer: add 'consumers' to resources too")
         return v
 
 
@@ -170,10 +194,12 @@ class _Admin(HttpApi):
             self.client.headers["X-API-KEY"] = key  # header only: ?api_key= would land in access logs
 
     def tls(self) -> ssl.SSLContext | bool:
+        """The project's one TLS policy (httpapi.tls_context: chain and host name verified, no
+        VERIFY_X509_STRICT) for an https admin_url or a cacert."""
         c = self.svc.config
-        if c.verify_tls and c.cacert:
+        if c.verify_tls and (c.cacert or c.admin_url.startswith("https://")):
             try:
-                return ssl.create_default_context(cafile=c.cacert)
+                return tls_context(c.cacert)
             except (OSError, ssl.SSLError) as exc:
                 raise ArtifactError(f"{self.svc.name}: cannot load cacert {c.cacert}: {exc}") from None
         return c.verify_tls
@@ -226,13 +252,19 @@ class ApisixService(BaseService):
         written: list[FileRecord] = []
         try:
             with _Admin(self) as client:
-                state: dict[str, Any] = {"api_version": None}
+                state: dict[str, Any] = {"api_version": None, "usernames": []}
                 counts: dict[str, int] = {}
                 skipped: dict[str, str] = {}
-                for rtype in self.config.resources:
+                credentials_note = CREDENTIALS_NOTE_OFF
+                for rtype in self._export_order():
                     try:
-                        rec, n = self._export_type(client, into, rtype, state)
+                        if rtype == "credentials":
+                            rec, n, credentials_note = self._export_credentials(client, into, state)
+                        else:
+                            rec, n = self._export_type(client, into, rtype, state)
                     except _Skip as why:
+                        if rtype == "credentials":
+                            credentials_note = f"not exported: {why}"
                         skipped[rtype] = str(why)
                         log.info("%s: %s skipped: %s", self.name, rtype, why)
                         continue
@@ -245,7 +277,7 @@ class ApisixService(BaseService):
                     "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "types": {t: {"file": f"{t}.json", "count": n} for t, n in counts.items()},
                     "skipped": skipped,
-                    "ssl_private_keys": SSL_KEY_NOTE, "consumer_credentials": CREDENTIALS_NOTE,
+                    "ssl_private_keys": SSL_KEY_NOTE, "consumer_credentials": credentials_note,
                 }
                 written.append(self._write_json(into, INDEX, index))
         except BaseException:
@@ -260,7 +292,7 @@ class ApisixService(BaseService):
             self.name, self.kind, self.folder, written, summary=summary,
             details={"admin_url": self.config.admin_url, "api_version": index["api_version"],
                      "counts": counts, "skipped": skipped, "ssl_private_keys": SSL_KEY_NOTE,
-                     "consumer_credentials": CREDENTIALS_NOTE},
+                     "consumer_credentials": credentials_note},
             fingerprint=normalized(dict(counts)))]
 
     def fingerprint_live(self) -> dict:
@@ -269,12 +301,81 @@ class ApisixService(BaseService):
         counts: dict[str, int] = {}
         with _Admin(self) as client:
             state: dict[str, Any] = {"api_version": None}
-            for rtype in self.config.resources:
+            usernames: list[str] = []
+            for rtype in self._export_order():
                 try:
-                    counts[rtype] = sum(1 for _ in self._items(client, rtype, state))
+                    if rtype == "credentials":
+                        self._credentials_supported(client)
+                        counts[rtype] = sum(1 for u in usernames for _ in self._credential_items(client, u, state))
+                        continue
+                    n = 0
+                    for item in self._items(client, rtype, state):
+                        n += 1
+                        if rtype == "consumers" and isinstance(item, dict):
+                            usernames.append(_object_id(rtype, item) or "")
+                    counts[rtype] = n
                 except _Skip:
                     continue
         return normalized(counts)
+
+    def _export_order(self) -> list[str]:
+        """The configured types, ``credentials`` last (it lists the exported consumers')."""
+        types = [t for t in self.config.resources if t != "credentials"]
+        return types + (["credentials"] if "credentials" in self.config.resources else [])
+
+    def _credentials_supported(self, client: _Admin) -> str:
+        """Whether this APISIX has consumer credentials (≥3.11.0): the version in the ``Server``
+        header, else whether the credential schema exists. Returns what told it; raises _Skip
+        when it has none (before 3.11 ``/consumers/<u>/credentials`` *is* the consumer)."""
+        what = "GET /apisix/admin/schema/credential"
+        resp = client.call("GET", "/apisix/admin/schema/credential", what=what, ok=None)
+        server = resp.headers.get("Server", "")
+        m = _SERVER_VERSION.match(server)
+        if m:
+            if (int(m[1]), int(m[2])) >= CREDENTIALS_SINCE:
+                return server
+            raise _Skip(f"this APISIX ({server}) has no consumer credentials (they arrived in 3.11.0); "
+                        "its consumers carry their auth plugins in consumers.json")
+        if resp.status_code == 200:
+            return "the Admin API has the credential schema"
+        text = _error_text(resp.content[:_ERROR_KEEP])
+        if resp.status_code in (400, 404) and ("not found schema" in text or "Unsupported resource type" in text):
+            raise _Skip(f"this APISIX has no consumer credentials ({what}: HTTP {resp.status_code}: {text}; they "
+                        "arrived in 3.11.0); its consumers carry their auth plugins in consumers.json")
+        raise client.refused(resp, what)
+
+    def _credential_items(self, client: _Admin, username: str, state: dict) -> Iterator[dict]:
+        """The credentials of one consumer, each checked to be one (not the consumer itself)."""
+        rtype = f"consumers/{quote(username, safe='')}/credentials"
+        for item in self._items(client, rtype, state):
+            key = item.get("key") if isinstance(item, dict) else None
+            if not isinstance(key, str) or f"/consumers/{username}/credentials/" not in key \
+                    or not isinstance(item.get("value"), dict):
+                raise IncompleteArtifactError(f"{self.where}: GET /apisix/admin/{rtype}: answered with something "
+                                              f"that is not a credential of {username!r} (key {key!r})")
+            yield item
+
+    def _export_credentials(self, client: _Admin, into: Path, state: dict) -> tuple[FileRecord, int, str]:
+        """``credentials.json``: every exported consumer's credentials (secrets inside: never logged)."""
+        how = self._credentials_supported(client)
+        n = 0
+        with ArtifactWriter.open(into, f"{self.folder}credentials.json") as w:
+            w.write(b"[")
+            for username in state["usernames"]:
+                for item in self._credential_items(client, username, state):
+                    cid = _object_id("credentials", item)
+                    if not cid:
+                        raise IncompleteArtifactError(f"{self.where}: credentials of {username!r}: cannot tell "
+                                                      f"the id of {item.get('key')!r}")
+                    saved = {"id": cid, "consumer": username, "key": item["key"], "value": item["value"],
+                             "createdIndex": item.get("createdIndex"), "modifiedIndex": item.get("modifiedIndex")}
+                    w.write((",\n" if n else "\n").encode() + json.dumps(saved, ensure_ascii=False).encode())
+                    n += 1
+            w.write(b"\n]\n")
+            rec = w.commit()
+        note = (f"{n} exported in credentials.json ({how}); they hold secrets (key-auth keys, basic-auth passwords, "
+                "jwt secrets) as the Admin API returns them")
+        return rec, n, note
 
     def _discard(self, into: Path, written: list[FileRecord]) -> None:
         """Remove what this failed attempt committed: nothing incomplete stays under final names."""
@@ -406,6 +507,8 @@ class ApisixService(BaseService):
                                                   f"{item.get('key')!r}")
                 saved = {"id": oid, "key": item.get("key"), "value": item["value"],
                          "createdIndex": item.get("createdIndex"), "modifiedIndex": item.get("modifiedIndex")}
+                if rtype == "consumers":
+                    state.setdefault("usernames", []).append(oid)
                 w.write((",\n" if n else "\n").encode() + json.dumps(saved, ensure_ascii=False).encode())
                 n += 1
             w.write(b"\n]\n")
@@ -444,6 +547,14 @@ class ApisixService(BaseService):
                         or not isinstance(item.get("value"), dict):
                     raise VerifyError(f"{artifact.name}/{fname}: object #{i + 1} has no id or no value")
             data[rtype] = items
+        consumers = {o["id"] for o in data.get("consumers", [])}
+        for i, item in enumerate(data.get("credentials", [])):
+            owner = item.get("consumer")
+            if not isinstance(owner, str) or not owner:
+                raise VerifyError(f"{artifact.name}/credentials.json: object #{i + 1} names no consumer")
+            if "consumers" in data and owner not in consumers:
+                raise VerifyError(f"{artifact.name}/credentials.json: credential {item['id']!r} belongs to consumer "
+                                  f"{owner!r}, which is not in consumers.json")
         extra = sorted(p.name for p in artifact.iterdir() if p.name != INDEX and p.name.removesuffix(".json")
                        not in data)
         if extra:
@@ -496,6 +607,15 @@ class ApisixService(BaseService):
             raise RestoreError(str(exc)) from None
         dropped = {"update_time"}   # + create_time once the server says it is forbidden (APISIX ≥3.7)
         with client:
+            if data.get("credentials"):
+                try:
+                    self._credentials_supported(client)
+                except _Skip as why:
+                    raise RestoreError(f"{self.name}: refusing to restore, nothing changed: the export has "
+                                       f"{len(data['credentials'])} consumer credential(s) but {why}; restore into "
+                                       "APISIX >= 3.11 (or use the etcd-apisix snapshot)") from None
+                except ArtifactError as exc:
+                    raise RestoreError(f"{self.name}: refusing to restore, nothing changed: {exc}") from None
             for rtype in RESTORE_ORDER:
                 ssl_skipped = 0
                 for item in data.get(rtype, []):
@@ -503,9 +623,14 @@ class ApisixService(BaseService):
                     if rtype == "ssls" and not value.get("key"):
                         ssl_skipped += 1
                         continue
+                    label = f"{rtype}/{item['id']}"
                     if rtype == "consumers":
                         value.setdefault("username", item["id"])
                         path = "/apisix/admin/consumers"
+                    elif rtype == "credentials":
+                        label = f"credentials/{item['consumer']}/{item['id']}"
+                        path = (f"/apisix/admin/consumers/{quote(item['consumer'], safe='')}/credentials/"
+                                f"{quote(item['id'], safe='')}")
                     else:
                         path = f"/apisix/admin/{rtype}/{item['id']}"
                     done = f"{created} created, {replaced} replaced before it"
@@ -519,7 +644,7 @@ class ApisixService(BaseService):
                             value.pop("create_time")
                             resp = client.call("PUT", path, json=value, what="PUT", ok=None)
                     except ArtifactError as exc:
-                        raise RestoreError(f"{self.name}: PUT {rtype}/{item['id']}: {exc}; stopped ({done})") from None
+                        raise RestoreError(f"{self.name}: PUT {label}: {exc}; stopped ({done})") from None
                     if resp.status_code == 201:
                         created += 1
                     elif 200 <= resp.status_code < 300:
@@ -527,7 +652,7 @@ class ApisixService(BaseService):
                     else:
                         cause = client.refused(resp, f"PUT {path}")
                         raise RestoreError(
-                            f"{self.name}: restore stopped at {rtype}/{item['id']}: {cause}; {done}, later "
+                            f"{self.name}: restore stopped at {label}: {cause}; {done}, later "
                             "objects not restored (fix the cause and run the restore again: PUT by id is "
                             "idempotent)")
                 if ssl_skipped:

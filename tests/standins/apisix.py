@@ -28,7 +28,23 @@ What it follows from the contract:
   reset; references (``upstream_id``, ``service_id``, ``plugin_config_id``,
   ``group_id``) must exist, as APISIX checks on PUT; DELETE.
 
-Test hooks (not APISIX behaviour): ``faults[type] = "500" | "cut"`` for list GETs,
+Per ``version`` (the APISIX it imitates, default 3.11.0):
+
+- ``Server: APISIX/<version>`` on every answer (``server_tokens=False``: ``APISIX``,
+  as ``apisix.enable_server_tokens: false``); ``GET /apisix/admin/schema/<name>``
+  → 200 for the schemas of that version, else 400 ``not found schema: <name>``;
+- ≥ 3.7: PUT with ``create_time``/``update_time`` → 400 ``the property is forbidden``;
+- ≥ 3.11: consumer credentials at ``/apisix/admin/consumers/<u>/credentials[/<id>]``,
+  stored at ``<prefix>/consumers/<u>/credentials/<id>``: list (paged; 404 ``Key not
+  found`` when the consumer has none), GET, PUT (one auth plugin, the consumer must
+  exist, 404 ``consumer not found``), DELETE; deleting a consumer deletes its
+  credentials;
+- < 3.11: that path is the consumer itself (the sub-path is ignored, as
+  ``apisix/admin/init.lua`` routed it): GET answers with the consumer, PUT is a
+  consumer PUT, DELETE deletes the consumer.
+
+Test hooks (not APISIX behaviour): ``faults[type] = "500" | "cut"`` for list GETs
+(``type`` as in the path: ``consumers/jack/credentials``),
 ``after_list(type, page)`` called after each list answer, ``plugin_metadata_list=False``
 for versions that cannot list plugin_metadata.
 """
@@ -38,6 +54,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +76,17 @@ REFERENCES = {"upstream_id": "upstreams", "service_id": "services", "plugin_conf
               "group_id": "consumer_groups"}
 REF_NAMES = {"upstream_id": "upstream", "service_id": "service", "plugin_config_id": "plugin config",
              "group_id": "consumer group"}
+#: auth plugins (``type = 'auth'`` in apisix/plugins/*.lua), the only ones a credential may carry
+AUTH_PLUGINS = ("key-auth", "basic-auth", "jwt-auth", "hmac-auth", "ldap-auth", "wolf-rbac", "openid-connect",
+                "authz-keycloak", "authz-casdoor", "cas-auth", "forward-auth", "multi-auth")
+#: a few of ``core.schema``'s names (apisix/schema_def.lua); ``credential`` only from 3.11.0
+SCHEMAS = ("route", "service", "upstream", "consumer", "ssl", "global_rule", "plugin_config", "consumer_group",
+           "stream_route", "proto", "plugins")
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")[:2]
+    return int(major), int(minor)
 
 
 def _b64(b: bytes) -> str:
@@ -107,10 +135,16 @@ class ApisixStandin:
     def __init__(self, etcd_url: str, *, admin_key: str, viewer_key: str | None = None,
                  stream_mode: bool = False, api_version: str = "v3", prefix: str = "/apisix",
                  supported: tuple[str, ...] = RESOURCES, plugin_metadata_list: bool = True,
-                 init_dirs: tuple[str, ...] = INIT_DIRS, forbid_time_fields: bool = False):
+                 init_dirs: tuple[str, ...] = INIT_DIRS, version: str = "3.11.0", server_tokens: bool = True,
+                 tls: tuple[str, str] | None = None):
         self.etcd = _Etcd(etcd_url)
-        # APISIX ≥3.7 (PR #10232): PUT/POST with create_time or update_time → 400
-        self.forbid_time_fields = forbid_time_fields
+        self.tls = tls  # (certfile, keyfile): the Admin API over https (deployment.admin.https_admin)
+        self.version = version
+        self.server_header = f"APISIX/{version}" if server_tokens else "APISIX"
+        # APISIX ≥3.7 (resource.lua check_forbidden_properties): PUT/POST with create_time or update_time → 400
+        self.forbid_time_fields = _version(version) >= (3, 7)
+        # APISIX ≥3.11.0 (PR #11601, apisix/admin/credentials.lua): consumer credentials
+        self.credentials = _version(version) >= (3, 11)
         self.keys = {admin_key: "admin", **({viewer_key: "viewer"} if viewer_key else {})}
         self.admin_key, self.viewer_key = admin_key, viewer_key
         self.stream_mode = stream_mode
@@ -132,6 +166,10 @@ class ApisixStandin:
             if not self.etcd.range(key):
                 self.etcd.put(key, b"init_dir")
         self._server = _Server(("127.0.0.1", 0), self._handler())
+        if self.tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*self.tls)
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -145,7 +183,8 @@ class ApisixStandin:
     @property
     def url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     # -- storage ----------------------------------------------------------------
     def _node(self, res: str, kv: dict) -> dict:
@@ -174,6 +213,10 @@ class ApisixStandin:
     def _exists(self, res: str, oid: str) -> bool:
         return bool(self.etcd.range(f"{self.prefix}/{res}/{oid}"))
 
+    def _credential_list(self, username: str) -> list[dict] | None:
+        kvs = self.etcd.range(f"{self.prefix}/consumers/{username}/credentials/", prefix=True)
+        return [self._node("credentials", kv) for kv in kvs] or None
+
     # -- HTTP ---------------------------------------------------------------------
     def _handler(self):
         standin = self
@@ -184,6 +227,9 @@ class ApisixStandin:
 
             def log_message(self, *a):
                 pass
+
+            def version_string(self) -> str:  # the Server header send_response writes
+                return standin.server_header
 
             def _send(self, status: int, body: Any, *, text: bool = False) -> None:
                 data = body.encode() if text else json.dumps(body).encode()
@@ -231,6 +277,17 @@ class ApisixStandin:
                     return self._send(401, {"error_msg": "failed to check token",
                                             "description": "invalid method for role viewer"})
                 res, oid = segs[2], "/".join(segs[3:]) or None
+                if res == "schema" and method == "GET":
+                    name = oid or ""
+                    if name in SCHEMAS or (name == "credential" and standin.credentials):
+                        return self._send(200, {"type": "object", "properties": {}})
+                    return self._send(400, {"error_msg": f"not found schema: {name}"})
+                if res == "consumers" and len(segs) >= 5 and segs[4] == "credentials":
+                    if standin.credentials:  # init.lua ≥3.11: the credentials resource
+                        with standin.lock:
+                            return self._credentials(method, segs[3], segs[5] if len(segs) > 5 else None, body,
+                                                     query)
+                    oid = segs[3]  # before 3.11: /consumers/<u>/<anything> is consumer <u>
                 if res == "stream_routes" and not standin.stream_mode:
                     return self._send(400, {"error_msg": "stream mode is disabled, can not add stream routes"})
                 if res not in standin.supported:
@@ -254,10 +311,13 @@ class ApisixStandin:
                     return self._send(200, {"action": "get", "node": node} if v2 else node)
                 if res == "plugin_metadata" and not standin.plugin_metadata_list:
                     return self._send(400, {"error_msg": "missing plugin name"})
+                self._send_list(res, standin._list(res), query)
+
+            def _send_list(self, res: str, items: list[dict] | None, query: dict) -> None:
+                v2 = standin.api_version == "v2"
                 fault = standin.faults.get(res)
                 if fault == "500":
                     return self._send(500, {"error_msg": "failed to fetch data from etcd: timeout"})
-                items = standin._list(res)
                 if items is None:
                     return self._send(404, {"message": "Key not found"})
                 page = None
@@ -331,10 +391,65 @@ class ApisixStandin:
                     out = {"action": "set", "node": out}
                 self._send(201 if new else 200, out)
 
+            def _credentials(self, method: str, username: str, cid: str | None, raw: bytes, query: dict) -> None:
+                base = f"{standin.prefix}/consumers/{username}/credentials"
+                if method == "GET":
+                    if cid is None:
+                        return self._send_list(f"consumers/{username}/credentials",
+                                               standin._credential_list(username), query)
+                    kvs = standin.etcd.range(f"{base}/{cid}")
+                    if not kvs:
+                        return self._send(404, {"message": "Key not found"})
+                    node = standin._node("credentials", kvs[0])
+                    return self._send(200, {"action": "get", "node": node} if standin.api_version == "v2" else node)
+                if method == "DELETE":
+                    if cid is None:
+                        return self._send(400, {"error_msg": "missing credential id"})
+                    if not standin.etcd.delete(f"{base}/{cid}"):
+                        return self._send(404, {"message": "Key not found"})
+                    return self._send(200, {"deleted": "1", "key": f"{base}/{cid}"})
+                if method != "PUT":
+                    return self._send(405, {"error_msg": f"not supported `{method}` method for credential"})
+                try:
+                    conf = json.loads(raw or b"null")
+                except ValueError as exc:
+                    return self._send(400, {"error_msg": f"invalid request body: {exc}"})
+                if not isinstance(conf, dict):
+                    return self._send(400, {"error_msg": "missing configurations"})
+                if cid is None and conf.get("id") is None:
+                    return self._send(400, {"error_msg": "missing credential id"})
+                cid = cid or str(conf["id"])
+                if "id" in conf and str(conf["id"]) != cid:
+                    return self._send(400, {"error_msg": "wrong credential id"})
+                for field in ("create_time", "update_time"):
+                    if field in conf:
+                        return self._send(400, {"error_msg": f"the property is forbidden:  {field}"})
+                plugins = conf.get("plugins") or {}
+                if not isinstance(plugins, dict) or len(plugins) > 1:
+                    return self._send(400, {"error_msg": "invalid configuration: property \"plugins\" validation "
+                                                         "failed: expect object to have at most 1 properties"})
+                for name in plugins:
+                    if name not in AUTH_PLUGINS:
+                        return self._send(400, {"error_msg": "only supports auth type plugins in consumer credential"})
+                if not standin._exists("consumers", username):
+                    return self._send(404, {"error_msg": "consumer not found"})
+                conf["id"] = cid
+                now = int(time.time())
+                conf["create_time"] = now
+                conf["update_time"] = now
+                prev = standin.etcd.range(f"{base}/{cid}")
+                if prev:  # inject_conf_with_prev_conf: create_time stays
+                    conf["create_time"] = json.loads(base64.b64decode(prev[0]["value"])).get("create_time", now)
+                new = standin.etcd.put(f"{base}/{cid}", json.dumps(conf).encode())
+                self._send(201 if new else 200, {"key": f"{base}/{cid}", "value": conf})
+
             def _delete(self, res: str, oid: str | None) -> None:
                 if oid is None:
                     return self._send(400, {"error_msg": f"missing {res} id"})
                 key = f"{standin.prefix}/{res}/{oid}"
+                if res == "consumers" and standin.credentials:  # ≥3.11: rmdir <key>/credentials/ first
+                    for kv in standin.etcd.range(f"{key}/credentials/", prefix=True):
+                        standin.etcd.delete(base64.b64decode(kv["key"]).decode())
                 if not standin.etcd.delete(key):
                     return self._send(404, {"message": "Key not found"})
                 body = {"deleted": "1", "key": key}
