@@ -2,8 +2,12 @@
 
 Every artifact is written through :class:`ArtifactWriter`::
 
-    producer chunks → codec chain (gzip for *.gz) → sha256 + byte count → <dir>/.<name>.partial
-                                                                       → fsync, 0600, rename to <name>
+    producer chunks → codec layers (gzip for *.gz) → sha256 + byte count → <dir>/.<name>.partial
+                                                                        → fsync, 0600, rename to <name>
+
+gzip compresses on every core (:mod:`coderz_backup.codecs`): the producer's thread only hands
+1 MiB blocks over, compression threads work on them side by side, and one writer thread
+hashes and writes the compressed bytes in order, so a big tarball is not bound by one core.
 
 The codec chain follows from the artifact's name (:func:`coderz_backup.codecs.chain_for`);
 :mod:`coderz_backup.reader` undoes the same chain when the artifact is read back.
@@ -87,13 +91,23 @@ class ArtifactWriter:
         self._raw = 0
         self._head = bytearray()
         self._tail = bytearray()
-        self._encoders = [c.encoder() for c in chain_for(relpath)]
         try:
             fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as exc:
             raise StoreError(f"cannot create {self.partial}: {exc.strerror}") from None
         self._fh = os.fdopen(fd, "wb", buffering=0)
         self._done = False
+        self._dropping = False
+        # data-facing layer first: each writes into the one after it, the last into the file
+        self._layers: list = []
+        below = _Sink(self)
+        try:
+            for codec in reversed(chain_for(relpath)):
+                below = codec.layer(below)
+                self._layers.insert(0, below)
+        except BaseException:
+            self.abort()
+            raise
 
     # file-like protocol (tarfile and friends write here)
     def writable(self) -> bool:
@@ -114,13 +128,15 @@ class ArtifactWriter:
                 del self._tail[: len(self._tail) - _KEEP]
         if self.observe:
             self.observe(data)
-        for enc in self._encoders:
-            data = enc.compress(data)
-        self._emit(data)
+        if self._layers:
+            self._layers[0].write(data)
+        else:
+            self._emit(data)
         return n
 
     def _emit(self, out: bytes) -> None:
-        if not out:
+        """The encoded bytes, in order (from the gzip layer's writer thread when there is one)."""
+        if not out or self._dropping:
             return
         self._sha.update(out)
         self._bytes += len(out)
@@ -132,20 +148,18 @@ class ArtifactWriter:
     def flush(self) -> None:  # tarfile calls it; data goes out on close
         pass
 
-    def _flush_encoders(self) -> bytes:
-        """The rest of every layer, each layer's remainder passed through the layers after it."""
-        out = b""
-        for i, enc in enumerate(self._encoders):
-            out = enc.compress(out) + enc.flush() if i else enc.flush()
-        return out
-
     def ends(self) -> StreamEnds:
         return StreamEnds(bytes(self._head), bytes(self._tail[-_KEEP:]), self._raw)
 
     def commit(self) -> FileRecord:
         """Finish the file: check it, fsync, rename into place."""
-        if self._encoders:
-            self._emit(self._flush_encoders())
+        try:
+            for layer in self._layers:   # each one's rest (and trailer) goes through the ones below
+                layer.close()
+        except OSError as exc:
+            raise ArtifactError(f"writing {self.relpath} failed: {exc.strerror or exc}") from None
+        finally:
+            self._layers = []
         if self._raw == 0:
             raise IncompleteArtifactError(f"{self.relpath}: the producer wrote nothing (empty output)")
         if self.check:
@@ -166,6 +180,11 @@ class ArtifactWriter:
     def abort(self) -> None:
         if self._done:
             return
+        self._dropping = True   # the layers' remaining output is thrown away, their threads end
+        for layer in self._layers:
+            with contextlib.suppress(Exception):
+                layer.close()
+        self._layers = []
         with contextlib.suppress(OSError):
             self._fh.close()
         with contextlib.suppress(FileNotFoundError):
@@ -182,6 +201,23 @@ class ArtifactWriter:
             yield w
         finally:
             w.abort()  # no-op after commit()
+
+
+class _Sink:
+    """The bottom of an artifact's codec layers: encoded bytes into the writer's sha256, count and file."""
+
+    def __init__(self, writer: ArtifactWriter) -> None:
+        self._writer = writer
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._writer._emit(bytes(data) if isinstance(data, memoryview) else data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 def write_stream(root: Path, relpath: str, chunks: Iterable[bytes], *,

@@ -65,7 +65,7 @@ How a service asks for one::
 from __future__ import annotations
 
 from ..errors import AccessError, ProducerError
-from .archive import ARCHIVE_ERRORS, ChunkReader, SeenMembers, check_member
+from .archive import ARCHIVE_ERRORS, ChunkReader, SeenMembers, check_member, tar_writer
 from .capabilities import (ALL_CAPABILITIES, Access, Archives, Capability, Commands, ContainerControl, DataDirOps,
                            Files, Freezable, HostFiles, Lifecycle, ManagedLifecycle, Precheck, ReplaceCheck, Shell,
                            has, require)
@@ -80,5 +80,5 @@ __all__ = [
     "Access", "AccessError", "Archives", "Capability", "ChunkReader", "CommandStream", "Commands", "ContainerControl",
     "DataDirOps", "DockerAccess", "ExecStream", "Files", "Freezable", "HostFiles", "Lifecycle", "LocalAccess",
     "ManagedLifecycle", "Precheck", "PrefixAccess", "ProducerError", "ReplaceCheck", "SeenMembers", "Shell",
-    "access_for", "check_member", "container_access", "docker_client", "has", "require",
+    "access_for", "check_member", "container_access", "docker_client", "has", "require", "tar_writer",
 ]

@@ -14,7 +14,10 @@ from typing import Iterable
 from isal import isal_zlib
 
 
-__all__ = ["ARCHIVE_ERRORS", "ChunkReader", "SeenMembers", "check_member", "copy_checked"]
+__all__ = ["ARCHIVE_ERRORS", "ChunkReader", "SeenMembers", "check_member", "copy_checked", "tar_writer"]
+
+#: how much of a member's data tarfile reads and writes at a time (its default is 16 KiB)
+TAR_COPY = 1024 * 1024
 
 
 # Everything reading a damaged gzip/tar can raise. isal's and zlib's errors are not OSErrors:
@@ -102,13 +105,44 @@ class ChunkReader(io.RawIOBase):
         return n
 
 
+class _Position:
+    """A write-only file object that knows how much went through it (``tell()``), over any sink."""
+
+    def __init__(self, out) -> None:
+        self._out = out
+        self._pos = 0
+
+    def write(self, data) -> int:
+        self._out.write(data)
+        n = len(data)
+        self._pos += n
+        return n
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        flush = getattr(self._out, "flush", None)
+        if flush:
+            flush()
+
+
+def tar_writer(out) -> tarfile.TarFile:
+    """A PAX tar writer streaming into the file object ``out`` (a pipe, an artifact writer).
+
+    tarfile's stream mode (``"w|"``) cuts everything into 10 KiB records through a bytes
+    buffer it copies on every write; here headers go straight to ``out`` and member data in
+    1 MiB pieces. The bytes are the same tar (NUL-padded to a 10 KiB record at the end)."""
+    return tarfile.open(fileobj=_Position(out), mode="w", format=tarfile.PAX_FORMAT, copybufsize=TAR_COPY)
+
+
 def copy_checked(chunks: Iterable[bytes], out) -> int:
     """Copy the tar stream ``chunks`` into the file object ``out`` member by member, each one
     passing :func:`check_member` first (tarfile.FilterError at the first unsafe one). Returns the
     number of members. For accesses that extract elsewhere (a container, behind a prefix)."""
     count = 0
     with tarfile.open(fileobj=ChunkReader(chunks), mode="r|") as src, \
-            tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as dst:
+            tar_writer(out) as dst:
         links = SeenMembers()
         for member in src:
             check_member(member, "/restore-check", links)

@@ -38,7 +38,7 @@ import uuid
 from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import AccessError, ProducerError
-from .archive import ChunkReader, copy_checked
+from .archive import ChunkReader, copy_checked, tar_writer
 from .capabilities import (Archives, Commands, ContainerControl, DataDirOps, Files, Freezable, Lifecycle,
                            ManagedLifecycle, Precheck, ReplaceCheck, Shell)
 from .commands import CHUNK, _last_lines, read_all
@@ -487,7 +487,7 @@ class DockerAccess(ShellFileOps):
         count = 0
         try:
             with tarfile.open(fileobj=ChunkReader(bits), mode="r|") as src, \
-                    tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as dst:
+                    tar_writer(out) as dst:
                 for member in src:
                     name = member.name
                     if name == top or name in (".", "./"):

@@ -9,7 +9,7 @@ from ..tarfile_compat import tarfile
 from typing import BinaryIO, Iterable, Iterator, Sequence
 
 from ..errors import AccessError
-from .archive import ARCHIVE_ERRORS, ChunkReader, SeenMembers, check_member
+from .archive import ARCHIVE_ERRORS, ChunkReader, SeenMembers, check_member, tar_writer
 from .capabilities import Archives, Commands, DataDirOps, Files, HostFiles, Lifecycle
 from .commands import CommandStream, feed_command, lifecycle_command, read_all
 
@@ -53,7 +53,7 @@ class LocalAccess:
             raise AccessError(f"{path}: no such folder")
         count = 0
         try:
-            with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            with tar_writer(out) as tar:
                 for name in sorted(os.listdir(path)):
                     if name in exclude:
                         continue

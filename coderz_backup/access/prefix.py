@@ -20,7 +20,7 @@ import threading
 from typing import BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import AccessError, ProducerError
-from .archive import ChunkReader, copy_checked
+from .archive import ChunkReader, copy_checked, tar_writer
 from .capabilities import Archives, Commands, DataDirOps, Files, Lifecycle, Shell
 from .commands import CHUNK, CommandStream, feed_command, lifecycle_command, read_all
 from .shellops import ShellFileOps
@@ -118,7 +118,7 @@ class PrefixAccess(ShellFileOps):
         count = 0
         with self.stream(argv, label=f"tar {path}") as cmd, \
                 tarfile.open(fileobj=ChunkReader(cmd.chunks()), mode="r|") as src, \
-                tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as dst:
+                tar_writer(out) as dst:
             for member in src:
                 name = member.name[2:] if member.name.startswith("./") else member.name
                 if not name or name == ".":

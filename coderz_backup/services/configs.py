@@ -31,7 +31,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from ..access import ARCHIVE_ERRORS, check_member
+from ..access import ARCHIVE_ERRORS, check_member, tar_writer
 from ..fingerprint import TarCounter, tree_fingerprint
 from ..schema import ServiceBase
 from ..errors import ArtifactError, IncompleteArtifactError, RestoreError, VerifyError
@@ -110,7 +110,7 @@ class ConfigsService(BaseService):
         counter.what = f"{self.name}: fingerprint"
         with ArtifactWriter.open(into, self.artifact_path, check=_check, observe=counter.observe) as w:
             try:
-                with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                with tar_writer(w) as tar:
                     for path in self.config.paths:
                         # a configured path that is a symlink (/opt/coderz/configs -> a checkout) is
                         # followed: its contents are archived under the configured name, not the link

@@ -29,7 +29,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..access import ARCHIVE_ERRORS, CHUNK, Access, DataDirOps, HostFiles, ReplaceCheck, has, require
+from ..access import ARCHIVE_ERRORS, CHUNK, tar_writer, Access, DataDirOps, HostFiles, ReplaceCheck, has, require
 from ..errors import AccessError, ArtifactError, CoderzBackupError, RestoreError
 from ..fingerprint import StreamCounter
 from ..reader import ArtifactPath, as_artifact
@@ -68,7 +68,7 @@ def write_tarball(access: Access, folder: str, into: Path, relpath: str, *, excl
         producer = threading.Thread(target=_produce, daemon=True)
         producer.start()
         try:
-            with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            with tar_writer(w) as tar:
                 for info, path in first:
                     with open(path, "rb") as fh:
                         tar.addfile(info, fh)

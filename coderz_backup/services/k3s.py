@@ -43,7 +43,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from ..access import ARCHIVE_ERRORS, CHUNK, HostFiles, ManagedLifecycle, SeenMembers, check_member, has
+from ..access import ARCHIVE_ERRORS, CHUNK, HostFiles, ManagedLifecycle, SeenMembers, check_member, has, tar_writer
 from ..errors import (AccessError, ArtifactError, CoderzBackupError, IncompleteArtifactError, ProducerError,
                       RestoreError, VerifyError)
 from ..fingerprint import NotDrillable, TarCounter, bolt_fingerprint, normalized, safely, sqlite_tables
@@ -193,7 +193,7 @@ class K3sService(BaseService):
                     raise IncompleteArtifactError(f"{self.name}: archive lacks state.db or token")
 
             with ArtifactWriter.open(into, SQLITE_ARTIFACT, check=_check, observe=counter.observe) as w:
-                with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                with tar_writer(w) as tar:
                     info = tar.gettarinfo(os.path.join(db_dir, "state.db"), arcname="server/db/state.db")
                     info.size = os.path.getsize(copy)
                     with open(copy, "rb") as fh:

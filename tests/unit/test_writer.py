@@ -163,3 +163,44 @@ def test_command_output_is_written_as_the_artifact(tmp_path):
     assert rec.raw_bytes == 6000
 
 
+
+
+def test_a_big_artifact_compressed_on_every_core_is_one_plain_gzip_member(tmp_path):
+    """Multi-block (pigz-style) output: the system's gzip -d and zlib read it as one member."""
+    import shutil
+    import subprocess
+    import threading
+    import zlib
+
+    data = payload(5 * 1024 * 1024) + b"compressible " * 400_000 + os.urandom(3 * 1024 * 1024)
+    before = threading.active_count()
+    rec = write_stream(tmp_path, "big.tar.gz", (data[i:i + 10240] for i in range(0, len(data), 10240)))
+
+    on_disk = (tmp_path / "big.tar.gz").read_bytes()
+    assert rec.raw_bytes == len(data) and rec.bytes == len(on_disk)
+    assert rec.sha256 == hashlib.sha256(on_disk).hexdigest()
+    d = zlib.decompressobj(31)
+    assert d.decompress(on_disk) == data and d.eof and d.unused_data == b""   # exactly one member
+    assert shutil.which("gzip"), "the gzip tool is part of every Debian system"
+    out = subprocess.run(["gzip", "-dc", str(tmp_path / "big.tar.gz")], capture_output=True, check=True).stdout
+    assert out == data
+    assert threading.active_count() == before   # the compression threads are gone
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_disk_that_fills_mid_artifact_fails_it_and_leaves_nothing_behind(tmp_path):
+    import subprocess
+    import threading
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        before = threading.active_count()
+        chunks = (os.urandom(1024 * 1024) for _ in range(8))   # incompressible: 8 MiB on a 2 MiB disk
+        with pytest.raises(ArtifactError, match=r"writing big\.tar\.gz failed: No space left on device"):
+            write_stream(small, "big.tar.gz", chunks)
+        assert leftovers(small) == []
+        assert threading.active_count() == before
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
