@@ -613,7 +613,7 @@ def test_cli_backup_verify_restore_and_a_failed_export_through_the_flows(gf, tmp
     text = (dest / "latest" / "manifest.json").read_text()
     export, tarball = [a for a in json.loads(text)["artifacts"] if a["service"] == "grafana"]
     assert export["status"] == "ok" and export["path"] == "grafana/dashboards/"
-    assert len(export["files"]) == 12 + 4 and export["details"]["dashboards"] == 12
+    assert len(export["files"]) == 12 + 8 and export["details"]["dashboards"] == 12
     assert tarball["status"] == "ok" and tarball["path"] == "grafana/grafana-data.tar.gz"
     assert gf.admin_token not in text + res.stdout + res.stderr
 
