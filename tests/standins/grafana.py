@@ -15,9 +15,9 @@ It models what the backup/restore client relies on, with Grafana's status codes 
   generated; ``overwrite``; 412 ``version-mismatch``/``name-exists``/``plugin-dashboard``
   with ``status``; ``folderUid`` beats ``folderId``; without a folder → root);
 - folders, nested: ``GET /api/folders`` (roots, or the children of ``parentUid``; paged),
-  ``GET/PUT /api/folders/:uid``, ``POST /api/folders`` (409 for an existing uid or a
+  ``GET/PUT /api/folders/:uid``, ``POST /api/folders`` (409/412 by version for an existing uid, 409 for a
   sibling with the same title);
-- ``GET /api/datasources`` (no secrets: ``secureJsonFields`` booleans), ``GET
+- ``GET /api/datasources`` (the list DTO: no ``secureJsonFields``), ``GET
   /api/datasources/uid/:uid``, ``POST /api/datasources`` (409 on a taken name);
 - ``GET/POST /api/v1/provisioning/alert-rules`` (201; 409 for an existing uid; provenance
   ``api`` unless ``X-Disable-Provenance``), ``PUT …/alert-rules/:uid``.
