@@ -774,7 +774,8 @@ def test_round_trip_and_second_restore_on_each_version(gfv, tmp_path):
     assert "folders: 6 created" in msg and "alert rules: 3 created" in msg
     assert "datasources: 2 created (re-enter their secrets: Prometheus)" in msg
     assert "library panels: 1 created" in msg
-    assert "contact points: 1 created, 0 updated (re-enter their secrets: ops-slack (url))" in msg
+    # the default email point exists on the fresh server under another uid: updated, not duplicated
+    assert "contact points: 1 created, 1 updated (re-enter their secrets: ops-slack (url))" in msg
     assert "notification policies: restored" in msg and SLACK_URL not in msg
     after = _everything(gfv)
     assert after["intervals"] == before["intervals"]            # 5m stays 5m, not every minute
@@ -788,7 +789,8 @@ def test_round_trip_and_second_restore_on_each_version(gfv, tmp_path):
 
     again = svc.restore(export / "dashboards")   # over everything: nothing reported failed on any version
     assert "folders: 0 created, 6 already there" in again and "alert rules: 0 created, 3 updated" in again
-    assert "library panels: 0 created, 1 updated" in again and "contact points: 0 created, 1 updated" in again
+    assert "library panels: 0 created, 1 updated" in again and "contact points: 0 created, 2 updated" in again
+    assert len(_everything(gfv)["contact_points"]) == len(before["contact_points"]) == 2
     assert _everything(gfv)["intervals"] == before["intervals"]
 
 

@@ -118,7 +118,12 @@ class GrafanaStandin:
             self.rules: dict[str, dict] = {}
             self.intervals: dict[tuple[str, str], int] = {}   # (folderUid, group) → seconds
             self.library: dict[str, dict] = {}                # uid → library element
-            self.contact_points: dict[str, dict] = {}         # uid → contact point incl. its secrets
+            # uid → contact point incl. its secrets; every org starts with the default email one, whose uid
+            # is generated per install [U] — so a restore onto another Grafana meets it under another uid
+            default_uid = secrets.token_hex(7)
+            self.contact_points: dict[str, dict] = {default_uid: {
+                "uid": default_uid, "name": DEFAULT_POLICY["receiver"], "type": "email",
+                "settings": {"addresses": "<example@email.com>"}, "disableResolveMessage": False}}
             self.policies: dict = dict(DEFAULT_POLICY)
 
     # -- life cycle ------------------------------------------------------------------

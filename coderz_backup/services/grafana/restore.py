@@ -291,7 +291,10 @@ class ApiRestore:
         created = updated = 0
         need: list[str] = []
         listed = api.json("GET", "/api/v1/provisioning/contact-points", what="list the contact points")
-        have = {c.get("uid") for c in listed if isinstance(c, dict)} if isinstance(listed, list) else set()
+        listed = [c for c in listed if isinstance(c, dict) and c.get("uid")] if isinstance(listed, list) else []
+        have = {c["uid"] for c in listed}
+        # the same integration under another uid (e.g. the default email point every install generates): update it
+        by_name = {(c.get("name"), c.get("type")): c["uid"] for c in listed}
         headers = {"X-Disable-Provenance": "true"}
         for cp in points:
             if not isinstance(cp, dict) or not cp.get("uid"):
@@ -301,16 +304,18 @@ class ApiRestore:
             body = {k: cp[k] for k in ("uid", "name", "type", "disableResolveMessage") if k in cp}
             body["settings"] = {k: v for k, v in settings.items() if v != REDACTED}
             name = cp.get("name") or cp["uid"]
-            if cp["uid"] in have:
-                resp = api.call("PUT", f"/api/v1/provisioning/contact-points/{urllib.parse.quote(cp['uid'], safe='')}",
+            target = cp["uid"] if cp["uid"] in have else by_name.get((cp.get("name"), cp.get("type")))
+            if target:
+                body["uid"] = target
+                resp = api.call("PUT", f"/api/v1/provisioning/contact-points/{urllib.parse.quote(target, safe='')}",
                                 json=body, headers=headers, what=f"update contact point {name!r}",
                                 ok=(200, 202, 400, 404))
             else:
                 resp = api.call("POST", "/api/v1/provisioning/contact-points", json=body, headers=headers,
                                 what=f"create contact point {name!r}", ok=(200, 202, 400, 409))
             if resp.status_code in (200, 202):
-                updated += cp["uid"] in have
-                created += cp["uid"] not in have
+                updated += bool(target)
+                created += not target
                 if redacted:
                     need.append(f"{name} ({', '.join(redacted)})")
                 continue
