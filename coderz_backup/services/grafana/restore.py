@@ -98,8 +98,8 @@ class ApiRestore:
             # an existing uid answers 409 from 10.3 but 412 version-mismatch on 10.0-10.2: ask, do not guess
             got = api.call("GET", f"/api/folders/{urllib.parse.quote(uid, safe='')}",
                            what=f"read folder {title!r}", ok=(200, 404))
-            if resp.status_code in (409, 412):
-                if got.status_code == 200:
+            if got.status_code == 200 or resp.status_code in (409, 412):
+                if got.status_code == 200:   # whatever the POST answered, the uid is there
                     existing += 1
                     try:
                         cur = got.json()
@@ -114,7 +114,7 @@ class ApiRestore:
                                             f"could not be renamed: {error_message(upd.content)}")
                     continue
                 problems.append(f"folder {title!r} (uid {uid}): another folder with that title already exists "
-                                f"under the same parent (HTTP 409: {error_message(resp.content)}); rename or delete it "
+                                f"under the same parent (HTTP {resp.status_code}: {error_message(resp.content)}); rename or delete it "
                                 "and restore again")
                 continue
             problems.append(f"folder {title!r} (uid {uid}) not created (HTTP {resp.status_code}: "
