@@ -613,7 +613,7 @@ def test_cli_backup_verify_restore_and_a_failed_export_through_the_flows(gf, tmp
     text = (dest / "latest" / "manifest.json").read_text()
     export, tarball = [a for a in json.loads(text)["artifacts"] if a["service"] == "grafana"]
     assert export["status"] == "ok" and export["path"] == "grafana/dashboards/"
-    assert len(export["files"]) == 12 + 4 and export["details"]["dashboards"] == 12
+    assert len(export["files"]) == 12 + 8 and export["details"]["dashboards"] == 12
     assert tarball["status"] == "ok" and tarball["path"] == "grafana/grafana-data.tar.gz"
     assert gf.admin_token not in text + res.stdout + res.stderr
 
@@ -706,3 +706,124 @@ def test_each_artifact_reports_its_own_reason_when_the_service_fails(gf, tmp_pat
     else:
         assert tarball["status"] == "skipped" and "data_dir not set" in tarball["error"]
     assert "glsa_not_a_valid_token_000" not in res.stdout + res.stderr + (snap / "manifest.json").read_text()
+
+
+# -- issue 19: behaviour that differs between Grafana versions (stand-in per version) -----------
+
+VERSIONS = ["10.1.5", "10.4.2", "11.3.0"]   # folder conflict 412 / 409; rule conflict 500 / 400 / 409
+SLACK_URL = "https://hooks.slack.example/services/T000/B000/coderzSlackSecret42"
+
+
+@pytest.fixture(params=VERSIONS)
+def gfv(request):
+    """A stand-in imitating one Grafana version, seeded like ``gf`` plus the objects of finding 4/8."""
+    srv = GrafanaStandin(users={"admin": "admin"}, tokens={ADMIN_TOKEN: "Admin"}, version=request.param).start()
+    g = Gf(srv.url, admin_token=ADMIN_TOKEN, viewer_token=VIEWER_TOKEN, standin=srv)
+    try:
+        g.seed()
+        g.call("POST", "/api/library-elements", json={
+            "uid": "lib-cpu", "name": "CPU", "folderUid": "f-infra", "kind": 1,
+            "model": {"type": "timeseries", "title": "CPU busy", "targets": [{"refId": "A", "expr": "cpu"}]}})
+        g.call("POST", "/api/dashboards/db", json={"dashboard": {
+            "id": None, "uid": "d-lib", "title": "Uses a library panel", "schemaVersion": 39,
+            "panels": [{"id": 1, "gridPos": {"h": 8, "w": 12, "x": 0, "y": 0},
+                        "libraryPanel": {"uid": "lib-cpu", "name": "CPU"}}]}, "folderUid": "f-infra"})
+        g.call("POST", "/api/v1/provisioning/contact-points", ok=(202,), json={
+            "uid": "cp-slack", "name": "ops-slack", "type": "slack",
+            "settings": {"url": SLACK_URL, "recipient": "#ops"}})
+        policy = {"receiver": "grafana-default-email", "group_by": ["alertname"],
+                  "routes": [{"receiver": "ops-slack", "object_matchers": [["team", "=", "ops"]]}]}
+        g.call("PUT", "/api/v1/provisioning/policies", ok=(202,), json=policy)
+        g.call("POST", "/api/v1/provisioning/alert-rules", ok=(201,), headers={"X-Disable-Provenance": "true"},
+               json={**_rule("r-slack", "f-apps"), "ruleGroup": "paging",
+                     "notification_settings": {"receiver": "ops-slack"}})
+        group = g.call("GET", "/api/v1/provisioning/folder/f-infra/rule-groups/coderz")
+        g.call("PUT", "/api/v1/provisioning/folder/f-infra/rule-groups/coderz", json={**group, "interval": 300})
+        g.policy = policy
+        yield g
+    finally:
+        srv.stop()
+
+
+def _everything(g: Gf) -> dict:
+    """What a user sees, including what the list endpoints of finding 1/4/8 hold."""
+    s = g.state()
+    s["datasource_users"] = {d["uid"]: (g.call("GET", f"/api/datasources/uid/{d['uid']}").get("basicAuthUser"))
+                             for d in g.call("GET", "/api/datasources")}
+    s["intervals"] = {(r[1], r[2]): g.call("GET", f"/api/v1/provisioning/folder/{r[1]}/rule-groups/{r[2]}")["interval"]
+                      for r in s["rules"].values()}
+    libs = g.call("GET", "/api/library-elements", params={"kind": 1})["result"]["elements"]
+    s["library"] = {e["uid"]: (e["name"], e["folderUid"], e["model"].get("title")) for e in libs}
+    s["contact_points"] = {c["uid"]: (c["name"], c["type"], c["settings"])
+                           for c in g.call("GET", "/api/v1/provisioning/contact-points")}
+    s["policies"] = g.call("GET", "/api/v1/provisioning/policies")
+    return s
+
+
+def test_round_trip_and_second_restore_on_each_version(gfv, tmp_path):
+    before = _everything(gfv)
+    assert before["intervals"][("f-infra", "coderz")] == 300 and before["datasource_users"]["ds-prom"] == "prom"
+    svc = _svc(gfv)
+    svc.backup(tmp_path)
+    export = tmp_path / "grafana"
+    blob = "".join(p.read_text() for p in export.rglob("*.json"))
+    assert SLACK_URL not in blob and DS_SECRET not in blob   # never exported, never invented
+    gfv.wipe()
+
+    msg = svc.restore(export / "dashboards")
+    assert "folders: 6 created" in msg and "alert rules: 3 created" in msg
+    assert "datasources: 2 created (re-enter their secrets: Prometheus)" in msg
+    assert "library panels: 1 created" in msg
+    # the default email point exists on the fresh server under another uid: updated, not duplicated
+    assert "contact points: 1 created, 1 updated (re-enter their secrets: ops-slack (url))" in msg
+    assert "notification policies: restored" in msg and SLACK_URL not in msg
+    after = _everything(gfv)
+    assert after["intervals"] == before["intervals"]            # 5m stays 5m, not every minute
+    assert after["datasource_users"] == before["datasource_users"]   # basic-auth user kept
+    assert after["library"] == before["library"]
+    assert after["dashboards"]["d-lib"]["panels"][0]["libraryPanel"]["uid"] in after["library"]
+    assert after["policies"] == gfv.policy
+    assert after["contact_points"]["cp-slack"][2] == {"recipient": "#ops"}   # the secret is to be re-entered
+    assert {k: v for k, v in after.items() if k != "contact_points"} == \
+        {k: v for k, v in before.items() if k != "contact_points"}
+
+    again = svc.restore(export / "dashboards")   # over everything: nothing reported failed on any version
+    assert "folders: 0 created, 6 already there" in again and "alert rules: 0 created, 3 updated" in again
+    assert "library panels: 0 created, 1 updated" in again and "contact points: 0 created, 2 updated" in again
+    assert len(_everything(gfv)["contact_points"]) == len(before["contact_points"]) == 2
+    assert _everything(gfv)["intervals"] == before["intervals"]
+
+
+@pytest.mark.parametrize("version,folder_status,rule_status", [("10.1.5", 412, 500), ("10.4.2", 409, 400),
+                                                               ("11.3.0", 409, 409)])
+def test_standin_answers_conflicts_as_that_version_does(version, folder_status, rule_status):
+    srv = GrafanaStandin(users={"admin": "admin"}, version=version).start()
+    try:
+        g = Gf(srv.url, admin_token="", viewer_token="", standin=srv)
+        assert g.call("GET", "/api/health")["version"] == version
+        g.seed()
+        assert g.http.post("/api/folders", json={"uid": "f-infra", "title": "Infra"}).status_code == folder_status
+        r = g.http.post("/api/v1/provisioning/alert-rules", json=_rule("r-disk", "f-infra"))
+        assert r.status_code == rule_status
+        listed = g.call("GET", "/api/datasources")
+        assert all(not {"secureJsonFields", "basicAuthUser", "withCredentials"} & set(d) for d in listed)
+        one = g.call("GET", "/api/datasources/uid/ds-prom")
+        assert one["basicAuthUser"] == "prom" and one["secureJsonFields"] == {"basicAuthPassword": True}
+    finally:
+        srv.stop()
+
+
+def test_snapshot_from_before_issue_19_still_restores(gf, tmp_path):
+    svc = _svc(gf)
+    svc.backup(tmp_path)
+    export = tmp_path / "grafana"
+    for fname in ("rule-groups.json", "library-panels.json", "contact-points.json", "notification-policies.json"):
+        (export / fname).unlink()
+    index = json.loads((export / "export.json").read_text())
+    for key in ("rule_groups", "library_panels", "contact_points"):
+        del index["counts"][key]
+    (export / "export.json").write_text(json.dumps(index))
+    gf.wipe()
+    msg = svc.restore(export / "dashboards")
+    assert "dashboards: 12 created" in msg and "alert rules: 2 created" in msg and "library panels" not in msg
+    assert gf.state() == gf.seeded

@@ -15,12 +15,27 @@ It models what the backup/restore client relies on, with Grafana's status codes 
   generated; ``overwrite``; 412 ``version-mismatch``/``name-exists``/``plugin-dashboard``
   with ``status``; ``folderUid`` beats ``folderId``; without a folder → root);
 - folders, nested: ``GET /api/folders`` (roots, or the children of ``parentUid``; paged),
-  ``GET/PUT /api/folders/:uid``, ``POST /api/folders`` (409 for an existing uid or a
+  ``GET/PUT /api/folders/:uid``, ``POST /api/folders`` (409/412 by version for an existing uid, 409 for a
   sibling with the same title);
-- ``GET /api/datasources`` (no secrets: ``secureJsonFields`` booleans), ``GET
+- ``GET /api/datasources`` (the list DTO: no ``secureJsonFields``), ``GET
   /api/datasources/uid/:uid``, ``POST /api/datasources`` (409 on a taken name);
 - ``GET/POST /api/v1/provisioning/alert-rules`` (201; 409 for an existing uid; provenance
   ``api`` unless ``X-Disable-Provenance``), ``PUT …/alert-rules/:uid``.
+
+Per version (``GrafanaStandin(version="10.1.5")``; ``/api/health`` reports it; contracts §1):
+
+- ``POST /api/folders`` with a uid that exists: 412 ``version-mismatch`` before 10.3, 409 from 10.3;
+- ``POST /api/v1/provisioning/alert-rules`` with a uid that exists: 500 before 10.3, 400 on
+  10.3–10.4, 409 from 11.0;
+- always: the datasource list (``DataSourceListItemDTO``) has no ``secureJsonFields``,
+  ``basicAuthUser`` or ``withCredentials`` — only ``GET /api/datasources/uid/:uid`` has them;
+  ``GET /api/v1/provisioning/alert-rules/:uid``; ``GET/PUT
+  /api/v1/provisioning/folder/:folderUid/rule-groups/:group`` (a rule's own ``interval`` is
+  ignored on create: a new group evaluates every 60 s);
+- library panels (``/api/library-elements``), contact points
+  (``/api/v1/provisioning/contact-points``, secure settings answered as ``[REDACTED]``) and the
+  notification policy tree (``/api/v1/provisioning/policies``); from 11.0 a rule whose
+  ``notification_settings.receiver`` names no contact point is refused with 400.
 
 Faults for tests: ``faults["dashboard:<uid>"] = 500`` (or 404) breaks that dashboard's
 GET; ``faults["save:<uid>"] = "version-mismatch"`` answers its save with that 412.
@@ -41,6 +56,11 @@ import urllib.parse
 from typing import Any
 
 VERSION = "11.3.0"
+DEFAULT_POLICY = {"receiver": "grafana-default-email", "group_by": ["grafana_folder", "alertname"]}
+#: contact-point settings Grafana stores encrypted and answers as "[REDACTED]" (per type, the ones used here)
+SECURE_SETTINGS = {"slack": ("url", "token"), "webhook": ("password", "authorization_credentials"),
+                   "email": (), "pagerduty": ("integrationKey",)}
+REDACTED = "[REDACTED]"
 UNAUTHORIZED = {"extra": None, "message": "Unauthorized", "messageId": "auth.unauthorized", "statusCode": 401,
                 "traceID": ""}
 
@@ -76,7 +96,9 @@ class GrafanaStandin:
     """The server state plus a ThreadingHTTPServer on 127.0.0.1 (``start()``/``stop()``)."""
 
     def __init__(self, *, users: dict[str, str] | None = None, tokens: dict[str, str] | None = None,
-                 port: int = 0):
+                 port: int = 0, version: str = VERSION):
+        self.version = version
+        self.vt = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
         self.users = users or {}
         self.tokens = tokens or {}
         self.port = port
@@ -94,6 +116,15 @@ class GrafanaStandin:
             self.dashboards: dict[str, dict] = {}     # uid → {"model", "folderUid", "version", "id", …}
             self.datasources: dict[str, dict] = {}    # uid → datasource incl. secureJsonData
             self.rules: dict[str, dict] = {}
+            self.intervals: dict[tuple[str, str], int] = {}   # (folderUid, group) → seconds
+            self.library: dict[str, dict] = {}                # uid → library element
+            # uid → contact point incl. its secrets; every org starts with the default email one, whose uid
+            # is generated per install [U] — so a restore onto another Grafana meets it under another uid
+            default_uid = secrets.token_hex(7)
+            self.contact_points: dict[str, dict] = {default_uid: {
+                "uid": default_uid, "name": DEFAULT_POLICY["receiver"], "type": "email",
+                "settings": {"addresses": "<example@email.com>"}, "disableResolveMessage": False}}
+            self.policies: dict = dict(DEFAULT_POLICY)
 
     # -- life cycle ------------------------------------------------------------------
     @property
@@ -162,6 +193,12 @@ class GrafanaStandin:
             hit.update(folderId=f["id"], folderUid=f["uid"], folderTitle=f["title"], folderUrl=self._folder_url(f))
         return hit
 
+    @classmethod
+    def _ds_list_item(cls, ds: dict) -> dict:
+        """``DataSourceListItemDTO``: no secureJsonFields, basicAuthUser, withCredentials."""
+        return {k: v for k, v in cls._ds_public(ds).items()
+                if k not in ("secureJsonFields", "basicAuthUser", "withCredentials")}
+
     @staticmethod
     def _ds_public(ds: dict) -> dict:
         out = {k: copy.deepcopy(v) for k, v in ds.items() if k != "secureJsonData"}
@@ -171,7 +208,7 @@ class GrafanaStandin:
     # -- dispatch --------------------------------------------------------------------
     def handle(self, method: str, path: str, query: dict[str, str], body: Any, headers) -> tuple[int, Any]:
         if path == "/api/health" and method == "GET":
-            return 200, {"commit": "standin", "database": "ok", "version": VERSION}
+            return 200, {"commit": "standin", "database": "ok", "version": self.version}
         role = self.role(headers.get("Authorization"))
         if method != "GET" and role == "Viewer":
             raise GrafanaError(403, "You'll need additional permissions to perform this action. "
@@ -206,7 +243,7 @@ class GrafanaStandin:
                 return 200, self._folder_obj(f)
         if parts == ["api", "datasources"]:
             if method == "GET":
-                return 200, [self._ds_public(d) for d in self.datasources.values()]
+                return 200, [self._ds_list_item(d) for d in self.datasources.values()]
             if method == "POST":
                 return 200, self.create_datasource(body)
         if parts[:3] == ["api", "datasources", "uid"] and len(parts) == 4 and method == "GET":
@@ -219,10 +256,42 @@ class GrafanaStandin:
                 return 200, [copy.deepcopy(r) for r in self.rules.values()]
             if method == "POST":
                 return 201, self.create_rule(body, headers)
-        if parts[:4] == ["api", "v1", "provisioning", "alert-rules"] and len(parts) == 5 and method == "PUT":
+        if parts[:4] == ["api", "v1", "provisioning", "alert-rules"] and len(parts) == 5:
             if parts[4] not in self.rules:
                 raise GrafanaError(404, "rule not found")
-            return 200, self.create_rule({**body, "uid": parts[4]}, headers, update=True)
+            if method == "GET":
+                return 200, copy.deepcopy(self.rules[parts[4]])
+            if method == "PUT":
+                return 200, self.create_rule({**body, "uid": parts[4]}, headers, update=True)
+        if parts[:4] == ["api", "v1", "provisioning", "folder"] and len(parts) == 7 and parts[5] == "rule-groups" \
+                and method in ("GET", "PUT"):
+            return 200, self.rule_group(method, parts[4], parts[6], body, headers)
+        if parts == ["api", "library-elements"]:
+            if method == "GET":
+                return 200, self.library_elements(query)
+            if method == "POST":
+                return 200, self.create_library_element(body)
+        if parts[:2] == ["api", "library-elements"] and len(parts) == 3:
+            if method == "GET":
+                if parts[2] not in self.library:
+                    raise GrafanaError(404, "library element could not be found")
+                return 200, {"result": copy.deepcopy(self.library[parts[2]])}
+            if method == "PATCH":
+                return 200, self.patch_library_element(parts[2], body)
+        if parts == ["api", "v1", "provisioning", "contact-points"]:
+            if method == "GET":
+                return 200, [self._cp_public(c) for c in self.contact_points.values()]
+            if method == "POST":
+                return 202, self.save_contact_point(body)
+        if parts[:4] == ["api", "v1", "provisioning", "contact-points"] and len(parts) == 5 and method == "PUT":
+            if parts[4] not in self.contact_points:
+                raise GrafanaError(404, "contact point not found")
+            return 202, self.save_contact_point(body, parts[4])
+        if parts == ["api", "v1", "provisioning", "policies"]:
+            if method == "GET":
+                return 200, copy.deepcopy(self.policies)
+            if method == "PUT":
+                return 202, self.put_policies(body)
         raise GrafanaError(404, "Not found")
 
     # -- search / dashboards ---------------------------------------------------------
@@ -337,6 +406,8 @@ class GrafanaStandin:
         uid = body.get("uid") or secrets.token_hex(7)
         parent = body.get("parentUid") or None
         if uid in self.folders:
+            if self.vt < (10, 3):
+                raise GrafanaError(412, "the folder has been changed by someone else", status="version-mismatch")
             raise GrafanaError(409, "a folder with the same uid already exists")
         if parent and parent not in self.folders:
             raise GrafanaError(400, "parent folder not found")
@@ -359,6 +430,7 @@ class GrafanaStandin:
               "typeLogoUrl": f"public/app/plugins/datasource/{body['type']}/img/logo.svg",
               "access": body.get("access", "proxy"), "url": body.get("url", ""), "user": body.get("user", ""),
               "database": body.get("database", ""), "basicAuth": bool(body.get("basicAuth")),
+              "basicAuthUser": body.get("basicAuthUser", ""), "withCredentials": bool(body.get("withCredentials")),
               "isDefault": bool(body.get("isDefault")), "jsonData": body.get("jsonData") or {},
               "readOnly": False, "secureJsonData": dict(body.get("secureJsonData") or {})}
         self.datasources[uid] = ds
@@ -374,7 +446,17 @@ class GrafanaStandin:
             raise GrafanaError(400, f"invalid alert rule: folder {body['folderUID']} does not exist")
         uid = body.get("uid") or secrets.token_hex(7)
         if not update and uid in self.rules:
+            if self.vt < (10, 3):
+                raise GrafanaError(500, "failed to store alert rule: UNIQUE constraint failed: alert_rule.org_id, "
+                                        "alert_rule.uid")
+            if self.vt < (11, 0):
+                raise GrafanaError(400, "failed to store alert rule: rule with this uid already exists")
             raise GrafanaError(409, "conflict: a rule with this uid already exists")
+        receiver = (body.get("notification_settings") or {}).get("receiver")
+        if receiver and self.vt >= (11, 0) and not any(c["name"] == receiver for c in self.contact_points.values()):
+            raise GrafanaError(400, f"invalid alert rule: receiver {receiver} does not exist")
+        key = (body["folderUID"], body["ruleGroup"])
+        self.intervals.setdefault(key, 60)   # the rule's own interval, if any, is ignored
         rule = {**copy.deepcopy(body), "uid": uid, "id": self.rules.get(uid, {}).get("id") or next(self._ids),
                 "orgID": 1, "updated": "2026-11-23T00:00:00Z",
                 "provenance": "" if headers.get("X-Disable-Provenance") else "api"}
@@ -382,8 +464,101 @@ class GrafanaStandin:
         rule.setdefault("execErrState", "Error")
         rule.setdefault("for", "0s")
         rule.setdefault("isPaused", False)
+        rule.pop("interval", None)
         self.rules[uid] = rule
         return copy.deepcopy(rule)
+
+    def rule_group(self, method: str, folder: str, group: str, body: Any, headers) -> dict:
+        key = (folder, group)
+        if method == "PUT":
+            if not isinstance(body, dict) or not isinstance(body.get("interval"), int) or body["interval"] <= 0:
+                raise GrafanaError(400, "invalid rule group: interval must be a positive number of seconds")
+            if folder not in self.folders:
+                raise GrafanaError(400, f"folder {folder} does not exist")
+            given = {r.get("uid") for r in body.get("rules") or [] if isinstance(r, dict)}
+            for uid in [u for u, r in self.rules.items() if (r["folderUID"], r["ruleGroup"]) == key]:
+                if uid not in given:
+                    del self.rules[uid]   # PUT replaces the group: rules left out are deleted
+            for r in body.get("rules") or []:
+                self.create_rule({**r, "folderUID": folder, "ruleGroup": group}, headers,
+                                 update=r.get("uid") in self.rules)
+            self.intervals[key] = body["interval"]
+        rules = [copy.deepcopy(r) for r in self.rules.values() if (r["folderUID"], r["ruleGroup"]) == key]
+        if not rules:
+            raise GrafanaError(404, "rule group not found")
+        return {"title": group, "folderUid": folder, "interval": self.intervals.get(key, 60), "rules": rules}
+
+    # -- library panels / contact points / policies ---------------------------------
+    def library_elements(self, q: dict[str, str]) -> dict:
+        items = sorted(self.library.values(), key=lambda e: e["name"].lower())
+        limit, page = _limit(q.get("perPage")) if q.get("perPage") else 100, _page(q.get("page"))
+        chunk = items[(page - 1) * limit: page * limit]
+        return {"result": {"totalCount": len(items), "page": page, "perPage": limit,
+                           "elements": [copy.deepcopy(e) for e in chunk]}}
+
+    def create_library_element(self, body: Any) -> dict:
+        if not isinstance(body, dict) or not body.get("name") or not isinstance(body.get("model"), dict):
+            raise GrafanaError(400, "bad request data")
+        uid = body.get("uid") or secrets.token_hex(7)
+        if uid in self.library:
+            raise GrafanaError(400, "library element with that uid already exists")
+        folder = body.get("folderUid") or ""
+        if folder and folder not in self.folders:
+            raise GrafanaError(400, "folder not found")
+        if any(e["name"] == body["name"] and e["folderUid"] == folder for e in self.library.values()):
+            raise GrafanaError(400, "library element with that name already exists")
+        e = {"id": next(self._ids), "orgId": 1, "uid": uid, "name": body["name"], "kind": body.get("kind", 1),
+             "type": body["model"].get("type", ""), "description": body["model"].get("description", ""),
+             "model": {**copy.deepcopy(body["model"]), "libraryPanel": {"uid": uid, "name": body["name"]}},
+             "folderUid": folder, "version": 1, "meta": {"folderUid": folder, "connectedDashboards": 0}}
+        self.library[uid] = e
+        return {"result": copy.deepcopy(e)}
+
+    def patch_library_element(self, uid: str, body: Any) -> dict:
+        e = self.library.get(uid)
+        if e is None:
+            raise GrafanaError(404, "library element could not be found")
+        if not isinstance(body, dict) or body.get("version") != e["version"]:
+            raise GrafanaError(412, "the library element has been changed by someone else", status="version-mismatch")
+        e.update(name=body.get("name") or e["name"], model=copy.deepcopy(body.get("model") or e["model"]),
+                 folderUid=body.get("folderUid", e["folderUid"]), version=e["version"] + 1)
+        return {"result": copy.deepcopy(e)}
+
+    def _cp_public(self, cp: dict) -> dict:
+        out = copy.deepcopy(cp)
+        for k in SECURE_SETTINGS.get(cp["type"], ()):
+            if out["settings"].get(k):
+                out["settings"][k] = REDACTED
+        return out
+
+    def save_contact_point(self, body: Any, uid: str | None = None) -> dict:
+        if not isinstance(body, dict) or not body.get("name") or not body.get("type") \
+                or not isinstance(body.get("settings"), dict):
+            raise GrafanaError(400, "invalid contact point: name, type and settings are required")
+        uid = uid or body.get("uid") or secrets.token_hex(7)
+        if any(REDACTED == v for v in body["settings"].values()):
+            raise GrafanaError(400, "invalid contact point: a secure setting is the redacted placeholder")
+        cp = {"uid": uid, "name": body["name"], "type": body["type"], "settings": copy.deepcopy(body["settings"]),
+              "disableResolveMessage": bool(body.get("disableResolveMessage"))}
+        self.contact_points[uid] = cp
+        return self._cp_public(cp)
+
+    def put_policies(self, body: Any) -> dict:
+        if not isinstance(body, dict) or not body.get("receiver"):
+            raise GrafanaError(400, "invalid policy tree: a root receiver is required")
+        names = {c["name"] for c in self.contact_points.values()} | {DEFAULT_POLICY["receiver"]}
+
+        def receivers(node: dict):
+            if node.get("receiver"):
+                yield node["receiver"]
+            for child in node.get("routes") or []:
+                yield from receivers(child)
+
+        missing = sorted(set(receivers(body)) - names)
+        if missing:
+            raise GrafanaError(400, f"invalid policy tree: receiver {missing[0]} does not exist")
+        self.policies = copy.deepcopy(body)
+        return {"message": "policies updated"}
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -415,7 +590,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    do_GET = do_PUT = do_POST = do_DELETE = _serve
+    do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _serve
 
 
 def main() -> None:

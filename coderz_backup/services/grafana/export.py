@@ -14,7 +14,8 @@ from ...writer import FileRecord, write_stream
 from ...fingerprint import normalized
 from ..base import ArtifactResult
 from .api import GrafanaHTTPError, GrafanaApi
-from .layout import INDEX_FILE, SECRETS_NOTE, VIRTUAL_FOLDERS, safe_name
+from .layout import (CONTACT_POINTS_FILE, INDEX_FILE, LIBRARY_FILE, POLICIES_FILE, RULE_GROUPS_FILE, SECRETS_NOTE,
+                     VIRTUAL_FOLDERS, safe_name, secrets_to_reenter)
 
 
 log = logging.getLogger("coderz_backup.services.grafana")
@@ -98,9 +99,7 @@ class ApiExport:
             if fuid and fuid not in folders and fuid not in VIRTUAL_FOLDERS:
                 self._add_folder(api, folders, fuid)
         paths = self._folder_paths(folders)
-        datasources = api.json("GET", "/api/datasources", what="list the datasources")
-        if not isinstance(datasources, list):
-            raise ArtifactError(f"{api.where}: /api/datasources did not return a JSON array")
+        datasources = self._datasources(api)
         rules: list | None = None
         if c.alert_rules:
             try:
@@ -113,6 +112,16 @@ class ApiExport:
                 raise
             if not isinstance(rules, list):
                 raise ArtifactError(f"{api.where}: the alert-rules answer is not a JSON array")
+        groups = self._rule_groups(api, rules) if rules is not None else None
+        library = self._library_panels(api)
+        contact_points = policies = None
+        if c.alert_rules:
+            contact_points = api.json("GET", "/api/v1/provisioning/contact-points", what="export the contact points")
+            if not isinstance(contact_points, list):
+                raise ArtifactError(f"{api.where}: the contact-points answer is not a JSON array")
+            policies = api.json("GET", "/api/v1/provisioning/policies", what="export the notification policies")
+            if not isinstance(policies, dict):
+                raise ArtifactError(f"{api.where}: the notification-policies answer is not a JSON object")
 
         files: list[FileRecord] = []
         index: dict[str, str] = {}
@@ -145,18 +154,88 @@ class ApiExport:
         files.append(self._write_json(into, "datasources.json", datasources))
         if rules is not None:
             files.append(self._write_json(into, "alert-rules.json", rules))
+            files.append(self._write_json(into, RULE_GROUPS_FILE, groups))
+        if library is not None:
+            files.append(self._write_json(into, LIBRARY_FILE, library))
+        if contact_points is not None:
+            files.append(self._write_json(into, CONTACT_POINTS_FILE, contact_points))
+            files.append(self._write_json(into, POLICIES_FILE, policies))
         counts = {"dashboards": len(index), "folders": len(folder_list), "datasources": len(datasources),
-                  "alert_rules": len(rules) if rules is not None else None}
+                  "alert_rules": len(rules) if rules is not None else None,
+                  "rule_groups": len(groups) if groups is not None else None,
+                  "library_panels": len(library) if library is not None else None,
+                  "contact_points": len(contact_points) if contact_points is not None else None}
         files.append(self._write_json(into, INDEX_FILE, {
             "format": 1, "grafana_version": version, "url": c.url, "org_id": c.org_id,
             "counts": counts, "dashboards": index}))
         details = {"url": c.url, **counts, "grafana_version": version, "datasource_secrets": SECRETS_NOTE}
+        need = secrets_to_reenter(datasources, contact_points or [])
+        if need:
+            details["secrets_to_reenter"] = need
         if rules is None:
             details["alert_rules"] = "not exported (alert_rules = false)"
         return ArtifactResult.from_files(self.name, self.kind, self.export_path, files,
                                          summary=f"Grafana dashboards exported: {len(index)} files",
                                          details=details,
                                          fingerprint=normalized({k: v for k, v in counts.items() if v is not None}))
+
+    @staticmethod
+    def _datasources(api: GrafanaApi) -> list[dict]:
+        """Each datasource as ``GET /api/datasources/uid/:uid`` answers it: the list
+        (``DataSourceListItemDTO``) has no ``secureJsonFields``, ``basicAuthUser`` or ``withCredentials``."""
+        listed = api.json("GET", "/api/datasources", what="list the datasources")
+        if not isinstance(listed, list):
+            raise ArtifactError(f"{api.where}: /api/datasources did not return a JSON array")
+        out: list[dict] = []
+        for item in listed:
+            if not isinstance(item, dict) or not item.get("uid"):
+                continue
+            got = api.call("GET", f"/api/datasources/uid/{urllib.parse.quote(item['uid'], safe='')}",
+                           what=f"read datasource {item.get('name') or item['uid']!r}", ok=(200, 404))
+            full = None
+            if got.status_code == 200:
+                with contextlib.suppress(ValueError):
+                    full = got.json()
+            # 404: deleted between the list and the read — keep what the list said
+            out.append({k: v for k, v in full.items() if k != "secureJsonData"} if isinstance(full, dict) else item)
+        return out
+
+    @staticmethod
+    def _rule_groups(api: GrafanaApi, rules: list) -> list[dict]:
+        """``{folderUid, title, interval}`` of every group the rules are in (creating a rule ignores it)."""
+        seen: list[tuple[str, str]] = []
+        for r in rules:
+            if isinstance(r, dict) and r.get("folderUID") and r.get("ruleGroup"):
+                key = (r["folderUID"], r["ruleGroup"])
+                if key not in seen:
+                    seen.append(key)
+        out = []
+        for folder, group in seen:
+            g = api.json("GET", f"/api/v1/provisioning/folder/{urllib.parse.quote(folder, safe='')}/rule-groups/"
+                                f"{urllib.parse.quote(group, safe='')}", what=f"read rule group {group!r}")
+            interval = g.get("interval") if isinstance(g, dict) else None
+            if not isinstance(interval, int):
+                raise ArtifactError(f"{api.where}: rule group {group!r} in folder {folder}: no interval in the answer")
+            out.append({"folderUid": folder, "title": group, "interval": interval})
+        return out
+
+    @staticmethod
+    def _library_panels(api: GrafanaApi) -> list[dict]:
+        """Every library panel (``kind=1``), ``GET /api/library-elements`` paged by ``perPage``/``page``."""
+        out: list[dict] = []
+        page, per = 1, 100
+        while True:
+            obj = api.json("GET", "/api/library-elements", what="list the library panels",
+                           params={"kind": 1, "perPage": per, "page": page})
+            res = obj.get("result") if isinstance(obj, dict) else None
+            elems = res.get("elements") if isinstance(res, dict) else None
+            if not isinstance(elems, list):
+                raise ArtifactError(f"{api.where}: /api/library-elements: no result.elements in the answer")
+            out.extend(e for e in elems if isinstance(e, dict) and e.get("uid"))
+            total = res.get("totalCount")
+            if len(elems) < per or (isinstance(total, int) and len(out) >= total) or page > 10000:
+                return out
+            page += 1
 
     def fingerprint_live(self) -> dict:
         """``dashboards``, ``folders``, ``datasources`` (and ``alert_rules`` when exported) as the export
@@ -172,8 +251,13 @@ class ApiExport:
             out = {"dashboards": len(hits), "folders": len(folders),
                    "datasources": len(api.json("GET", "/api/datasources", what="list the datasources"))}
             if c.alert_rules:
-                out["alert_rules"] = len(api.json("GET", "/api/v1/provisioning/alert-rules",
-                                                  what="list the alert rules"))
+                rules = api.json("GET", "/api/v1/provisioning/alert-rules", what="list the alert rules")
+                out["alert_rules"] = len(rules)
+                out["rule_groups"] = len({(r.get("folderUID"), r.get("ruleGroup")) for r in rules
+                                          if isinstance(r, dict) and r.get("folderUID") and r.get("ruleGroup")})
+                out["contact_points"] = len(api.json("GET", "/api/v1/provisioning/contact-points",
+                                                     what="list the contact points"))
+            out["library_panels"] = len(self._library_panels(api))
         return normalized(out)
 
     def _write_json(self, into: Path, fname: str, obj: Any) -> FileRecord:

@@ -30,7 +30,7 @@ from ..sqlitecopy import sqlite_copy
 from ..httpapi import HttpApi
 from .api import GrafanaApi
 from .export import ApiExport
-from .layout import DB_NAME, INDEX_FILE, LIVE_DB_FILES
+from .layout import CONTACT_POINTS_FILE, DB_NAME, INDEX_FILE, LIBRARY_FILE, LIVE_DB_FILES, RULE_GROUPS_FILE
 from .restore import ApiRestore
 
 
@@ -245,7 +245,8 @@ class GrafanaService(ApiExport, ApiRestore, ApiService):
             raise error(f"{name}/dashboards: {len(table)} dashboards, the manifest says {expected}")
         parts = [f"{len(table)} dashboards"]
         for fname, key in (("folders.json", "folders"), ("datasources.json", "datasources"),
-                           ("alert-rules.json", "alert_rules")):
+                           ("alert-rules.json", "alert_rules"), (RULE_GROUPS_FILE, "rule_groups"),
+                           (LIBRARY_FILE, "library_panels"), (CONTACT_POINTS_FILE, "contact_points")):
             if counts.get(key) is None:
                 continue
             items = self._read_json(root / fname, f"{name}/{fname}", error)
