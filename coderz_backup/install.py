@@ -121,6 +121,7 @@ def install(prefix: str | Path = "/", command: list[str] | None = None) -> list[
             raise InstallError(str(record_path), ["not a coderz-backup install record (invalid JSON); "
                                                   "move it away to install afresh"]) from None
     results: list[tuple[str, Path]] = []
+    path = root
     try:
         for f in files:
             path = root / f.rel
@@ -147,11 +148,22 @@ def install(prefix: str | Path = "/", command: list[str] | None = None) -> list[
                 results.append(("kept-edited", path))
             else:
                 results.append(("kept-existing", path))
-    finally:
-        record_path.parent.mkdir(parents=True, exist_ok=True)
-        _write(record_path, (json.dumps({"version": 1, "files": record}, indent=2, sort_keys=True) + "\n").encode(),
-               0o644)
+    except OSError as exc:   # a folder in the way, read-only, full: say where; keep what was written
+        if any(action in ("installed", "updated") for action, _ in results):
+            _save_record(record_path, record)
+        where = f": {exc.filename}" if exc.filename and str(exc.filename) != str(path) else ""
+        raise InstallError(str(path), [f"cannot install: {exc.strerror or exc}{where}"]) from None
+    try:
+        _save_record(record_path, record)
+    except OSError as exc:
+        raise InstallError(str(record_path), [f"cannot write the install record: {exc.strerror or exc}"]) from None
     return results
+
+
+def _save_record(record_path: Path, record: dict[str, str]) -> None:
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    _write(record_path, (json.dumps({"version": 1, "files": record}, indent=2, sort_keys=True) + "\n").encode(),
+           0o644)
 
 
 _SAY = {

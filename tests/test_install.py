@@ -150,6 +150,18 @@ def test_install_into_a_missing_prefix_is_a_clear_error(tmp_path):
     assert f"{tmp_path / 'nope'}: --prefix must be an existing folder" in res.stderr
     assert not (tmp_path / "nope").exists()
 
+    # a file where the document's folder belongs: one line naming it, nothing written, exit 2
+    blocked = tmp_path / "blocked"
+    (blocked / "opt" / "coderz").mkdir(parents=True)
+    (blocked / "opt" / "coderz" / "backup").write_text("not a folder\n")
+    res = subprocess.run([sys.executable, "-m", "coderz_backup", "install", "--prefix", str(blocked)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert (f"✗ {blocked}/opt/coderz/backup/backup.sh: cannot install: File exists: {blocked}/opt/coderz/backup"
+            in res.stderr)
+    assert "Traceback" not in res.stderr
+    assert (blocked / "opt" / "coderz" / "backup").read_text() == "not a folder\n"
+
 
 def _configs_service(prefix: Path) -> Path:
     """Append a configs service (the prefix's /opt/coderz/configs, with a compose file) to the installed toml."""
