@@ -48,10 +48,13 @@ def _toml_str(value: str) -> str:
 
 
 def _command() -> list[str]:
-    """The coderz-backup that runs now: its console script next to the interpreter, else `python -m`."""
-    script = Path(sys.executable).with_name("coderz-backup")
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
+    """The coderz-backup that runs now: the console script that was started, else the one next to
+    the interpreter, else ``python -m coderz_backup`` with this interpreter."""
+    started = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    for script in ((started.absolute() if started and started.name == "coderz-backup" else None),
+                   Path(sys.executable).with_name("coderz-backup")):
+        if script is not None and script.is_file() and os.access(script, os.X_OK):
+            return [str(script)]
     return [sys.executable, "-m", "coderz_backup"]
 
 
