@@ -139,9 +139,8 @@ def install(prefix: str | Path = "/", command: list[str] | None = None) -> list[
                 results.append(("kept-existing", path))
                 continue
             current = _sha(path.read_bytes())
-            if current == new:
-                if f.rel in record:   # ours: keep its mode as installed
-                    record[f.rel] = new
+            if current == new:   # exactly what install writes: from now on, ours
+                record[f.rel] = new
                 results.append(("unchanged", path))
             elif record.get(f.rel) == current:   # still as we wrote it: update
                 _write(path, f.content, f.mode)

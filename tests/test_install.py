@@ -4,8 +4,8 @@ then the document's commands against the installed files (backup.sh, restore.sh 
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import re
 import stat
 import subprocess
@@ -13,7 +13,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
+import yaml
 
 from coderz_backup.config import load
 
@@ -81,8 +81,6 @@ def test_install_lays_out_the_documents_files_and_a_rerun_changes_nothing(tmp_pa
     assert cfg.dest == prefix / "opt/coderz/backup/snapshots" and cfg.keep_days == 7
 
     # the deployment file: the repository's prefect.yaml, except the daily entrypoint is backup_flow.py
-    import yaml
-
     installed = yaml.safe_load((flows / "prefect.yaml").read_text())
     repo = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     [daily] = [d for d in installed["deployments"] if d["name"] == "coderz-backup-daily"]
@@ -116,8 +114,6 @@ def test_a_rerun_keeps_edited_files_updates_untouched_ones_and_never_takes_over_
     old = current.replace("exec ", "# older version\nexec ")
     restore_sh.write_text(old)
     record = json.loads(record_path.read_text())
-    import hashlib
-
     record["files"]["opt/coderz/backup/restore.sh"] = hashlib.sha256(old.encode()).hexdigest()
     record_path.write_text(json.dumps(record))
 
@@ -141,6 +137,9 @@ def test_a_rerun_keeps_edited_files_updates_untouched_ones_and_never_takes_over_
     assert f"{own} (was there before install; not written)" in res.stdout
     assert own.read_text() == 'dest = "/srv/snapshots"\n'
     assert _status(res.stdout)[str(other / "opt/coderz/backup/backup.sh")] == "installed"
+    other_record = json.loads((other / "opt/coderz/backup/.coderz-install.json").read_text())["files"]
+    assert "opt/coderz/backup/coderz-backup.toml" not in other_record   # a later run still leaves it alone
+    assert f"{own} (was there before install; not written)" in _install(other).stdout
 
 
 def test_install_into_a_missing_prefix_is_a_clear_error(tmp_path):
