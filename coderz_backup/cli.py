@@ -162,11 +162,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.add_argument("--verbose", "-v", action="store_true", help="also show Prefect's own log lines")
 
+    from . import install as install_cmd
     from . import offsite_cli
     from . import setup as setup_cmd
 
     offsite_cli.register_cli(sub)
     setup_cmd.register_cli(sub)
+    install_cmd.register_cli(sub)
     return p
 
 
@@ -221,6 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from . import setup as setup_cmd
 
             return setup_cmd.run_cli(args)
+        if args.command == "install":
+            from . import install as install_cmd
+
+            return install_cmd.run_cli(args)
     except CoderzBackupError as exc:  # ConfigError included: every problem, with the file name
         print(f"✗ {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
