@@ -4,7 +4,7 @@ Creates what the deployments in ``prefect.yaml`` need, idempotently. Anything th
 already exists is left as it is, and the output says so:
 
 - the work pool (default ``coderz-backup``, type ``process`` or ``docker``), from the
-  base job template in ``deployments/<type>-pool.json`` of this checkout;
+  base job template in ``deployments/<type>-pool.json`` (shipped in the package);
 - optionally (``email_block``) a prefect-email ``EmailServerCredentials`` block saved
   from the config's ``[email]`` table, so flows can refer to it by name.
 
@@ -45,8 +45,8 @@ __all__ = [
 
 DEFAULT_POOL = "coderz-backup"
 POOL_TYPES = ("process", "docker")
-#: ``deployments/`` at the root of the checkout this package is installed from (editable install).
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "deployments"
+#: the pool templates, shipped in the package (``deployments/*-pool.json`` of a checkout link to them)
+TEMPLATES_DIR = Path(__file__).resolve().parent / "deployments"
 EMAIL_BLOCK_TYPE = "email-server-credentials"
 
 _NO_API = ("PREFECT_API_URL is not set. setup registers the work pool on your Prefect server: start one "
