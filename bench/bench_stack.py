@@ -397,7 +397,6 @@ def main(argv: list[str] | None = None) -> int:
         dest = work / "snapshots"
         cfg = work / "coderz-backup.toml"
         cfg.write_text(f'''dest = "{dest}"
-keep = 0
 
 [services.postgres]
 kind = "postgres"
@@ -498,6 +497,8 @@ tar czf configs.tar.gz -C {cf_dir} .
             r = run_timed(backup, env, log=log, sample=True)
             R["ours"].append(r)
             sizes["ours"] = du(dest)
+            for snap_log in dest.glob("*/backup.log"):   # the run's own timeline, kept for --keep
+                shutil.copy(snap_log, work / f"ours-backup-{i}.log")
             print(f"{tag} ours CLI backup    {r['wall_s']:8.2f}s  cpu {r['cpu_s']:.1f}s  VmHWM "
                   f"{r['hwm_kb'] / 1024:.0f} MB  tree RSS {r['tree_rss_kb'] / 1024:.0f} MB  output "
                   f"{fmt_mb(sizes['ours'])}", flush=True)
@@ -514,7 +515,8 @@ tar czf configs.tar.gz -C {cf_dir} .
         singles = {n: best(f"single_{n}", "backup_s") for n in SERVICES}
         slow_floor = max(floors, key=floors.get)
         slow_single = max(singles, key=singles.get)
-        rss_mb = max(max(r["hwm_kb"], r["maxrss_kb"]) for r in R["ours"]) / 1024
+        rss_mb = max(r["hwm_kb"] for r in R["ours"]) / 1024            # the CLI's own Python process
+        largest_mb = max(r["maxrss_kb"] for r in R["ours"]) / 1024     # largest single process it reaped
         single_rss = max(r["vmhwm_kb"] for n in SERVICES for r in R[f"single_{n}"]) / 1024
         tree_mb = max(r["tree_rss_kb"] for r in R["ours"]) / 1024
         ratios = {
@@ -545,9 +547,9 @@ tar czf configs.tar.gz -C {cf_dir} .
         print(f"  ours / sum of floors ({sum(floors.values()):.2f}s) = {ratios['ours_sum_floors']:.2f}; "
               f"ours / slowest single ({slow_single}, {singles[slow_single]:.2f}s) = "
               f"{ratios['ours_slowest_single']:.2f}")
-        print(f"  peak RSS: CLI process {rss_mb:.1f} MB (VmHWM / ru_maxrss of the tree's largest), whole tree "
-              f"sum {tree_mb:.1f} MB (incl. the embedded Prefect server); single-service children ≤ "
-              f"{single_rss:.1f} MB")
+        print(f"  peak RSS: CLI process {rss_mb:.1f} MB (VmHWM); largest process of its tree {largest_mb:.1f} MB "
+              f"(ru_maxrss, the embedded Prefect server included); sum over the tree {tree_mb:.1f} MB; "
+              f"single-service children ≤ {single_rss:.1f} MB")
         print(f"  {'PASS' if ok['serial'] else 'FAIL'}  ours / serial script = {ratios['ours_serial']:.3f} "
               f"(target ≤ {TARGET_VS_SERIAL})")
         print(f"  {'PASS' if ok['floor'] else 'FAIL'}  ours / slowest floor ({slow_floor}, {floors[slow_floor]:.2f}s) "
@@ -568,7 +570,8 @@ tar czf configs.tar.gz -C {cf_dir} .
             "floor_s": {n: r3(v) for n, v in floors.items()}, "single_s": {n: r3(v) for n, v in singles.items()},
             "single_bytes": {n: sizes[f"single_{n}"] for n in SERVICES},
             "ratios": {k: r3(v) for k, v in ratios.items()},
-            "ours_peak_rss_mb": round(rss_mb, 1), "ours_tree_rss_mb": round(tree_mb, 1),
+            "ours_peak_rss_mb": round(rss_mb, 1), "ours_largest_child_rss_mb": round(largest_mb, 1),
+            "ours_tree_rss_mb": round(tree_mb, 1),
             "single_peak_rss_mb": round(single_rss, 1),
             "pass_serial": ok["serial"], "pass_floor": ok["floor"], "pass_rss": ok["rss"], "pass": all(ok.values()),
         }
