@@ -146,6 +146,7 @@ def run_timed(argv: list[str], env: dict, *, log: Path, sample: bool = False) ->
     sum of VmRSS over its whole process tree (pg_dump, tar, the embedded Prefect server …).
     """
     with open(log, "ab") as lf:
+        epoch = time.time()
         t = time.monotonic()
         proc = subprocess.Popen(argv, env=env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
         _live.append(proc)
@@ -169,7 +170,56 @@ def run_timed(argv: list[str], env: dict, *, log: Path, sample: bool = False) ->
     _live.remove(proc)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[0]} … exited with status {proc.returncode}; see {log}")
-    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss, **peak}
+    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss, "start_epoch": epoch,
+            **peak}
+
+
+def flow_span(backup_log: Path) -> tuple[float, float]:
+    """(epoch of the first line, epoch of the last line) of a snapshot's backup.log (1 s resolution)."""
+    import datetime as dt
+
+    stamps = [line.split(" ", 1)[0] for line in backup_log.read_text().splitlines() if line[:2] == "20"]
+    conv = [dt.datetime.strptime(x, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp() for x in stamps]
+    return conv[0], conv[-1] + 1.0
+
+
+_server: subprocess.Popen | None = None
+
+
+def start_prefect_server(work: Path, env: dict) -> dict:
+    """A `prefect server start` on a free 127.0.0.1 port (its own PREFECT_HOME); env for the CLI to use it."""
+    global _server
+    import httpx
+
+    from coderz_backup.sandbox import free_port
+    from coderz_backup.waiting import wait_until
+
+    port = free_port()
+    senv = dict(env, PREFECT_HOME=str(work / "server-home"), PREFECT_UI_ENABLED="false")
+    with open(work / "prefect-server.log", "wb") as log:
+        _server = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
+                                    "127.0.0.1", "--port", str(port)], env=senv, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+
+    def up() -> bool:
+        if _server.poll() is not None:
+            raise SystemExit(f"prefect server exited (log {work / 'prefect-server.log'})")
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+
+    wait_until(up, timeout=180, interval=0.5, retry=httpx.HTTPError,
+               error=lambda _: SystemExit(f"prefect server did not start (log {work / 'prefect-server.log'})"))
+    return dict(env, PREFECT_API_URL=url)
+
+
+def stop_prefect_server() -> None:
+    if _server is not None and _server.poll() is None:
+        os.killpg(_server.pid, signal.SIGTERM)
+        try:
+            _server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(_server.pid, signal.SIGKILL)
+            _server.wait()
 
 
 def fmt_mb(n: float) -> str:
@@ -320,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="rounds; the best is kept (default 1)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when a target is missed")
     p.add_argument("--workdir", default=None, help="parent dir for the temp dir (default: system temp)")
+    p.add_argument("--no-server", action="store_true",
+                   help="skip the CLI runs against a running `prefect server start` (embedded API only)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir afterwards")
     args = p.parse_args(argv)
     if args.repeat < 1 or args.scale <= 0:
@@ -442,6 +494,13 @@ paths = ["{cf_dir}"]
         print("first CLI run (creates the embedded API's database; untimed) …", flush=True)
         run_timed(backup, env, log=log)
         shutil.rmtree(dest)
+        variants = [("ours", env)]
+        if not args.no_server:
+            server_env = start_prefect_server(work, env)
+            print(f"first CLI run against prefect server {server_env['PREFECT_API_URL']} (untimed) …", flush=True)
+            run_timed(backup, server_env, log=log)
+            shutil.rmtree(dest)
+            variants.append(("ours_server", server_env))
 
         dump = [pg_dump, "--host", "127.0.0.1", "--port", str(pg.port), "--username", ROLE, "--no-password",
                 "--dbname", DATABASE, "--format=plain"]
@@ -462,7 +521,7 @@ tar czf configs.tar.gz -C {cf_dir} .
             "elasticsearch": ["sh", "-c", f"tar cf - -C {es_dir} . | cat > /dev/null"],
             "configs": ["sh", "-c", f"tar cf - -C {cf_dir} . | cat > /dev/null"],
         }
-        R: dict[str, list] = {"ours": [], "serial": [], **{f"floor_{n}": [] for n in SERVICES},
+        R: dict[str, list] = {"ours": [], "ours_server": [], "serial": [], **{f"floor_{n}": [] for n in SERVICES},
                               **{f"single_{n}": [] for n in SERVICES}}
         sizes: dict[str, int] = {}
         for i in range(1, args.repeat + 1):
@@ -494,15 +553,25 @@ tar czf configs.tar.gz -C {cf_dir} .
                       f"{r['cpu_s']:.1f}s, VmHWM {got['vmhwm_kb'] / 1024:.0f} MB, output {fmt_mb(got['bytes'])})",
                       flush=True)
                 shutil.rmtree(d)
-            r = run_timed(backup, env, log=log, sample=True)
-            R["ours"].append(r)
-            sizes["ours"] = du(dest)
-            for snap_log in dest.glob("*/backup.log"):   # the run's own timeline, kept for --keep
-                shutil.copy(snap_log, work / f"ours-backup-{i}.log")
-            print(f"{tag} ours CLI backup    {r['wall_s']:8.2f}s  cpu {r['cpu_s']:.1f}s  VmHWM "
-                  f"{r['hwm_kb'] / 1024:.0f} MB  tree RSS {r['tree_rss_kb'] / 1024:.0f} MB  output "
-                  f"{fmt_mb(sizes['ours'])}", flush=True)
-            shutil.rmtree(dest)
+            for key, e in variants:
+                r = run_timed(backup, e, log=log, sample=True)
+                R[key].append(r)
+                sizes[key] = du(dest)
+                for snap_log in dest.glob("*/backup.log"):   # the run's own timeline, kept for --keep
+                    shutil.copy(snap_log, work / f"{key}-backup-{i}.log")
+                    first, last = flow_span(snap_log)
+                    r["before_flow_s"] = first - r["start_epoch"]
+                    r["flow_s"] = last - first
+                    r["after_flow_s"] = r["start_epoch"] + r["wall_s"] - last
+                label = "ours CLI (embedded)" if key == "ours" else "ours CLI (server)"
+                print(f"{tag} {label:<20}{r['wall_s']:7.2f}s  cpu {r['cpu_s']:.1f}s  VmHWM "
+                      f"{r['hwm_kb'] / 1024:.0f} MB  tree RSS {r['tree_rss_kb'] / 1024:.0f} MB  output "
+                      f"{fmt_mb(sizes[key])}", flush=True)
+                if "flow_s" in r:
+                    print(f"{tag}   of which: before the flow's first log line {r['before_flow_s']:.1f}s, flow "
+                          f"{r['flow_s']:.1f}s, after its last line {r['after_flow_s']:.1f}s (backup.log, 1 s steps)",
+                          flush=True)
+                shutil.rmtree(dest)
 
         def best(key: str, field: str = "wall_s") -> float:
             return min(r[field] for r in R[key])
@@ -529,6 +598,13 @@ tar czf configs.tar.gz -C {cf_dir} .
         ok = {"serial": ratios["ours_serial"] <= TARGET_VS_SERIAL,
               "floor": ratios["ours_slowest_floor"] <= TARGET_VS_FLOOR,
               "rss": rss_mb < TARGET_RSS_MB}
+        srv = best("ours_server") if R["ours_server"] else None
+        if srv is not None:
+            ratios.update(server_serial=srv / serial, server_sum_floors=srv / sum(floors.values()),
+                          server_slowest_single=srv / singles[slow_single], server_slowest_floor=srv / floors[slow_floor])
+            srv_rss = max(r["hwm_kb"] for r in R["ours_server"]) / 1024
+            ok.update(server_serial=ratios["server_serial"] <= TARGET_VS_SERIAL,
+                      server_floor=ratios["server_slowest_floor"] <= TARGET_VS_FLOOR, server_rss=srv_rss < TARGET_RSS_MB)
 
         print()
         print(f"scale {args.scale}, {os.cpu_count()} cores, best of {args.repeat}; data {fmt_mb(data_bytes)}: "
@@ -555,6 +631,16 @@ tar czf configs.tar.gz -C {cf_dir} .
         print(f"  {'PASS' if ok['floor'] else 'FAIL'}  ours / slowest floor ({slow_floor}, {floors[slow_floor]:.2f}s) "
               f"= {ratios['ours_slowest_floor']:.3f} (target ≤ {TARGET_VS_FLOOR})")
         print(f"  {'PASS' if ok['rss'] else 'FAIL'}  peak RSS = {rss_mb:.1f} MB (target < {TARGET_RSS_MB:.0f} MB)")
+        if srv is not None:
+            print(f"  against a running prefect server: {srv:.2f}s (median {med('ours_server'):.2f}s), cpu "
+                  f"{best('ours_server', 'cpu_s'):.1f}s, CLI VmHWM {srv_rss:.1f} MB; / sum of floors "
+                  f"{ratios['server_sum_floors']:.2f}; / slowest single {ratios['server_slowest_single']:.2f}")
+            print(f"  {'PASS' if ok['server_serial'] else 'FAIL'}  server run / serial script = "
+                  f"{ratios['server_serial']:.3f} (target ≤ {TARGET_VS_SERIAL})")
+            print(f"  {'PASS' if ok['server_floor'] else 'FAIL'}  server run / slowest floor = "
+                  f"{ratios['server_slowest_floor']:.3f} (target ≤ {TARGET_VS_FLOOR})")
+            print(f"  {'PASS' if ok['server_rss'] else 'FAIL'}  server run peak RSS = {srv_rss:.1f} MB "
+                  f"(target < {TARGET_RSS_MB:.0f} MB)")
         print("  PostgreSQL ≤ 1.10 × pg_dump > file: see bench/bench_postgres.py")
         r3 = lambda x: round(x, 3)  # noqa: E731
         figures = {
@@ -563,7 +649,9 @@ tar czf configs.tar.gz -C {cf_dir} .
                       "elasticsearch": es_bytes, "grafana": gf_bytes, "configs": cf_bytes, "total": data_bytes,
                       "ours_out": sizes["ours"], "serial_out": sizes["serial"]},
             "build_s": {k: round(v, 1) for k, v in built.items()},
-            "ours_s": [r3(r["wall_s"]) for r in R["ours"]], "serial_s": [r3(r["wall_s"]) for r in R["serial"]],
+            "ours_s": [r3(r["wall_s"]) for r in R["ours"]],
+            "ours_split_s": [{k: round(r[k], 1) for k in ("before_flow_s", "flow_s", "after_flow_s") if k in r}
+                             for r in R["ours"]], "serial_s": [r3(r["wall_s"]) for r in R["serial"]],
             "best_ours_s": r3(ours), "best_serial_s": r3(serial),
             "median_ours_s": r3(med("ours")), "median_serial_s": r3(med("serial")),
             "ours_cpu_s": r3(best("ours", "cpu_s")), "serial_cpu_s": r3(best("serial", "cpu_s")),
@@ -573,7 +661,15 @@ tar czf configs.tar.gz -C {cf_dir} .
             "ours_peak_rss_mb": round(rss_mb, 1), "ours_largest_child_rss_mb": round(largest_mb, 1),
             "ours_tree_rss_mb": round(tree_mb, 1),
             "single_peak_rss_mb": round(single_rss, 1),
-            "pass_serial": ok["serial"], "pass_floor": ok["floor"], "pass_rss": ok["rss"], "pass": all(ok.values()),
+            "server_s": [r3(r["wall_s"]) for r in R["ours_server"]],
+            "server_split_s": [{k: round(r[k], 1) for k in ("before_flow_s", "flow_s", "after_flow_s") if k in r}
+                               for r in R["ours_server"]],
+            "best_server_s": r3(srv) if srv is not None else None,
+            "median_server_s": r3(med("ours_server")) if srv is not None else None,
+            "server_cpu_s": r3(best("ours_server", "cpu_s")) if srv is not None else None,
+            "server_peak_rss_mb": round(srv_rss, 1) if srv is not None else None,
+            "pass_serial": ok["serial"], "pass_floor": ok["floor"], "pass_rss": ok["rss"],
+            **{f"pass_{k}": v for k, v in ok.items() if k.startswith("server")}, "pass": all(ok.values()),
         }
         print(json.dumps(figures))
         if args.strict and not all(ok.values()):
@@ -591,7 +687,7 @@ tar czf configs.tar.gz -C {cf_dir} .
             print("\ninterrupted; stopping the servers and cleaning up", file=sys.stderr)
         try:
             _stop_children()
-            for stop in (gf.stop, es.stop, prom.stop, pg.stop):
+            for stop in (stop_prefect_server, gf.stop, es.stop, prom.stop, pg.stop):
                 try:
                     stop()
                 except Exception as exc:  # noqa: BLE001 - keep cleaning up
