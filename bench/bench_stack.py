@@ -13,7 +13,8 @@ Builds, in one temp dir, a stack shaped like the document's 3.1 GB night (scale 
 
 and times, best of ``--repeat`` (medians printed too):
 
-  ours     ``python -m coderz_backup backup --config …`` (embedded Prefect API), all services
+  ours     ``python -m coderz_backup backup --config …`` (embedded Prefect API), all services;
+           and the same against a running ``prefect server start`` (``--no-server`` skips it)
   serial   the document's way, as one bash script: pg_dump | gzip > f; tar czf of each dir
   single   each service alone through our writer (service.backup() in a child process)
   floor    the raw tools alone: pg_dump > file; tar cf - DIR | cat > /dev/null
@@ -246,7 +247,7 @@ def build_prometheus_tsdb(out: Path, target_bytes: float, work: Path) -> int:
         raise SystemExit("promtool not found (Debian package prometheus)")
     series, step = 2000, 15                       # 2000 series, one sample every 15 s
     per_window = 7200 // step                     # 480 samples per series per 2 h block
-    samples = target_bytes / 8.6                  # measured: ≈ 8.6 bytes per sample on disk
+    samples = target_bytes / 7.8                  # measured: ≈ 7.8 bytes per sample on disk (index included)
     windows = max(2, round(samples / (series * per_window)))
     rnd = random.Random(17)
     pool = [repr(rnd.uniform(0, 1e6)) for _ in range(65536)]
