@@ -235,6 +235,13 @@ def du(path: Path) -> int:
 # building the stack
 
 
+def _promtool_done(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate()
+    _live.remove(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"promtool tsdb create-blocks-from openmetrics failed: {err.decode(errors='replace')[-500:]}")
+
+
 def build_prometheus_tsdb(out: Path, target_bytes: float, work: Path) -> int:
     """Blocks of ≥ target_bytes via promtool, one 2 h window per OpenMetrics file.
 
@@ -268,12 +275,13 @@ def build_prometheus_tsdb(out: Path, target_bytes: float, work: Path) -> int:
                     vals = rnd.choices(pool, k=per_window)
                     fh.write("".join([f"{p}{v} {t}\n" for v, t in zip(vals, ts)]))
             fh.write("# EOF\n")
-        if running is not None and running.wait() != 0:
-            raise RuntimeError("promtool tsdb create-blocks-from openmetrics failed")
+        if running is not None:
+            _promtool_done(running)
         running = subprocess.Popen([promtool, "tsdb", "create-blocks-from", "openmetrics", str(src), str(out)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if running is not None and w == windows - 1 and running.wait() != 0:
-            raise RuntimeError("promtool tsdb create-blocks-from openmetrics failed")
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        _live.append(running)
+    if running is not None:
+        _promtool_done(running)
     for f in work.glob("om-*.txt"):
         f.unlink()
     return windows
