@@ -433,6 +433,8 @@ def cmd_backup(args) -> int:
         print(f"Rotation: deleted {', '.join(s['deleted'])}")
     if s.get("mail") and s["mail"] != "not configured":
         print(f"Mail: {s['mail']}")
+    for note in s.get("monitor") or []:   # [monitor]: ping warnings, where the metrics went
+        print(f"Monitor: {note}")
     if s["status"] == "ok" and any(r["status"] == "failed" for r in s.get("offsite") or []):
         return EXIT_PARTIAL   # the local snapshot is fine, a copy of it is missing
     return {"ok": EXIT_OK, "partial": EXIT_PARTIAL}.get(s["status"], EXIT_UNUSABLE)
