@@ -259,7 +259,8 @@ class RunMonitor:
                     self._url, self._label = url.rstrip("/"), redact_url(url)
                     redact(self._url)
                     path = urlsplit(self._url).path.strip("/")
-                    redact(path)
+                    if len(path) >= 16:   # short paths would mask ordinary words in every log line
+                        redact(path)
                     for part in path.split("/"):   # the uuid / ping key never reaches a log line
                         if len(part) >= 16 and any(c.isdigit() for c in part):
                             redact(part)
