@@ -148,3 +148,35 @@ def test_the_ping_body_is_cut_at_the_healthchecks_limit_on_a_character_boundary(
     assert len(body) <= monitor.BODY_LIMIT and len(body) == 10_000
     body.decode("utf-8")
     assert len(monitor._truncate("é" * 6000, limit=9_999)) == 9_998
+
+
+def test_the_crash_hook_writes_status_2_once_and_not_for_a_run_that_reported_itself(tmp_path):
+    import datetime as dt
+    from types import SimpleNamespace as NS
+
+    from coderz_backup.flows import alerts
+
+    prom = tmp_path / "m.prom"
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'dest = "{tmp_path / "dest"}"\n[monitor]\ntextfile = "{prom}"\n')
+    started = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)
+    crashed = NS(id=uuid_str(), parameters={"config": str(conf)}, start_time=started, name="brave-otter")
+    alerts.alert_on_failure(NS(name="coderz-backup"), crashed, NS(message="Execution was interrupted", name="Crashed"))
+    got = monitor.read_textfile(prom)
+    assert got[("coderz_backup_last_status", ())] == 2
+    assert got[("coderz_backup_last_success_timestamp_seconds", ())] == 0
+    assert got[("coderz_backup_run_duration_seconds", ())] >= 30
+
+    reported = NS(id=uuid_str(), parameters={"config": str(conf)}, start_time=started, name="calm-owl")
+    alerts.outcome_monitored(str(reported.id))
+    prom.unlink()
+    alerts.alert_on_failure(NS(name="coderz-backup"), reported, NS(message="1 of 4 artifacts failed", name="Failed"))
+    restore = NS(id=uuid_str(), parameters={"config": str(conf)}, start_time=started, name="shy-elk")
+    alerts.alert_on_failure(NS(name="coderz-restore"), restore, NS(message="x", name="Crashed"))
+    assert not prom.exists()   # the run wrote its own metrics; a restore's crash is not the nightly backup's
+
+
+def uuid_str() -> str:
+    import uuid
+
+    return str(uuid.uuid4())
