@@ -7,6 +7,7 @@ Sequence::
       └─ collect as they complete (one failure never stops the others)
       └─ size-check task (minimum sizes, shrinkage vs the previous ok snapshot)
       └─ manifest.json ─ rename to <ts> ─ latest (unless nothing usable) ─ rotation
+      └─ [monitor]: metrics textfile, then the success or /fail ping (/start went first; never fails the run)
       └─ report artifacts ─ send-mail task (✅/⚠️/🔴; retried, never changes the outcome)
     on_failure / on_crashed hooks: 🔴 mail when the run ended before a snapshot was finished
 
