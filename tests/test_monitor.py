@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import shutil
+import socket
 import subprocess
 import threading
 import uuid
@@ -128,16 +129,19 @@ def test_a_run_that_cannot_start_pings_fail_and_writes_status_2_keeping_the_last
     _no_secret(stack, res, check)
 
 
-@pytest.mark.parametrize("answer", ["500", "nothing listens"])
+@pytest.mark.parametrize("answer", ["500", "nothing listens", "never answers"])
 def test_a_ping_that_fails_never_fails_the_backup_and_the_report_says_so(stack, answer):
     check = str(uuid.uuid4())
-    with PingServer(status=500) as hc:
-        port = hc.port if answer == "500" else free_port()
-        _with_monitor(stack, f'ping_url = "http://127.0.0.1:{port}/{check}"\nping_timeout_s = 10\n')
+    with PingServer(status=500) as hc, socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)   # connections complete in the kernel's backlog; nothing ever reads them
+        port = {"500": hc.port, "nothing listens": free_port(), "never answers": silent.getsockname()[1]}[answer]
+        timeout = 1 if answer == "never answers" else 10
+        _with_monitor(stack, f'ping_url = "http://127.0.0.1:{port}/{check}"\nping_timeout_s = {timeout}\n')
         res = run_cli(["backup", "--config", str(stack.config)], stack.env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert stack.manifest()["status"] == "ok"
-    why = "HTTP 500" if answer == "500" else "ConnectError"
+    why = {"500": "HTTP 500", "nothing listens": "ConnectError", "never answers": "ReadTimeout"}[answer]
     for kind in ("start", "success"):
         line = f"Monitor: ⚠ heartbeat ping {kind} to http://127.0.0.1:{port}/… failed ({why}"
         assert line in res.stdout, res.stdout
