@@ -163,7 +163,8 @@ class _ScrapingPrometheus(PrometheusServer):
     def start(self, timeout: float = 60):
         self.data.mkdir(parents=True, exist_ok=True)
         (self.base / "prometheus.yml").write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 10s\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files: ['{RULES / 'coderz-backup-rules.yml'}']\n"
             f"scrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['{self.target}']\n")
         subprocess.run(self.start_command, check=True)
         wait_until(lambda: httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200, timeout=timeout,
@@ -233,6 +234,21 @@ def test_after_a_backup_prometheus_has_the_metrics_from_node_exporters_textfile(
         assert kept["value"][1] == str(len(stack.snapshots()))
         [took] = _query(prom, "coderz_backup_run_duration_seconds")
         assert 0 < float(took["value"][1]) < 600
+
+        # the shipped rules load and evaluate on these series: after an ok run none fires
+        # (absent() may be pending from an evaluation before the first scrape; it must clear)
+        seen: dict = {}
+
+        def evaluated_and_quiet():
+            groups = httpx.get(f"{prom.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
+            seen["rules"] = rules = [r for g in groups for r in g["rules"]]
+            return rules and all(r["lastEvaluation"] > "2000" and r["state"] == "inactive" for r in rules)
+
+        wait_until(evaluated_and_quiet, timeout=30, interval=0.5,
+                   error=lambda _: AssertionError(f"rules not all evaluated and inactive: {seen.get('rules')}"))
+        assert {r["name"]: r["health"] for r in seen["rules"]} == {n: "ok" for n in (
+            "CoderzBackupTooOld", "CoderzBackupMetricsMissing", "CoderzBackupLastRunFailed",
+            "CoderzBackupArtifactShrank", "CoderzBackupOffsiteFailed")}
     finally:
         prom.stop()
 
