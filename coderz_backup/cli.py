@@ -399,6 +399,17 @@ def _mail_orchestrator_down(cfg: Config, reason: str) -> None:
     print(f"Mail: {'sent: ' + subject if sent else 'failed (see above)'}", file=sys.stderr)
 
 
+def _monitor_orchestrator_down(cfg: Config, reason: str) -> None:
+    """[monitor] for a run whose flow could not start: /fail ping (no run id) and status-2 metrics."""
+    from .monitor import RunMonitor
+
+    watch = RunMonitor(cfg.monitor, None, cfg.dest)
+    if watch.active:
+        watch.failed(f"the backup flow could not start: {reason}")
+        for note in watch.notes:
+            print(f"Monitor: {note}", file=sys.stderr)
+
+
 def cmd_backup(args) -> int:
     gfs = {k: getattr(args, k) for k in ("keep_daily", "keep_weekly", "keep_monthly")}
     cfg: Config = load(args.config, dest=args.dest, keep=args.keep, **gfs)  # fail fast on bad config
@@ -420,6 +431,7 @@ def cmd_backup(args) -> int:
     except OrchestratorError as exc:
         print(f"✗ backup did not run: {exc}", file=sys.stderr)
         _mail_orchestrator_down(cfg, str(exc))
+        _monitor_orchestrator_down(cfg, str(exc))
         return EXIT_UNUSABLE
     if progress.summary is None:
         err = state.result(raise_on_failure=False) if state.is_failed() or state.is_crashed() else None

@@ -129,6 +129,22 @@ def test_a_run_that_cannot_start_pings_fail_and_writes_status_2_keeping_the_last
     _no_secret(stack, res, check)
 
 
+def test_a_backup_whose_prefect_api_is_down_still_pings_fail_and_writes_status_2(stack, tmp_path):
+    check = str(uuid.uuid4())
+    prom = tmp_path / "textfile" / "coderz_backup.prom"
+    prom.parent.mkdir()
+    env = dict(stack.env, PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api", CODERZ_BACKUP_API_TIMEOUT_S="2")
+    with PingServer() as hc:
+        _with_monitor(stack, f'ping_url = "http://127.0.0.1:{hc.port}/{check}"\ntextfile = "{prom}"\n')
+        res = run_cli(["backup", "--config", str(stack.config)], env, timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert [r["path"] for r in hc.requests] == [f"/{check}/fail"]
+    assert "the backup flow could not start: the Prefect API at PREFECT_API_URL=" in hc.requests[0]["body"]
+    assert read_textfile(prom)[("coderz_backup_last_status", ())] == 2
+    assert f"Monitor: metrics written to {prom}" in res.stderr
+    _no_secret(stack, res, check)
+
+
 @pytest.mark.parametrize("answer", ["500", "nothing listens", "never answers"])
 def test_a_ping_that_fails_never_fails_the_backup_and_the_report_says_so(stack, answer):
     check = str(uuid.uuid4())
