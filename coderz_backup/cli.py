@@ -405,6 +405,17 @@ def _mail_orchestrator_down(cfg: Config, reason: str) -> None:
     print(f"Mail: {'sent: ' + subject if sent else 'failed (see above)'}", file=sys.stderr)
 
 
+def _monitor_orchestrator_down(cfg: Config, reason: str) -> None:
+    """[monitor] for a run whose flow could not start: /fail ping (no run id) and status-2 metrics."""
+    from .monitor import RunMonitor
+
+    watch = RunMonitor(cfg.monitor, None, cfg.dest)
+    if watch.active:
+        watch.failed(f"the backup flow could not start: {reason}")
+        for note in watch.notes:
+            print(f"Monitor: {note}", file=sys.stderr)
+
+
 def cmd_backup(args) -> int:
     gfs = {k: getattr(args, k) for k in ("keep_daily", "keep_weekly", "keep_monthly")}
     cfg: Config = load(args.config, dest=args.dest, keep=args.keep, **gfs)  # fail fast on bad config
@@ -426,6 +437,7 @@ def cmd_backup(args) -> int:
     except OrchestratorError as exc:
         print(f"✗ backup did not run: {exc}", file=sys.stderr)
         _mail_orchestrator_down(cfg, str(exc))
+        _monitor_orchestrator_down(cfg, str(exc))
         return EXIT_UNUSABLE
     if progress.summary is None:
         err = state.result(raise_on_failure=False) if state.is_failed() or state.is_crashed() else None
@@ -439,6 +451,8 @@ def cmd_backup(args) -> int:
         print(f"Rotation: deleted {', '.join(s['deleted'])}")
     if s.get("mail") and s["mail"] != "not configured":
         print(f"Mail: {s['mail']}")
+    for note in s.get("monitor") or []:   # [monitor]: ping warnings, where the metrics went
+        print(f"Monitor: {note}")
     if s["status"] == "ok" and any(r["status"] == "failed" for r in s.get("offsite") or []):
         return EXIT_PARTIAL   # the local snapshot is fine, a copy of it is missing
     return {"ok": EXIT_OK, "partial": EXIT_PARTIAL}.get(s["status"], EXIT_UNUSABLE)

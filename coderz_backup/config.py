@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_KEEP_DAYS",
     "Config",
     "EmailConfig",
+    "MonitorConfig",
     "SizeCheckConfig",
     "ServiceConfig",
     "KIND_MODELS",
@@ -144,6 +145,45 @@ DOCKER_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+class MonitorConfig(_Model):
+    """``[monitor]``: heartbeat pings (healthchecks.io convention) and a node_exporter textfile."""
+
+    ping_url: SecretStr | None = Field(None, description="heartbeat URL, e.g. https://hc-ping.com/<uuid> (or "
+                                       "env:NAME / prefect-secret:NAME): <url>/start when a run starts, <url> "
+                                       "when it ended ok, <url>/fail when partial or failed, each with ?rid=<flow "
+                                       "run id>; the uuid is a secret, never logged")
+    ping_timeout_s: float = Field(10.0, gt=0, le=120, description="give up on one ping after this long")
+    ping_retries: int = Field(1, ge=0, le=5, description="retries of a ping that got no answer or a 5xx")
+    textfile: Path | None = Field(None, description="node_exporter textfile (*.prom) rewritten after each run, "
+                                  "e.g. /var/lib/prometheus/node-exporter/coderz_backup.prom")
+
+    @field_validator("ping_url")
+    @classmethod
+    def _ping_url(cls, v: SecretStr | None) -> SecretStr | None:
+        from .monitor import url_problem
+
+        if v is None:
+            return v
+        raw = v.get_secret_value()
+        if raw.startswith(("env:", "prefect-secret:")):
+            return v   # checked when resolved, at the run's start (a bad value is a warning there)
+        problem = url_problem(raw)
+        if problem:
+            raise ValueError(problem)   # never repeats the URL: it holds the check's secret
+        return v
+
+    @field_validator("textfile")
+    @classmethod
+    def _textfile(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return v
+        if not v.is_absolute():
+            raise ValueError("must be an absolute path")
+        if v.suffix != ".prom":
+            raise ValueError("must end in .prom (node_exporter's textfile collector reads only *.prom files)")
+        return v
+
+
 class SizeCheckConfig(_Model):
     """Checks on sizes: room before the run, plausibility after it."""
 
@@ -170,6 +210,8 @@ class Config(_Model):
     retry_delay_s: list[float] = Field(default_factory=lambda: [10.0, 30.0], description="delay before each retry")
     email: EmailConfig | None = Field(None, description="alert mail settings; absent = no mail")
     size_check: SizeCheckConfig = Field(default_factory=SizeCheckConfig, description="size checks")
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="heartbeat pings and metrics; "
+                                   "absent = none")
     services: dict[str, ServiceConfig] = Field(default_factory=dict, description="services, by artifact base name")
     offsite: dict[str, TargetConfig] = Field(default_factory=dict, description="off-site targets, by name: every "
                                              "finished snapshot is copied to each enabled one")

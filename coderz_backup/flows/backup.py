@@ -7,6 +7,7 @@ Sequence::
       └─ collect as they complete (one failure never stops the others)
       └─ size-check task (minimum sizes, shrinkage vs the previous ok snapshot)
       └─ manifest.json ─ rename to <ts> ─ latest (unless nothing usable) ─ rotation
+      └─ [monitor]: metrics textfile, then the success or /fail ping (/start went first; never fails the run)
       └─ report artifacts ─ send-mail task (✅/⚠️/🔴; retried, never changes the outcome)
     on_failure / on_crashed hooks: 🔴 mail when the run ended before a snapshot was finished
 
@@ -36,6 +37,7 @@ from prefect.states import Failed
 
 from .. import __version__
 from .. import mail, notify, offsite, sizecheck
+from ..monitor import RunMonitor
 from .. import manifest as manifest_schema
 from ..progress import add_listener, emit as _emit, remove_listener
 from ..config import Config, ServiceConfig, load
@@ -48,7 +50,7 @@ from ..signing import load_signer
 from ..snapshot import SnapshotStore
 from ..stages import StageResult, failed_result, write_record
 from . import api_log_handlers
-from .alerts import alert_on_failure, outcome_mailed
+from .alerts import alert_on_failure, outcome_mailed, outcome_monitored
 
 __all__ = ["coderz_backup", "backup_service", "add_listener", "remove_listener", "section_title"]
 
@@ -145,7 +147,7 @@ def _post_snapshot(cfg: Config, stages: list, folder: Path, manifest: dict) -> l
 
 @task(name="publish-report", task_run_name="publish-report", cache_policy=NO_CACHE)
 def publish_report(manifest: dict, snapshot_path: str, key: str = "coderz-backup",
-                   offsite_results: list[dict] = ()) -> None:
+                   offsite_results: list[dict] = (), notes: list[str] = ()) -> None:
     """The run's report as Prefect artifacts ``<key>-report`` (markdown), ``<key>-artifacts``
     (one table row per artifact) and, with off-site targets, ``<key>-offsite`` (one row per target)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -155,7 +157,8 @@ def publish_report(manifest: dict, snapshot_path: str, key: str = "coderz-backup
     create_markdown_artifact(
         key=f"{key}-report",
         markdown=f"# Coderz backup {manifest['snapshot']} — {manifest['status']}\n\n"
-                 f"Snapshot: `{snapshot_path}`\n\n```\n{render_report(manifest, offsite_results)}\n```\n",
+                 f"Snapshot: `{snapshot_path}`\n\n```\n{render_report(manifest, offsite_results)}\n```\n"
+                 + "".join(f"\n- {n}" for n in notes),
         description=f"Backup report for snapshot {manifest['snapshot']}",
     )
     create_table_artifact(
@@ -226,14 +229,30 @@ def coderz_backup(
     """
     cfg = load(config, dest=dest, keep=keep, keep_daily=keep_daily, keep_weekly=keep_weekly,
                keep_monthly=keep_monthly)
-    return run_backup(cfg, only=only, offsite=offsite)
+    return run_backup(cfg, only=only, offsite=offsite, monitor=True)
 
 
 def run_backup(cfg: Config, *, only: list[str] | None = None, report_key: str = "coderz-backup",
-               offsite: bool = True):
+               offsite: bool = True, monitor: bool = False):
     """The backup itself (inside a flow run). ``report_key`` names the report artifacts: the
     nightly ones are ``coderz-backup-*``, a restore's safety backup publishes its own (and is
-    never sent off-site: ``offsite=False``)."""
+    never sent off-site: ``offsite=False``). With ``monitor`` (the nightly flow) the run pings
+    ``[monitor] ping_url`` and rewrites ``[monitor] textfile`` (coderz_backup.monitor)."""
+    run_id = str(rt_flow_run.id) if rt_flow_run.id else None
+    watch = RunMonitor(cfg.monitor, run_id, cfg.dest) if monitor else None
+    if watch is not None and watch.active:
+        watch.start()
+    try:
+        return _run_backup(cfg, only, report_key, offsite, watch)
+    except BaseException as exc:
+        if watch is not None and watch.active and not watch.done:
+            watch.failed(str(exc) if isinstance(exc, CoderzBackupError) else f"{type(exc).__name__}: {exc}")
+        if watch is not None and run_id:
+            outcome_monitored(run_id)
+        raise
+
+
+def _run_backup(cfg: Config, only, report_key, offsite, watch):
     services = cfg.enabled_services(only)
     signer = load_signer(cfg.signing_key)  # an unusable key stops the run before anything is written
     store = SnapshotStore(cfg.dest)
@@ -246,7 +265,7 @@ def run_backup(cfg: Config, *, only: list[str] | None = None, report_key: str = 
         snap = store.begin(started)
         with run_log(snap.path / "backup.log", extra_handlers=api_log_handlers()):
             summary, final_path = _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous,
-                                                   report_key, signer, offsite)
+                                                   report_key, signer, offsite, watch)
             _emit("finished", summary=summary, path=str(final_path))
     lost = [r["stage"].removeprefix("offsite-") for r in summary["offsite"] if r["status"] == "failed"]
     if summary["status"] == "ok" and not lost:
@@ -261,7 +280,7 @@ def run_backup(cfg: Config, *, only: list[str] | None = None, report_key: str = 
 
 
 def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, previous, report_key, signer,
-                     copy_offsite=True):
+                     copy_offsite=True, watch=None):
     log.info("coderz-backup %s on %s: snapshot %s into %s (keep %s, flow run %s)",
              __version__, socket.gethostname(), snap.name, cfg.dest,
              describe_policy(cfg.keep_days, cfg.keep_daily, cfg.keep_weekly, cfg.keep_monthly), rt_flow_run.id)
@@ -346,8 +365,15 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
     after = _post_snapshot(cfg, stages, final, manifest) if stages else []
     deleted = rotate(store, keep_days=cfg.keep_days, current=snap.name, current_usable=usable,
                      keep_daily=cfg.keep_daily, keep_weekly=cfg.keep_weekly, keep_monthly=cfg.keep_monthly)
+    notes: list[str] = []
+    if watch is not None and watch.active:   # metrics, then the success or /fail ping (never raises)
+        watch.finished(manifest, [r.as_manifest() for r in after],
+                       render_report(manifest, [r.as_manifest() for r in after]) + f"\nSnapshot: {final}\n")
+        notes = list(watch.notes)
+    if watch is not None and rt_flow_run.id:
+        outcome_monitored(str(rt_flow_run.id))
     try:
-        publish_report(manifest, str(final), report_key, [r.as_manifest() for r in after])
+        publish_report(manifest, str(final), report_key, [r.as_manifest() for r in after], notes)
     except Exception as exc:  # noqa: BLE001 - the UI report is a convenience, the snapshot is done
         log.warning("could not publish the report to Prefect: %s", exc)
     mail = _mail_outcome(cfg, manifest, str(final), after)
@@ -355,5 +381,5 @@ def _run_in_snapshot(cfg, store, snap, services, started, stale, preflight, prev
         outcome_mailed(str(rt_flow_run.id))  # the outcome mail went (or was tried): hooks stay quiet
     summary = manifest_schema.summary_of(manifest)
     summary.update(path=str(final), deleted=deleted, mail=mail, size_check=findings, manifest=manifest,
-                   offsite=[r.as_manifest() for r in after])
+                   offsite=[r.as_manifest() for r in after], monitor=notes)
     return summary, final
