@@ -81,6 +81,20 @@ def full(stack, redis_server, tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.5)
 
+    # the data dirs beside the API exports, as on a real host: Grafana's SQLite grafana.db and
+    # plugins, an Elasticsearch node's path.data
+    gf_data = tmp_path / "grafana-data"
+    (gf_data / "plugins" / "my-panel").mkdir(parents=True)
+    (gf_data / "plugins" / "my-panel" / "plugin.json").write_text('{"id": "my-panel"}')
+    gdb = sqlite3.connect(gf_data / "grafana.db")
+    gdb.execute("CREATE TABLE dashboard (id INTEGER PRIMARY KEY, data TEXT)")
+    gdb.executemany("INSERT INTO dashboard (data) VALUES (?)", [(f"dash {i}",) for i in range(200)])
+    gdb.commit()
+    gdb.close()
+    es_data = tmp_path / "es-data" / "indices" / "idx" / "0" / "index"
+    es_data.mkdir(parents=True)
+    (es_data / "_0.cfs").write_bytes(bytes(range(256)) * 4096)
+    (es_data / "segments_1").write_bytes(b"segments")
     stack.env.update(T_GF=GF_AUTH[1], T_ES=ES_AUTH[1], T_AX=APISIX_KEY)
     stack.secrets += [GF_AUTH[1], ES_AUTH[1], APISIX_KEY]
     text = stack.config.read_text().replace('[services.configs]', f'''[services.grafana]
@@ -88,6 +102,7 @@ kind = "grafana"
 url = "{gf.url}"
 user = "admin"
 password = "env:T_GF"
+data_dir = "{gf_data}"
 
 [services.prometheus]
 kind = "prometheus"
@@ -101,6 +116,7 @@ kind = "elasticsearch"
 url = "{es.url}"
 user = "elastic"
 password = "env:T_ES"
+data_dir = "{tmp_path / 'es-data'}"
 
 [services.configs]''') + f'''
 [services.etcd-k3s]
@@ -135,8 +151,10 @@ def test_every_service_comes_back_after_an_approved_restore(full):
     res = run_cli(["backup", "--config", str(s.config)], s.env, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
-    for line in ("✓ Grafana dashboards exported: 3 files", "✓ prometheus-snapshot.tar.gz (",
-                 "✓ Elasticsearch: 1 index exported", "✓ k3s-server-db.tar.gz (", "✓ etcd-apisix.snapshot (",
+    # the README's report lines (its "on a real host they show up like this" block)
+    for line in ("✓ Grafana dashboards exported: 3 files", "✓ grafana/grafana-data.tar.gz (",
+                 "✓ prometheus-snapshot.tar.gz (", "✓ Elasticsearch: 1 index exported",
+                 "✓ elasticsearch-data.tar.gz (", "✓ k3s-server-db.tar.gz (", "✓ etcd-apisix.snapshot (",
                  "✓ APISIX config exported (routes, upstreams, services, consumers, global_rules)",
                  "║ ✗ Failed : 0"):
         assert line in out, out
