@@ -23,6 +23,7 @@ from coderz_backup.services.postgres import PostgresConfig
 from coderz_backup.services.redis import RedisConfig
 from coderz_backup.errors import AccessError, ArtifactError, ProducerError
 from coderz_backup.services import create
+from coderz_backup.waiting import wait_until
 from coderz_backup.writer import write_command
 
 
@@ -257,10 +258,12 @@ def test_grafana_db_is_copied_consistently_out_of_a_busy_container(docker_servic
     api = GrafanaStandin(users={"admin": "pw"}).start()
     try:
         acc = DockerAccess(c.name)
-        deadline = time.time() + 20
-        while not acc.readable("/tmp/grafana/grafana.db") and time.time() < deadline:
-            time.sleep(0.2)
-        time.sleep(1)
+        # the writer loop is committing: both tables exist and rows keep arriving
+        def rows() -> int:   # raises while the file or table is not there yet, or the db is busy
+            return int(acc.run(["sqlite3", "/tmp/grafana/grafana.db", "SELECT count(*) FROM b"]).strip())
+
+        first = wait_until(rows, timeout=20, interval=0.2, retry=Exception)
+        wait_until(lambda: rows() > first, timeout=20, interval=0.2, retry=Exception)
         cfg = GrafanaConfig(kind="grafana", url=api.url, user="admin", password=SecretStr("pw"),
                             container=c.name, data_dir="/tmp/grafana")
         results = create("grafana", cfg).backup(tmp_path)

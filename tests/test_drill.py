@@ -18,6 +18,7 @@ from helpers import decoded_subject, run_cli, with_email
 
 from coderz_backup.signing import SIGNATURE_FILE, load_signer
 from coderz_backup.snapshot import MANIFEST, manifest_bytes
+from coderz_backup.waiting import wait_until
 
 
 def _backup(stack) -> Path:
@@ -178,12 +179,11 @@ def test_etcd_and_prometheus_snapshots_are_drilled_into_scratch_servers(tmp_path
     try:
         for i in range(25):
             etcd.put(f"/apisix/routes/{i}".encode(), b'{"uri": "/x"}')
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:   # a few samples of `up` in the head
+        def three_samples() -> bool:   # a few samples of `up` in the head
             r = httpx.get(f"{prom.url}/api/v1/query", params={"query": "count_over_time(up[1m])"}).json()
-            if r["data"]["result"] and float(r["data"]["result"][0]["value"][1]) >= 3:
-                break
-            time.sleep(0.5)
+            return bool(r["data"]["result"]) and float(r["data"]["result"][0]["value"][1]) >= 3
+
+        wait_until(three_samples, timeout=60, interval=0.5)   # TimeoutError fails the test
         services = (f'[services.etcd]\nkind = "etcd"\nendpoint = "{etcd.url}"\n\n'
                     f'[services.prometheus]\nkind = "prometheus"\nurl = "{prom.url}"\ndata_dir = "{prom.data}"\n')
         stack = Stack(tmp_path, dict(cli_env), services, tmp_path / "snapshots")

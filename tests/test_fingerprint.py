@@ -250,13 +250,15 @@ def test_prometheus_fingerprint_sums_the_blocks_and_a_restored_tsdb_reads_the_sa
 
     srv = PrometheusServer(tmp_path / "prom").start()
     try:
-        deadline = time.monotonic() + 60
         import httpx
-        while time.monotonic() < deadline:
+
+        from coderz_backup.waiting import wait_until
+
+        def three_samples() -> bool:
             r = httpx.get(f"{srv.url}/api/v1/query", params={"query": "count_over_time(up[1m])"}).json()
-            if r["data"]["result"] and float(r["data"]["result"][0]["value"][1]) >= 3:
-                break
-            time.sleep(0.5)
+            return bool(r["data"]["result"]) and float(r["data"]["result"][0]["value"][1]) >= 3
+
+        wait_until(three_samples, timeout=60, interval=0.5)   # TimeoutError fails the test
         svc = create("prometheus", PrometheusConfig(kind="prometheus", url=srv.url, data_dir=str(srv.data)))
         [res] = svc.backup(tmp_path / "snap")
     finally:
