@@ -208,3 +208,18 @@ def chromium(width: int = 1280, height: int = 900):
             yield page
         finally:
             browser.close()
+
+
+def embedded_servers(home) -> list:
+    """Prefect API processes (the embedded server) started for PREFECT_HOME ``home``."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "prefect.server.api.server:create_app" in " ".join(proc.info["cmdline"] or []) and \
+                    proc.environ().get("PREFECT_HOME") == str(home):
+                out.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out

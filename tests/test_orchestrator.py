@@ -15,20 +15,8 @@ import time
 import psutil
 import pytest
 
-from helpers import decoded_subject, run_cli, with_email
+from helpers import decoded_subject, embedded_servers, run_cli, with_email
 
-
-def _servers_of(home) -> list[psutil.Process]:
-    """Prefect API processes started for PREFECT_HOME ``home``."""
-    out = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if "prefect.server.api.server:create_app" in " ".join(proc.info["cmdline"] or []) and \
-                    proc.environ().get("PREFECT_HOME") == str(home):
-                out.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +42,7 @@ def test_backup_on_the_embedded_api_leaves_nothing_running(stack, home):
     assert "Error logging to API" not in err and "Traceback" not in err, err   # logs shipped before it stopped
     assert stack.manifest()["flow_run_id"]
     assert (home / "prefect.db").exists()          # the run went to the embedded API
-    assert _servers_of(home) == []
+    assert embedded_servers(home) == []
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
@@ -63,25 +51,25 @@ def test_a_killed_cli_stops_its_embedded_server_and_releases_the_callers_pipe(st
     proc = subprocess.Popen([sys.executable, "-m", "coderz_backup", "backup", "--config", str(stack.config)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    while not _servers_of(home) and time.monotonic() < deadline and proc.poll() is None:
+    while not embedded_servers(home) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
-    assert _servers_of(home), "the embedded server never started"
+    assert embedded_servers(home), "the embedded server never started"
     proc.send_signal(how)
     eof = threading.Event()
     threading.Thread(target=lambda: (proc.stdout.read(), eof.set()), daemon=True).start()
     # EOF: no process left behind holds the caller's pipe (a `| tee`, cron's capture would hang)
     released = eof.wait(60)
     proc.wait(timeout=60)
-    leftover = _servers_of(home)
+    leftover = embedded_servers(home)
     for p in leftover:   # never leave one behind for the rest of the suite
         p.kill()
     assert released, f"the caller's pipe is still held open by {leftover}"
     if how == signal.SIGTERM:
         assert proc.returncode != 0
     deadline = time.monotonic() + 20
-    while _servers_of(home) and time.monotonic() < deadline:
+    while embedded_servers(home) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _servers_of(home) == []
+    assert embedded_servers(home) == []
 
 
 class _Silent:
@@ -163,7 +151,7 @@ def test_the_api_of_the_active_prefect_profile_is_used(stack, tmp_path):
     res = run_cli(["backup", "--config", str(stack.config)], env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert _run_on(api, stack.manifest()) == 200
-    assert not (home / "prefect.db").exists() and _servers_of(home) == []
+    assert not (home / "prefect.db").exists() and embedded_servers(home) == []
 
 
 def test_a_prefect_server_answering_on_this_host_is_used_when_none_is_configured(stack, tmp_path):
@@ -175,7 +163,7 @@ def test_a_prefect_server_answering_on_this_host_is_used_when_none_is_configured
     res = run_cli(["backup", "--config", str(stack.config)], env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert _run_on(api, stack.manifest()) == 200
-    assert not (home / "prefect.db").exists() and _servers_of(home) == []
+    assert not (home / "prefect.db").exists() and embedded_servers(home) == []
     # nothing answers there: the embedded API after all (the run is in its database, not the server's)
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
@@ -183,4 +171,4 @@ def test_a_prefect_server_answering_on_this_host_is_used_when_none_is_configured
         res = run_cli(["backup", "--config", str(stack.config)], env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert _run_on(api, stack.manifest()) == 404
-    assert (home / "prefect.db").exists() and _servers_of(home) == []
+    assert (home / "prefect.db").exists() and embedded_servers(home) == []

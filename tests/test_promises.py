@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import Inbox, decoded_subject, mail_parts, pg_table, prefect_api, run_cli, task_runs, with_email
+from helpers import Inbox, decoded_subject, embedded_servers, mail_parts, pg_table, prefect_api, run_cli, task_runs, with_email
 
 from coderz_backup.waiting import wait_until
 
@@ -53,17 +53,6 @@ def _clean_env(tmp_path: Path, **extra: str) -> dict:
     assert "PREFECT_API_URL" not in env
     return env
 
-
-def _embedded_servers(home: Path) -> list[psutil.Process]:
-    out = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if "prefect.server.api.server:create_app" in " ".join(proc.info["cmdline"] or []) and \
-                    proc.environ().get("PREFECT_HOME") == str(home):
-                out.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return out
 
 
 def _embedded_db_run(home: Path, flow_run_id: str) -> tuple[str, list[tuple[str, str]]]:
@@ -146,7 +135,7 @@ def test_backup_in_a_clean_environment_runs_on_the_embedded_api_and_its_snapshot
             "size-check", "publish-report"} <= {name for name, _ in tasks}, tasks
     # and the session's API never saw it
     assert prefect_api("GET", f"/flow_runs/{manifest['flow_run_id']}").status_code == 404
-    assert _embedded_servers(home) == []
+    assert embedded_servers(home) == []
 
 
 def _setup_is_current() -> bool:
@@ -190,7 +179,7 @@ def test_demo_sh_backs_up_the_sandbox_on_the_embedded_api(tmp_path):
         state, tasks = _embedded_db_run(home, manifest["flow_run_id"])
         assert state == "COMPLETED", tasks
         assert prefect_api("GET", f"/flow_runs/{manifest['flow_run_id']}").status_code == 404
-        assert _embedded_servers(home) == []
+        assert embedded_servers(home) == []
         left = [p for p in psutil.process_iter(["cmdline"]) if str(work) in " ".join(p.info["cmdline"] or [])]
         assert left == [], f"demo.sh left servers running: {[p.info['cmdline'] for p in left]}"
     finally:
