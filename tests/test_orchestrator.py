@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 
-import psutil
 import pytest
 
 from helpers import decoded_subject, embedded_servers, run_cli, with_email
