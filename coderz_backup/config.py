@@ -146,16 +146,28 @@ DOCKER_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 class MonitorConfig(_Model):
-    """``[monitor]``: heartbeat pings (healthchecks.io convention) and a node_exporter textfile."""
+    """``[monitor]``: heartbeat pings (healthchecks.io convention), a node_exporter textfile, a Pushgateway."""
 
     ping_url: SecretStr | None = Field(None, description="heartbeat URL, e.g. https://hc-ping.com/<uuid> (or "
                                        "env:NAME / prefect-secret:NAME): <url>/start when a run starts, <url> "
                                        "when it ended ok, <url>/fail when partial or failed, each with ?rid=<flow "
                                        "run id>; the uuid is a secret, never logged")
-    ping_timeout_s: float = Field(10.0, gt=0, le=120, description="give up on one ping after this long")
-    ping_retries: int = Field(1, ge=0, le=5, description="retries of a ping that got no answer or a 5xx")
+    ping_timeout_s: float = Field(10.0, gt=0, le=120, description="give up on one ping (or metrics push) after "
+                                  "this long")
+    ping_retries: int = Field(1, ge=0, le=5, description="retries of a ping (or metrics push) that got no answer "
+                              "or a 5xx")
     textfile: Path | None = Field(None, description="node_exporter textfile (*.prom) rewritten after each run, "
                                   "e.g. /var/lib/prometheus/node-exporter/coderz_backup.prom")
+    pushgateway: str | None = Field(None, description="Prometheus Pushgateway base URL, e.g. http://127.0.0.1:9091: "
+                                    "after each run the textfile's metrics are PUT to <url>/metrics/job/"
+                                    "<pushgateway_job>/instance/<pushgateway_instance>; scrape it with "
+                                    "honor_labels: true")
+    pushgateway_job: str = Field("coderz_backup", pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+                                 description="the push's job label")
+    pushgateway_instance: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+                                             description="the push's instance label (default: the host name); "
+                                             "set it where the host name changes (containers), or every new "
+                                             "name leaves a stale group behind")
 
     @field_validator("ping_url")
     @classmethod
@@ -171,6 +183,18 @@ class MonitorConfig(_Model):
         if problem:
             raise ValueError(problem)   # never repeats the URL: it holds the check's secret
         return v
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _pushgateway(cls, v: str | None) -> str | None:
+        from .monitor import pushgateway_problem
+
+        if v is None:
+            return v
+        problem = pushgateway_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v.rstrip("/")
 
     @field_validator("textfile")
     @classmethod

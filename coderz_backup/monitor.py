@@ -18,6 +18,11 @@ uuid (or ping key): it is shown only as ``scheme://host/…``.
 Metrics (``[monitor] textfile``): after each run the file is replaced atomically (temp file in
 the same folder, not ending in ``.prom``, then rename; mode 0644) with the text exposition
 format node_exporter's textfile collector reads (no client timestamps).
+
+Push (``[monitor] pushgateway``): the same text is PUT to a Prometheus Pushgateway at
+``<url>/metrics/job/<pushgateway_job>/instance/<pushgateway_instance or host name>``; a PUT
+replaces the whole group, so a family the run no longer has (an off-site target removed) goes
+too. Timeout and retries are the ping's; a failed push is a warning like a failed ping.
 """
 
 from __future__ import annotations
@@ -26,14 +31,15 @@ import datetime as dt
 import logging
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-__all__ = ["BODY_LIMIT", "STATUS_CODES", "RunMonitor", "outcome_of", "redact_url", "render_metrics",
-           "read_textfile", "url_problem", "write_textfile"]
+__all__ = ["BODY_LIMIT", "STATUS_CODES", "RunMonitor", "outcome_of", "push_url", "pushgateway_problem",
+           "redact_url", "render_metrics", "read_textfile", "url_problem", "write_textfile"]
 
 log = logging.getLogger("coderz_backup.monitor")
 
@@ -42,24 +48,48 @@ BODY_LIMIT = 10_000
 #: ``coderz_backup_last_status``: the CLI's exit codes
 STATUS_CODES = {"ok": 0, "partial": 1, "failed": 2}
 PREFIX = "coderz_backup_"
+#: the exposition format's content type (what node_exporter serves; the Pushgateway accepts it)
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 # -- URLs -----------------------------------------------------------------------------------
-def url_problem(raw: str) -> str | None:
-    """Why ``raw`` is not a usable ping URL (never repeating it), or None."""
+def _http_problem(raw: str, query_why: str):
     try:
         parts = urlsplit(raw.strip())
+        parts.port   # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
-        return "not a valid URL"
+        return "not a valid URL", None
     if parts.scheme not in ("http", "https"):
-        return "must be an http:// or https:// URL"
+        return "must be an http:// or https:// URL", parts
     if not parts.hostname:
-        return "has no host"
+        return "has no host", parts
     if parts.query or parts.fragment:
-        return "must not have a ?query or #fragment (the run id is added as ?rid=…)"
+        return f"must not have a ?query or #fragment ({query_why})", parts
     if raw != raw.strip() or any(c.isspace() for c in raw):
-        return "must not contain spaces"
+        return "must not contain spaces", parts
+    return None, parts
+
+
+def url_problem(raw: str) -> str | None:
+    """Why ``raw`` is not a usable ping URL (never repeating it), or None."""
+    return _http_problem(raw, "the run id is added as ?rid=…")[0]
+
+
+def pushgateway_problem(raw: str) -> str | None:
+    """Why ``raw`` is not a usable Pushgateway base URL, or None."""
+    problem, parts = _http_problem(raw, "the group is added as /metrics/job/…/instance/…")
+    if problem:
+        return problem
+    if parts.username is not None or parts.password is not None:
+        return "must not hold a user or password (they would show in logs)"
+    if "/metrics/" in parts.path + "/":
+        return "is the Pushgateway's base URL, e.g. http://127.0.0.1:9091 (without /metrics/job/…)"
     return None
+
+
+def push_url(base: str, job: str, instance: str) -> str:
+    """``<base>/metrics/job/<job>/instance/<instance>`` (the Pushgateway's grouping key path)."""
+    return f"{base.rstrip('/')}/metrics/job/{quote(job, safe='')}/instance/{quote(instance, safe='')}"
 
 
 def redact_url(url: str) -> str:
@@ -267,11 +297,16 @@ class RunMonitor:
 
     @property
     def active(self) -> bool:
-        return self._url is not None or self._url_error is not None or self.textfile is not None
+        return (self._url is not None or self._url_error is not None or self.textfile is not None
+                or self.pushgateway is not None)
 
     @property
     def textfile(self) -> Path | None:
         return getattr(self.cfg, "textfile", None)
+
+    @property
+    def pushgateway(self) -> str | None:
+        return getattr(self.cfg, "pushgateway", None)
 
     def _warn(self, message: str) -> None:
         log.warning("%s", message)
@@ -286,6 +321,32 @@ class RunMonitor:
                 text = text.replace(path.strip("/"), "…")
         return text
 
+    def _send(self, method: str, url: str, content: bytes, content_type: str,
+              params: dict | None = None) -> str | None:
+        """One request with the ping's timeout and retries; None when it went, else why not."""
+        import httpx
+
+        timeout = float(getattr(self.cfg, "ping_timeout_s", 10.0))
+        attempts = 1 + int(getattr(self.cfg, "ping_retries", 1))
+        reason = ""
+        for attempt in range(1, attempts + 1):
+            try:
+                with httpx.Client(timeout=timeout, follow_redirects=True, trust_env=False) as client:
+                    resp = client.request(method, url, params=params or {}, content=content,
+                                          headers={"Content-Type": content_type})
+            except httpx.HTTPError as exc:
+                reason = f"{type(exc).__name__}: {self._scrub(str(exc)) or 'no answer'}"
+            else:
+                if 200 <= resp.status_code < 300:
+                    return None
+                said = " ".join(resp.text.split())[:200] if method == "PUT" else ""
+                reason = f"HTTP {resp.status_code}" + (f": {self._scrub(said)}" if said else "")
+                if resp.status_code < 500:
+                    break   # 4xx: a retry gets the same answer
+            if attempt < attempts:
+                time.sleep(min(2.0, 0.5 * attempt))
+        return reason
+
     def ping(self, kind: str, body: str = "") -> bool:
         """POST ``<url>[/start|/fail]?rid=<run id>``; a failure is a warning. True when it went."""
         if self._url_error:
@@ -293,30 +354,29 @@ class RunMonitor:
             return False
         if not self._url:
             return False
-        import httpx
-
         suffix = {"start": "/start", "success": "", "fail": "/fail"}[kind]
         params = {"rid": self.run_id} if self.run_id else {}
-        timeout = float(getattr(self.cfg, "ping_timeout_s", 10.0))
-        attempts = 1 + int(getattr(self.cfg, "ping_retries", 1))
-        reason = ""
-        for attempt in range(1, attempts + 1):
-            try:
-                with httpx.Client(timeout=timeout, follow_redirects=True, trust_env=False) as client:
-                    resp = client.post(self._url + suffix, params=params, content=_truncate(body),
-                                       headers={"Content-Type": "text/plain; charset=utf-8"})
-            except httpx.HTTPError as exc:
-                reason = f"{type(exc).__name__}: {self._scrub(str(exc)) or 'no answer'}"
-            else:
-                if 200 <= resp.status_code < 300:
-                    log.info("heartbeat ping %s sent to %s", kind, self._label)
-                    return True
-                reason = f"HTTP {resp.status_code}"
-                if resp.status_code < 500:
-                    break   # 4xx: a retry gets the same answer
-            if attempt < attempts:
-                time.sleep(min(2.0, 0.5 * attempt))
+        reason = self._send("POST", self._url + suffix, _truncate(body), "text/plain; charset=utf-8", params)
+        if reason is None:
+            log.info("heartbeat ping %s sent to %s", kind, self._label)
+            return True
         self._warn(f"heartbeat ping {kind} to {self._label} failed ({reason}) — the backup itself is unaffected")
+        return False
+
+    def push(self, text: str) -> bool:
+        """PUT the metrics to ``[monitor] pushgateway``; a failure is a warning. True when it went."""
+        base = self.pushgateway
+        if base is None:
+            return False
+        job = getattr(self.cfg, "pushgateway_job", None) or "coderz_backup"
+        instance = getattr(self.cfg, "pushgateway_instance", None) or socket.gethostname() or "localhost"
+        group = f"job {job}, instance {instance}"
+        reason = self._send("PUT", push_url(base, job, instance), text.encode("utf-8"), TEXT_FORMAT)
+        if reason is None:
+            log.info("metrics pushed to %s (%s)", base, group)
+            self.notes.append(f"metrics pushed to {base} ({group})")
+            return True
+        self._warn(f"metrics push to {base} ({group}) failed ({reason}) — the backup itself is unaffected")
         return False
 
     def start(self) -> None:
@@ -352,7 +412,7 @@ class RunMonitor:
 
     def _write_metrics(self, *, run_ts: float, status: str, artifacts: Iterable[dict] = (),
                        offsite: Sequence[dict] = ()) -> None:
-        if self.textfile is None:
+        if self.textfile is None and self.pushgateway is None:
             return
         try:
             last, per_target = self._previous()
@@ -361,13 +421,19 @@ class RunMonitor:
             text = render_metrics(run_ts=run_ts, status=status, last_success_ts=last,
                                   run_duration_s=time.monotonic() - self.started, snapshots_kept=self._kept(),
                                   artifacts=artifacts, offsite=offsite, offsite_last_success=per_target)
-            write_textfile(self.textfile, text)
         except Exception as exc:  # noqa: BLE001 - metrics never fail a backup
-            self._warn(f"metrics not written to {self.textfile}: {type(exc).__name__}: {exc} — "
-                       "the backup itself is unaffected")
-        else:
-            log.info("metrics written to %s (status %s)", self.textfile, status)
-            self.notes.append(f"metrics written to {self.textfile}")
+            self._warn(f"metrics not produced: {type(exc).__name__}: {exc} — the backup itself is unaffected")
+            return
+        if self.textfile is not None:
+            try:
+                write_textfile(self.textfile, text)
+            except Exception as exc:  # noqa: BLE001 - metrics never fail a backup
+                self._warn(f"metrics not written to {self.textfile}: {type(exc).__name__}: {exc} — "
+                           "the backup itself is unaffected")
+            else:
+                log.info("metrics written to %s (status %s)", self.textfile, status)
+                self.notes.append(f"metrics written to {self.textfile}")
+        self.push(text)
 
     # -- the run's end
     def finished(self, manifest: dict, offsite: Sequence[dict], report: str) -> str:

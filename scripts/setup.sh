@@ -13,6 +13,7 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)   # [monitor] textfile, tests/test_monitor.py
+command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)       # [monitor] pushgateway, tests/test_monitor.py
 command -v sqlite3 >/dev/null || need+=(sqlite3)
 command -v rsync >/dev/null || need+=(rsync)            # off-site kind "rsync" (rsync over SSH)
 command -v ssh >/dev/null || need+=(openssh-client)

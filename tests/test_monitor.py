@@ -1,15 +1,19 @@
 """[monitor] end to end: heartbeat pings to a local HTTP server, the node_exporter textfile read by
-Debian's prometheus-node-exporter and scraped by a real Prometheus, and the shipped alert rules
-checked with promtool."""
+Debian's prometheus-node-exporter and scraped by a real Prometheus, the same metrics pushed to
+Debian's prometheus-pushgateway, the shipped alert rules checked with promtool and firing in a real
+Prometheus, and every panel of the shipped Grafana dashboard evaluated by it."""
 
 from __future__ import annotations
 
 import datetime as dt
 import http.server
+import json
+import re
 import shutil
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -18,12 +22,13 @@ import httpx
 import pytest
 from helpers import run_cli
 
-from coderz_backup.monitor import read_textfile
+from coderz_backup.monitor import read_textfile, render_metrics
 from coderz_backup.sandbox import PrometheusServer, free_port
 from coderz_backup.snapshot import SnapshotStore
 from coderz_backup.waiting import wait_until
 
 RULES = Path(__file__).resolve().parents[1] / "deployments" / "prometheus"
+DASHBOARD = Path(__file__).resolve().parents[1] / "deployments" / "grafana" / "coderz-backup-dashboard.json"
 
 
 # -- a healthchecks-like ping endpoint ------------------------------------------------------------
@@ -49,7 +54,7 @@ class PingServer:
                 self.end_headers()
                 self.wfile.write(b"OK")
 
-            do_POST = do_GET = _record
+            do_POST = do_GET = do_PUT = _record
 
             def log_message(self, *args):
                 pass
@@ -146,14 +151,15 @@ def test_a_backup_whose_prefect_api_is_down_still_pings_fail_and_writes_status_2
 
 
 @pytest.mark.parametrize("answer", ["500", "nothing listens", "never answers"])
-def test_a_ping_that_fails_never_fails_the_backup_and_the_report_says_so(stack, answer):
+def test_a_ping_or_push_that_fails_never_fails_the_backup_and_the_report_says_so(stack, answer):
     check = str(uuid.uuid4())
     with PingServer(status=500) as hc, socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)   # connections complete in the kernel's backlog; nothing ever reads them
         port = {"500": hc.port, "nothing listens": free_port(), "never answers": silent.getsockname()[1]}[answer]
         timeout = 1 if answer == "never answers" else 10
-        _with_monitor(stack, f'ping_url = "http://127.0.0.1:{port}/{check}"\nping_timeout_s = {timeout}\n')
+        _with_monitor(stack, f'ping_url = "http://127.0.0.1:{port}/{check}"\nping_timeout_s = {timeout}\n'
+                             f'pushgateway = "http://127.0.0.1:{port}"\npushgateway_instance = "h1"\n')
         res = run_cli(["backup", "--config", str(stack.config)], stack.env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert stack.manifest()["status"] == "ok"
@@ -161,27 +167,33 @@ def test_a_ping_that_fails_never_fails_the_backup_and_the_report_says_so(stack, 
     for kind in ("start", "success"):
         line = f"Monitor: ⚠ heartbeat ping {kind} to http://127.0.0.1:{port}/… failed ({why}"
         assert line in res.stdout, res.stdout
+    push = f"metrics push to http://127.0.0.1:{port} (job coderz_backup, instance h1) failed ({why}"
+    assert f"Monitor: ⚠ {push}" in res.stdout, res.stdout
     log = (stack.dest / "latest" / "backup.log").read_text()
     assert f"heartbeat ping success to http://127.0.0.1:{port}/… failed ({why}" in log
-    if answer == "500":
-        assert len(hc.requests) == 4   # one retry each for a 5xx
+    assert push in log
+    if answer == "500":   # one retry each for a 5xx
+        assert [r["method"] for r in hc.requests].count("POST") == 4
+        assert [r["path"] for r in hc.requests if r["method"] == "PUT"] == ["/metrics/job/coderz_backup/instance/h1"] * 2
     _no_secret(stack, res, check)
 
 
 # -- metrics ---------------------------------------------------------------------------------------
 class _ScrapingPrometheus(PrometheusServer):
-    """The sandbox's Prometheus, scraping a node_exporter instead of itself."""
+    """The sandbox's Prometheus, scraping a node_exporter (or a Pushgateway: ``honor_labels``, so the
+    pushed job/instance stay) instead of itself, with the shipped rules evaluated every second."""
 
-    def __init__(self, base: Path, target: str):
+    def __init__(self, base: Path, target: str, job: str = "node", honor_labels: bool = False):
         super().__init__(base, self_scrape=False)
-        self.target = target
+        self.target, self.job, self.honor_labels = target, job, honor_labels
 
     def start(self, timeout: float = 60):
         self.data.mkdir(parents=True, exist_ok=True)
         (self.base / "prometheus.yml").write_text(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
             f"rule_files: ['{RULES / 'coderz-backup-rules.yml'}']\n"
-            f"scrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['{self.target}']\n")
+            f"scrape_configs:\n  - job_name: {self.job}\n    honor_labels: {str(self.honor_labels).lower()}\n"
+            f"    static_configs:\n      - targets: ['{self.target}']\n")
         subprocess.run(self.start_command, check=True)
         wait_until(lambda: httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200, timeout=timeout,
                    interval=0.2, retry=httpx.HTTPError)
@@ -265,6 +277,137 @@ def test_after_a_backup_prometheus_has_the_metrics_from_node_exporters_textfile(
         assert {r["name"]: r["health"] for r in seen["rules"]} == {n: "ok" for n in (
             "CoderzBackupTooOld", "CoderzBackupMetricsMissing", "CoderzBackupLastRunFailed",
             "CoderzBackupArtifactShrank", "CoderzBackupOffsiteFailed")}
+    finally:
+        prom.stop()
+
+
+@pytest.fixture
+def pushgateway(tmp_path):
+    """Debian's prometheus-pushgateway on a free 127.0.0.1 port, in memory only (no persistence file)."""
+    exe = shutil.which("prometheus-pushgateway")
+    if exe is None:
+        pytest.fail("prometheus-pushgateway is not installed: run scripts/setup.sh")
+    port = free_port()
+    with open(tmp_path / "pushgateway.log", "wb") as log:
+        proc = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+                                stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(f"{url}/-/ready", timeout=1).status_code == 200,
+                   timeout=30, interval=0.1, retry=httpx.HTTPError)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+FAMILIES = {f"coderz_backup_{n}" for n in (
+    "last_run_timestamp_seconds", "last_success_timestamp_seconds", "last_status", "run_duration_seconds",
+    "snapshots_kept", "artifact_bytes", "artifact_ok", "artifact_duration_seconds", "offsite_status",
+    "offsite_bytes", "offsite_duration_seconds", "offsite_last_success_timestamp_seconds")}
+
+
+def test_a_pushed_backup_is_in_prometheus_and_every_dashboard_panel_has_data(stack, pushgateway, tmp_path):
+    drive = tmp_path / "drive"
+    drive.mkdir()   # an off-site copy too, so the dashboard's off-site panels have something to show
+    stack.config.write_text(stack.config.read_text() + f'\n[offsite.usb]\nkind = "dir"\npath = "{drive}"\n')
+    _with_monitor(stack, f'pushgateway = "{pushgateway}"\n')
+    res = run_cli(["backup", "--config", str(stack.config)], stack.env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    host = socket.gethostname()
+    assert f"Monitor: metrics pushed to {pushgateway} (job coderz_backup, instance {host})" in res.stdout
+    m = stack.manifest()
+    finished = dt.datetime.strptime(m["finished_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+
+    prom = _ScrapingPrometheus(tmp_path / "prometheus", pushgateway.removeprefix("http://"), job="pushgateway",
+                               honor_labels=True).start()
+    try:
+        [series] = wait_until(lambda: _query(prom, "coderz_backup_last_success_timestamp_seconds"),
+                              timeout=60, interval=0.5)
+        assert series["metric"]["job"] == "coderz_backup" and series["metric"]["instance"] == host
+        assert float(series["value"][1]) == finished.timestamp()
+        names = {s["metric"]["__name__"] for s in _query(prom, '{__name__=~"coderz_backup_.+"}')}
+        assert names == FAMILIES   # the textfile's families, every one
+        [off] = _query(prom, "coderz_backup_offsite_status")
+        assert off["metric"]["target"] == "usb" and off["value"][1] == "0"
+        arts = {(s["metric"]["service"], s["metric"]["file"]): int(s["value"][1])
+                for s in _query(prom, "coderz_backup_artifact_bytes")}
+        assert arts == {(a["service"], a["path"]): a["bytes"] for a in m["artifacts"] if a["status"] == "ok"}
+
+        # the shipped dashboard: its host variable lists this host, and every panel's query, with the
+        # variable set to this host or to All, is valid PromQL that returns data (a renamed metric fails here)
+        dash = json.loads(DASHBOARD.read_text())
+        assert dash["schemaVersion"] >= 39
+        assert [(i["name"], i["type"], i["pluginId"]) for i in dash["__inputs"]] == \
+            [("DS_PROMETHEUS", "datasource", "prometheus")]
+        ds = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+        [var] = dash["templating"]["list"]
+        metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", var["definition"]).groups()
+        listed = httpx.get(f"{prom.url}/api/v1/label/{label}/values", params={"match[]": metric}, timeout=5).json()
+        assert (var["name"], var["datasource"], listed["data"]) == ("instance", ds, [host])
+        panels = dash["panels"]
+        assert len({p["id"] for p in panels}) == len(panels)
+        assert {"Time since last successful backup", "Last run status", "Artifact size", "Backup time per service",
+                "Snapshots kept", "Off-site copies"} <= {p["title"] for p in panels}
+        for panel in panels:
+            assert panel["datasource"] == ds and panel["targets"], panel["title"]
+            for target in panel["targets"]:
+                assert target["datasource"] == ds
+                for value in (host, var["allValue"]):
+                    expr = target["expr"].replace("$instance", value)
+                    assert _query(prom, expr), f"panel {panel['title']!r}: {expr} returned no data"
+    finally:
+        prom.stop()
+
+
+def _alerts(prom: PrometheusServer) -> dict[str, dict]:
+    body = httpx.get(f"{prom.url}/api/v1/alerts", timeout=5).json()
+    return {a["labels"]["alertname"]: a for a in body["data"]["alerts"]}
+
+
+def test_a_missed_night_and_a_failed_run_fire_the_shipped_alerts_in_prometheus(stack, node_exporter, tmp_path):
+    textdir, target = node_exporter
+    prom_file = textdir / "coderz_backup.prom"
+    # A real run's clock cannot be set back, and the snapshot's finished_at is signed in its manifest;
+    # so the last ok night is the textfile that run left behind 30 h ago, rendered by render_metrics
+    # as every run renders it. Tonight's run is real and cannot start (another run holds the lock): it
+    # keeps the last success from that file and writes status 2, as on a host whose backups stopped.
+    long_ago = int(time.time()) - 30 * 3600
+    prom_file.write_text(render_metrics(run_ts=long_ago, status="ok", last_success_ts=long_ago, run_duration_s=95,
+                                        snapshots_kept=7))
+    _with_monitor(stack, f'textfile = "{prom_file}"\n')
+    store = SnapshotStore(stack.dest)
+    store.prepare()
+    with store.lock():
+        res = run_cli(["backup", "--config", str(stack.config)], stack.env)
+    assert res.returncode == 2, res.stdout + res.stderr
+    now = read_textfile(prom_file)
+    assert now[("coderz_backup_last_success_timestamp_seconds", ())] == long_ago
+    assert now[("coderz_backup_last_status", ())] == 2
+
+    # Both rules have no `for:`, so they fire at their first evaluation after the scrape (every
+    # second here). Where the 26 h line lies (quiet at 25 h, firing at 27 h) is proven by the
+    # promtool unit tests in coderz-backup-rules.test.yml.
+    prom = _ScrapingPrometheus(tmp_path / "prometheus", target).start()
+    try:
+        wanted = ("CoderzBackupTooOld", "CoderzBackupLastRunFailed")
+        seen: dict = {}
+
+        def firing():
+            seen["alerts"] = alerts = _alerts(prom)
+            return all(alerts.get(name, {}).get("state") == "firing" for name in wanted)
+
+        wait_until(firing, timeout=60, interval=0.5,
+                   error=lambda _: AssertionError(f"not both firing: {seen.get('alerts')}"))
+        old, failed = (seen["alerts"][name] for name in wanted)
+        labels = {"severity": "critical", "instance": target, "job": "node"}
+        assert old["labels"] == dict(labels, alertname="CoderzBackupTooOld")
+        assert old["annotations"]["summary"] == f"No successful Coderz backup on {target} for more than 26 h"
+        assert re.fullmatch(r"Last successful backup 1d 6h \d+m \d+s ago\.", old["annotations"]["description"])
+        assert failed["labels"] == dict(labels, alertname="CoderzBackupLastRunFailed")
+        assert failed["annotations"]["description"].startswith("coderz_backup_last_status is 2 ")
+        assert "CoderzBackupMetricsMissing" not in seen["alerts"] or \
+            seen["alerts"]["CoderzBackupMetricsMissing"]["state"] != "firing"
     finally:
         prom.stop()
 

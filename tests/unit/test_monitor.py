@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 
 import pytest
@@ -180,3 +181,43 @@ def uuid_str() -> str:
     import uuid
 
     return str(uuid.uuid4())
+
+
+def test_a_pushgateway_url_loads_with_the_default_job_and_no_trailing_slash(tmp_path):
+    cfg = _load(tmp_path, '[monitor]\npushgateway = "http://127.0.0.1:9091/"\npushgateway_instance = "db-host-1"\n')
+    assert cfg.monitor.pushgateway == "http://127.0.0.1:9091"
+    assert cfg.monitor.pushgateway_job == "coderz_backup"
+    assert monitor.push_url(cfg.monitor.pushgateway, cfg.monitor.pushgateway_job, "db-host-1") == \
+        "http://127.0.0.1:9091/metrics/job/coderz_backup/instance/db-host-1"
+    assert monitor.push_url("http://pgw.example/prefix/", "j", "a b") == \
+        "http://pgw.example/prefix/metrics/job/j/instance/a%20b"
+
+
+@pytest.mark.parametrize("body, why", [
+    ('pushgateway = "pgw:9091"', "monitor.pushgateway: Value error, must be an http:// or https:// URL"),
+    ('pushgateway = "http://u:pw@127.0.0.1:9091"', "monitor.pushgateway: Value error, must not hold a user"),
+    ('pushgateway = "http://127.0.0.1:9091/metrics/job/x"', "monitor.pushgateway: Value error, is the Pushgateway's base URL"),
+    ('pushgateway = "http://127.0.0.1:9091?x=1"', "monitor.pushgateway: Value error, must not have a"),
+    ('pushgateway = "http://127.0.0.1:x"', "monitor.pushgateway: Value error, not a valid URL"),
+    ('pushgateway_job = "my job/1"', "monitor.pushgateway_job: String should match pattern"),
+])
+def test_a_bad_pushgateway_key_is_refused(tmp_path, body, why):
+    with pytest.raises(ConfigError, match=re.escape(why)) as err:
+        _load(tmp_path, f"[monitor]\n{body}\n")
+    assert "pw@" not in str(err.value)
+
+
+def test_a_push_nobody_answers_is_a_warning_and_the_textfile_is_still_written(tmp_path):
+    from coderz_backup.sandbox import free_port
+
+    prom, port = tmp_path / "m.prom", free_port()
+    cfg = config.MonitorConfig(textfile=prom, pushgateway=f"http://127.0.0.1:{port}", pushgateway_instance="h1",
+                               ping_retries=0)
+    mon = monitor.RunMonitor(cfg, None, tmp_path / "dest")
+    assert mon.active
+    mon.failed("boom")
+    assert monitor.read_textfile(prom)[("coderz_backup_last_status", ())] == 2
+    assert mon.notes[0] == f"metrics written to {prom}"
+    assert mon.notes[1].startswith(f"⚠ metrics push to http://127.0.0.1:{port} (job coderz_backup, instance h1) "
+                                   "failed (ConnectError: ")
+    assert mon.notes[1].endswith("— the backup itself is unaffected")
