@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test suite's private Docker Engine (never pulls; no bridge; own data root and socket).
-#   bash scripts/docker-test-engine.sh install   apt-install docker.io + debootstrap when missing (root)
+#   bash scripts/docker-test-engine.sh install   apt-install docker.io + debootstrap + docker-compose when missing (root)
 #   bash scripts/docker-test-engine.sh start     start (or reuse) dockerd on unix:///run/coderz-test-docker/docker.sock
 #   bash scripts/docker-test-engine.sh image     build the base image coderz-test-base:<hash> if not cached
 #   bash scripts/docker-test-engine.sh status|stop|clean
@@ -14,6 +14,9 @@ case "${1:-status}" in
     need=()
     command -v dockerd >/dev/null && command -v containerd >/dev/null && command -v runc >/dev/null || need+=(docker.io)
     command -v debootstrap >/dev/null || need+=(debootstrap)
+    # the worker's compose file (deployments/worker/compose.yaml) in tests/test_worker_container.py;
+    # Debian 12 packages Compose v1 only (1.29.2, `docker-compose`), not the v2 plugin
+    command -v docker-compose >/dev/null || need+=(docker-compose)
     if [ ${#need[@]} -gt 0 ]; then
       if [ "$(id -u)" != 0 ]; then
         echo "docker-test-engine: ${need[*]} missing and not root; the Docker tests will be skipped" >&2

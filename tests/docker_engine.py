@@ -80,6 +80,9 @@ SUITE = "bookworm"
 PACKAGES = (
     "postgresql-15", "redis-server", "prometheus", "etcd-server", "etcd-client",
     "sqlite3", "procps", "tar", "gzip", "ca-certificates",
+    # what the worker image (deployments/worker/Dockerfile) needs besides: a venv-capable Python
+    # and the off-site tools, so tests/test_worker_container.py builds FROM this with no network
+    "python3", "python3-venv", "rsync", "openssh-client",
 )
 PG_BIN = "/usr/lib/postgresql/15/bin"
 IMAGE_CHANGES = (
