@@ -257,6 +257,7 @@ def test_the_documents_commands_in_the_worker_container_make_a_verified_snapshot
     latest = snaps / "latest"
     manifest = json.loads((latest / "manifest.json").read_text())
     assert (manifest["status"], manifest["passed"], manifest["failed"]) == ("ok", 3, 0)
+    assert manifest["flow_run_id"] == run_id
     assert {a["service"]: (a["status"], a["path"]) for a in manifest["artifacts"]} == {
         "postgres-coderapi": ("ok", "postgres-coderapi.sql.gz"), "redis": ("ok", "redis.rdb"),
         "configs": ("ok", "configs.tar.gz")}
@@ -290,3 +291,64 @@ def test_the_documents_commands_in_the_worker_container_make_a_verified_snapshot
     rows = {line.split()[0]: line.split()[1] for line in res.stdout.splitlines()
             if line[:1].isdigit() and len(line.split()) > 1}
     assert rows.get(manifest["snapshot"]) == "ok" and rows.get(second["snapshot"]) == "ok", res.stdout
+
+
+def test_a_run_on_the_docker_pool_runs_in_its_own_container_from_the_worker_image(document_host, worker_image):
+    """`coderz-backup setup --type docker`: the worker starts one container per flow run (the
+    pool's defaults: image_pull_policy Never, host network, auto_remove), secrets from Prefect
+    Secret blocks, and the snapshot lands on the host."""
+    h = document_host
+    res = _exec(h, "coderz-backup", "setup", "--type", "docker", "--pool", "coderz-backup-docker")
+    assert res.returncode == 0, res.stdout + res.stderr
+    pool = httpx.get(f"{h.api}/work_pools/coderz-backup-docker", timeout=10).json()
+    assert pool["type"] == "docker"
+    # the passwords as Prefect Secret blocks, made from the worker's environment (never argv)
+    script = ("import os\nfrom prefect.blocks.system import Secret\n"
+              "Secret(value=os.environ['PG_CODERAPI_PASSWORD']).save('coderz-pg-coderapi', overwrite=True)\n"
+              "Secret(value=os.environ['REDIS_PASSWORD']).save('coderz-redis', overwrite=True)\n")
+    res = _exec(h, "python3", "-c", script)
+    assert res.returncode == 0, res.stdout + res.stderr
+    installed = h.coderz / "backup/coderz-backup.toml"
+    config = h.coderz / "backup/coderz-backup-docker.toml"
+    config.write_text(installed.read_text().replace('"env:PG_CODERAPI_PASSWORD"', '"prefect-secret:coderz-pg-coderapi"')
+                      .replace('"env:REDIS_PASSWORD"', '"prefect-secret:coderz-redis"'))
+    assert "env:" not in config.read_text().split("[services.postgres-coderapi]")[1]
+
+    res = _exec(h, "prefect", "--no-prompt", "deploy", "--name", "coderz-backup-daily", "--pool", "coderz-backup-docker")
+    assert res.returncode == 0, res.stdout + res.stderr
+    subprocess.run(["docker", "exec", "-d", WORKER, "prefect", "worker", "start", "--pool", "coderz-backup-docker"],
+                   env=h.denv, check=True, timeout=60)
+    socket_path = RUN_DIR / "docker.sock"
+    jv = {"image": worker_image, "volumes": [f"{h.coderz}:{h.coderz}", f"{socket_path}:/var/run/docker.sock"],
+          "env": {"CODERZ_BACKUP_CONFIG": str(config)}, "labels": {"coderz.test.run": "docker-pool"},
+          "auto_remove": False}
+    argv = ["prefect", "deployment", "run", "coderz-backup/coderz-backup-daily"]
+    for k, v in jv.items():
+        argv += ["--job-variable", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
+    res = _exec(h, *argv)
+    assert res.returncode == 0, res.stdout + res.stderr
+    run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", res.stdout).group(1)
+
+    def finished() -> bool:
+        return _flow_run(h, run_id)["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+    try:
+        wait_until(finished, timeout=300, interval=1, error=lambda _last: AssertionError(
+            f"flow run {run_id} still {_flow_run(h, run_id)['state']['type']}\n{_worker_logs(h)}"))
+        run = _flow_run(h, run_id)
+        [container] = h.client.containers.list(all=True, filters={"label": "coderz.test.run=docker-pool"})
+        logs = container.logs().decode(errors="replace")
+        assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{logs}"
+        # the run executed in that container, from the worker image, on the host network
+        assert container.image.tags == [worker_image] or worker_image in container.image.tags
+        assert container.attrs["HostConfig"]["NetworkMode"] == "host"
+        assert container.attrs["Config"]["Labels"].get("io.prefect.flow-run-id") == run_id
+        for secret in h.secrets:
+            assert secret not in logs
+            assert secret not in json.dumps(container.attrs["Config"]["Env"])
+    finally:
+        for c in h.client.containers.list(all=True, filters={"label": "coderz.test.run=docker-pool"}):
+            c.remove(force=True)
+    manifest = json.loads((h.coderz / "backup/snapshots/latest/manifest.json").read_text())
+    assert (manifest["status"], manifest["passed"], manifest["failed"]) == ("ok", 3, 0)
+    assert manifest["flow_run_id"] == run_id   # this snapshot is that run's
