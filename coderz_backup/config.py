@@ -168,6 +168,10 @@ class MonitorConfig(_Model):
                                              description="the push's instance label (default: the host name); "
                                              "set it where the host name changes (containers), or every new "
                                              "name leaves a stale group behind")
+    missed_after_h: float = Field(26.0, ge=0.0028, le=24 * 31,
+                                  description="`coderz-backup setup`'s missed-run automation: no Completed "
+                                  "coderz-backup-daily run for this many hours runs coderz-backup-missed, which "
+                                  "mails 🔴 Coderz Backup MISSED (26 = a night plus two hours of slack)")
 
     @field_validator("ping_url")
     @classmethod

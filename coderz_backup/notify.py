@@ -5,6 +5,7 @@ Subjects are the product document's, date and time of the run's start in UTC::
     ✅ Coderz Backup — OK (3.1G) on 2026-03-06 03:00
     ⚠️ Coderz Backup — 1 failure(s) on 2026-03-06 03:00
     🔴 Coderz Backup FAILED on 2026-03-06 03:00
+    🔴 Coderz Backup MISSED — no successful backup since 2026-03-05 03:00
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import html
 
 from .report import human_size, render_report
 
-__all__ = ["subject", "when_text", "result_bodies", "crash_bodies", "restore_bodies", "RERUN_HELP"]
+__all__ = ["subject", "when_text", "result_bodies", "crash_bodies", "restore_bodies", "missed_bodies", "RERUN_HELP"]
 
 RERUN_HELP = [
     "Re-run from Prefect: prefect deployment run coderz-backup/coderz-backup-daily",
@@ -107,6 +108,32 @@ def crash_bodies(when: dt.datetime, reason: str, *, flow_run: str | None = None,
             + (f"<p>Flow run: <code>{e(flow_run)}</code></p>" if flow_run else "")
             + (f"<p>Destination: <code>{e(dest)}</code></p>" if dest else "")
             + "<h3>What to do</h3><ul>" + "".join(f"<li><code>{e(h)}</code></li>" for h in RERUN_HELP) + "</ul>")
+    return subj, body, "\n".join(lines) + "\n"
+
+
+def missed_bodies(since: dt.datetime | None, snapshot: str | None, window_h: float, dest: str,
+                  last_run: str | None = None) -> tuple[str, str, str]:
+    """(subject, html, text) when no backup completed within the window (the missed-run automation).
+
+    ``since``: when the newest authentic ``ok`` snapshot in ``dest`` started (None: there is none).
+    ``last_run``: a line about the deployment's last run, when one is known.
+    """
+    subj = ("🔴 Coderz Backup MISSED — no successful backup since " + when_text(since) + " UTC" if since
+            else "🔴 Coderz Backup MISSED — no successful backup at all")
+    hours = f"{window_h:g} h"
+    lines = [subj, "", f"No run of coderz-backup/coderz-backup-daily completed within {hours}: the scheduled "
+             "backup did not run (worker or server down, deployment paused) or did not finish.",
+             f"Newest ok snapshot: {snapshot + ' (' + when_text(since) + ' UTC)' if snapshot and since else 'none'} "
+             f"in {dest}"]
+    if last_run:
+        lines.append(f"Last run of the deployment: {last_run}")
+    checks = ["Is the worker running?  docker ps --filter name=coderz-prefect-worker",
+              "Is the schedule active?  prefect deployment inspect coderz-backup/coderz-backup-daily"]
+    lines += ["", "What to do:", *(f"  {c}" for c in checks), *(f"  {h}" for h in RERUN_HELP)]
+    e = html.escape
+    body = (f"<h2>{e(subj)}</h2>" + "".join(f"<p>{e(x)}</p>" for x in lines[2:lines.index("", 2)])
+            + "<h3>What to do</h3><ul>" + "".join(f"<li><code>{e(h)}</code></li>" for h in [*checks, *RERUN_HELP])
+            + "</ul>")
     return subj, body, "\n".join(lines) + "\n"
 
 
