@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from helpers import decoded_subject, mail_parts, run_cli, with_email
 from coderz_backup import notify
 from coderz_backup.config import load
 from coderz_backup.flows.missed import coderz_backup_missed
-from coderz_backup.setup import MISSED_AUTOMATION, MISSED_DEPLOYMENT, parse_duration_h, setup
+from coderz_backup.setup import MISSED_AUTOMATION, MISSED_DEPLOYMENT, missed_trigger, parse_duration_h, setup
 from coderz_backup.snapshot import SnapshotStore, snapshot_name
 from coderz_backup.waiting import wait_until
 
@@ -198,3 +199,28 @@ def test_the_missed_flow_counts_only_authentic_ok_snapshots_and_fails_when_it_ca
     state = coderz_backup_missed(config=str(quiet), window_h=1e-4, return_state=True)
     assert state.is_failed()
     assert "no [email]" in state.message and "so no mail was sent" in state.message
+
+
+def test_the_trigger_expects_a_completed_run_of_the_daily_deployment_of_the_backup_flow():
+    from prefect.server.events.schemas.events import ReceivedEvent
+
+    trig = missed_trigger(26)
+    assert trig.posture.value == "Proactive" and trig.threshold == 1
+    assert trig.within == dt.timedelta(hours=26)
+
+    def event(name: str, flow: str, deployment: str):
+        return ReceivedEvent(
+            id=uuid.uuid4(), occurred=dt.datetime.now(dt.timezone.utc), received=dt.datetime.now(dt.timezone.utc), event=name,
+            resource={"prefect.resource.id": "prefect.flow-run.1", "prefect.resource.name": "a-run"},
+            related=[{"prefect.resource.id": "prefect.flow.2", "prefect.resource.role": "flow",
+                      "prefect.resource.name": flow},
+                     {"prefect.resource.id": "prefect.deployment.3", "prefect.resource.role": "deployment",
+                      "prefect.resource.name": deployment}])
+
+    from prefect.server.events.schemas.automations import EventTrigger as ServerTrigger
+
+    server = ServerTrigger.model_validate(trig.model_dump())
+    assert server.covers(event("prefect.flow-run.Completed", "coderz-backup", "coderz-backup-daily"))
+    assert not server.covers(event("prefect.flow-run.Failed", "coderz-backup", "coderz-backup-daily"))
+    assert not server.covers(event("prefect.flow-run.Completed", "coderz-drill", "coderz-backup-daily"))
+    assert not server.covers(event("prefect.flow-run.Completed", "coderz-backup", "coderz-restore"))

@@ -1,17 +1,16 @@
-"""The missed-run pieces that need no server: setup's duration flag, the trigger it builds,
+"""The missed-run pieces that need no server: setup's duration flag,
 the mail's subject, and the window check."""
 
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from pathlib import Path
 
 import pytest
 
 from coderz_backup import notify
 from coderz_backup.missed import within_window
-from coderz_backup.setup import missed_trigger, parse_duration_h
+from coderz_backup.setup import parse_duration_h
 from coderz_backup.snapshot import SnapshotInfo
 
 UTC = dt.timezone.utc
@@ -28,31 +27,6 @@ def test_durations(text, hours):
 def test_bad_durations_say_why(text, why):
     with pytest.raises(ValueError, match=why):
         parse_duration_h(text)
-
-
-def test_the_trigger_expects_a_completed_run_of_the_daily_deployment_of_the_backup_flow():
-    from prefect.server.events.schemas.events import ReceivedEvent
-
-    trig = missed_trigger(26)
-    assert trig.posture.value == "Proactive" and trig.threshold == 1
-    assert trig.within == dt.timedelta(hours=26)
-
-    def event(name: str, flow: str, deployment: str):
-        return ReceivedEvent(
-            id=uuid.uuid4(), occurred=dt.datetime.now(UTC), received=dt.datetime.now(UTC), event=name,
-            resource={"prefect.resource.id": "prefect.flow-run.1", "prefect.resource.name": "a-run"},
-            related=[{"prefect.resource.id": "prefect.flow.2", "prefect.resource.role": "flow",
-                      "prefect.resource.name": flow},
-                     {"prefect.resource.id": "prefect.deployment.3", "prefect.resource.role": "deployment",
-                      "prefect.resource.name": deployment}])
-
-    from prefect.server.events.schemas.automations import EventTrigger as ServerTrigger
-
-    server = ServerTrigger.model_validate(trig.model_dump())
-    assert server.covers(event("prefect.flow-run.Completed", "coderz-backup", "coderz-backup-daily"))
-    assert not server.covers(event("prefect.flow-run.Failed", "coderz-backup", "coderz-backup-daily"))
-    assert not server.covers(event("prefect.flow-run.Completed", "coderz-drill", "coderz-backup-daily"))
-    assert not server.covers(event("prefect.flow-run.Completed", "coderz-backup", "coderz-restore"))
 
 
 def test_subject_names_the_last_success_or_says_there_is_none():
