@@ -15,9 +15,10 @@ service module changes.
 from __future__ import annotations
 
 import os
+import struct
 from typing import BinaryIO, Protocol
 
-from isal import igzip, igzip_threaded
+from isal import igzip, igzip_threaded, isal_zlib
 
 __all__ = ["CODECS", "Codec", "Layer", "GZIP", "GZIP_LEVEL", "GZIP_THREADS", "chain_for"]
 
@@ -34,6 +35,64 @@ def _cores() -> int:
 #: compression threads per gzip artifact: every core (at most 4), pigz-style 1 MiB blocks
 GZIP_THREADS = max(1, min(4, _cores()))
 GZIP_BLOCK = 1024 * 1024
+#: a block whose samples deflate to at least this share of their size is stored, not deflated
+STORE_RATIO = 0.97
+_SAMPLE = 8192          # bytes per sample; three samples per block (start, middle, end)
+_STORED_MAX = 0xFFFF    # a deflate stored block holds at most 65535 bytes
+
+
+def incompressible(block) -> bool:
+    """Whether deflate would gain next to nothing on ``block``, judged from three 8 KiB samples
+    (start, middle, end) at level 1: ~2 % of the block's deflate cost."""
+    n = len(block)
+    if n < 4 * _SAMPLE:
+        return False
+    view = memoryview(block)
+    size = 0
+    for start in (0, n // 2, n - _SAMPLE):
+        size += len(isal_zlib.compress(view[start:start + _SAMPLE], GZIP_LEVEL, -15))
+    return size >= STORE_RATIO * 3 * _SAMPLE
+
+
+def stored_blocks(block) -> bytes:
+    """``block`` as deflate stored blocks (BFINAL 0, BTYPE 00), starting and ending on a byte
+    boundary like a sync-flushed block: a decoder copies them and keeps them in its window."""
+    view = memoryview(block)
+    parts = []
+    for start in range(0, len(view), _STORED_MAX):
+        piece = view[start:start + _STORED_MAX]
+        parts.append(struct.pack("<BHH", 0, len(piece), len(piece) ^ 0xFFFF))
+        parts.append(piece)
+    return b"".join(parts)
+
+
+class _StoreIfIncompressible:
+    """One compression thread's compressor: a block that would not shrink (TSDB chunks, Lucene's
+    compressed stored fields, tarballs of tarballs) is stored instead of deflated, which costs a
+    copy instead of a deflate pass; any other block goes to isal as before."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def compress_and_crc(self, data, zdict):
+        if incompressible(data):
+            return stored_blocks(data), isal_zlib.crc32(data)
+        return self._inner.compress_and_crc(data, zdict)
+
+
+try:
+    _Writer = igzip_threaded._ThreadedGzipWriter
+    _Buffered = igzip_threaded.FlushableBufferedWriter
+except AttributeError:   # another isal layout: plain threaded gzip, every block deflated
+    _Writer = _Buffered = None
+
+if _Writer is not None:
+    class _AdaptiveGzipWriter(_Writer):
+        """isal's threaded gzip writer with each thread's compressor wrapped before the threads start."""
+
+        def start(self):
+            self.compressors = [_StoreIfIncompressible(c) for c in self.compressors]
+            super().start()
 
 
 class Layer(Protocol):
@@ -62,15 +121,20 @@ class _Gzip:
     """gzip through isal, compressed on every core: the stream is cut into 1 MiB blocks, each
     compressed in a thread with the previous block's last 32 KiB as dictionary and ended on a
     byte boundary (pigz's layout), so the result is one ordinary gzip member that ``gzip -d``,
-    zlib and isal read as any other. The compressed bytes reach ``below`` from one writer
-    thread, in order; an error there (a full disk) is raised by the next write or by close."""
+    zlib and isal read as any other. A block that would not shrink is stored as deflate stored
+    blocks instead (:func:`incompressible`): same format, a fraction of the CPU. The compressed
+    bytes reach ``below`` from one writer thread, in order; an error there (a full disk) is
+    raised by the next write or by close."""
 
     name = "gzip"
     suffix = ".gz"
 
     def layer(self, below: BinaryIO) -> Layer:
-        return igzip_threaded.open(below, "wb", compresslevel=GZIP_LEVEL, threads=GZIP_THREADS,
-                                   block_size=GZIP_BLOCK)
+        if _Writer is None:
+            return igzip_threaded.open(below, "wb", compresslevel=GZIP_LEVEL, threads=GZIP_THREADS,
+                                       block_size=GZIP_BLOCK)
+        return _Buffered(_AdaptiveGzipWriter(below, "wb", level=GZIP_LEVEL, threads=GZIP_THREADS,
+                                             block_size=GZIP_BLOCK), buffer_size=GZIP_BLOCK)
 
     def decoder(self, raw: BinaryIO) -> BinaryIO:
         return igzip.IGzipFile(fileobj=raw, mode="rb")

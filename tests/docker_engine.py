@@ -57,6 +57,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from coderz_backup.waiting import wait_until
+
 DATA_ROOT = Path("/var/lib/coderz-test-docker")
 RUN_DIR = Path("/run/coderz-test-docker")
 SOCKET = RUN_DIR / "docker.sock"
@@ -144,6 +146,10 @@ def service_image(service: str, registry: str | None = None) -> str:
 
 class DockerTestError(RuntimeError):
     """The test engine or image could not be set up; the message says what to look at."""
+
+
+class _NotReady(Exception):
+    """A readiness probe failed; ``__cause__`` is why (kept for the timeout's message)."""
 
 
 def _say(msg: str) -> None:
@@ -328,19 +334,18 @@ class Engine:
                                           env=env, start_new_session=True, close_fds=True)
 
     def _wait_ready(self, timeout: float = 10.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            client = self._connect()
-            if client is not None:
-                return client
+        def answering():
             if self._proc is not None and self._proc.poll() is not None:
                 raise DockerTestError(f"dockerd exited with code {self._proc.returncode} before it was ready; "
                                       f"last lines of {LOG}:\n{_tail(LOG)}")
-            if time.monotonic() > deadline:
-                self._stop_daemon()
-                raise DockerTestError(f"dockerd did not answer on {SOCKET} within {timeout:.0f} s; "
-                                      f"last lines of {LOG}:\n{_tail(LOG)}")
-            time.sleep(0.2)
+            return self._connect()
+
+        def not_ready(_last):
+            self._stop_daemon()
+            return DockerTestError(f"dockerd did not answer on {SOCKET} within {timeout:.0f} s; "
+                                   f"last lines of {LOG}:\n{_tail(LOG)}")
+
+        return wait_until(answering, timeout=timeout, interval=0.2, error=not_ready)
 
     def _stop_daemon(self, timeout: float = 20.0) -> None:
         pid = self._proc.pid if self._proc is not None and self._proc.poll() is None else _read_pid(PIDFILE)
@@ -653,20 +658,23 @@ class Services:
 
     @staticmethod
     def wait_ready(container, ready: Callable[[object], bool], timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def probe() -> bool:
             container.reload()
             if container.status not in ("created", "running"):
                 logs = container.logs(tail=30).decode(errors="replace")
                 raise DockerTestError(f"container {container.name} exited "
                                       f"({container.attrs['State'].get('ExitCode')}) before it was ready:\n{logs}")
-            with contextlib.suppress(Exception):
-                if ready(container):
-                    return
-            if time.monotonic() > deadline:
-                logs = container.logs(tail=30).decode(errors="replace")
-                raise DockerTestError(f"container {container.name} not ready within {timeout:.0f} s:\n{logs}")
-            time.sleep(0.2)
+            try:
+                return ready(container)
+            except Exception as exc:  # noqa: BLE001 - not ready yet: the probe's own failure is the reason
+                raise _NotReady(exc) from exc
+
+        def not_ready(last):
+            logs = container.logs(tail=30).decode(errors="replace")
+            why = f" (last try: {last.__cause__!r})" if last is not None else ""
+            return DockerTestError(f"container {container.name} not ready within {timeout:.0f} s{why}:\n{logs}")
+
+        wait_until(probe, timeout=timeout, interval=0.2, retry=_NotReady, error=not_ready)
 
     # ---- the stack's services
     def postgres(self, *, name: str | None = None, user: str = "coderz", password: str | None = None,

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from coderz_backup.waiting import wait_until
+
 WEED = Path(sys.executable).with_name("weed")
 
 
@@ -81,37 +83,39 @@ class SeaweedS3:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, cwd=self.root)
-        deadline = time.monotonic() + timeout
         import httpx
 
-        while True:
+        def gateway() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed mini exited with {self.proc.returncode}; see {self.log}:\n"
                                    f"{self.log.read_text(errors='replace')[-3000:]}")
-            try:
-                httpx.get(self.endpoint, timeout=2)   # any HTTP answer: the gateway is up
-                break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
+            httpx.get(self.endpoint, timeout=2)   # any HTTP answer: the gateway is up
+            return True
+
+        def stopped(error):
+            def make(last):
                 self.stop()
-                raise RuntimeError(f"weed mini's S3 port {s3} did not answer within {timeout:.0f}s; see {self.log}")
-            time.sleep(0.3)
+                return error(last)
+            return make
+
+        started = time.monotonic()
+        wait_until(gateway, timeout=timeout, interval=0.3, retry=httpx.HTTPError, error=stopped(
+            lambda _: RuntimeError(f"weed mini's S3 port {s3} did not answer within {timeout:.0f}s; see {self.log}")))
+
         # the gateway answers before the filer and a volume are ready: wait until a bucket can be made
-        probe = f"probe-{secrets.token_hex(4)}"
-        while True:
-            try:
-                cl = self.client()
-                cl.create_bucket(Bucket=probe)
-                cl.put_object(Bucket=probe, Key="p", Body=b"p")
-                cl.delete_object(Bucket=probe, Key="p")
-                cl.delete_bucket(Bucket=probe)
-                return self
-            except Exception:  # noqa: BLE001 - not ready yet
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise
-                time.sleep(0.5)
+        def bucket() -> bool:
+            probe = f"probe-{secrets.token_hex(4)}"
+            cl = self.client()
+            cl.create_bucket(Bucket=probe)
+            cl.put_object(Bucket=probe, Key="p", Body=b"p")
+            cl.delete_object(Bucket=probe, Key="p")
+            cl.delete_bucket(Bucket=probe)
+            return True
+
+        wait_until(bucket, timeout=max(timeout - (time.monotonic() - started), 1), interval=0.5, retry=Exception,
+                   error=stopped(lambda last: RuntimeError(f"weed mini's S3 gateway answers but takes no object "
+                                                           f"within {timeout:.0f}s ({last!r}); see {self.log}")))
+        return self
 
     def client(self, **over):
         import boto3

@@ -16,8 +16,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
+
+from coderz_backup.waiting import wait_until
 
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")
@@ -112,22 +113,20 @@ class Sshd:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
+        def banner() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sshd exited with {self.proc.returncode}; see {self.log}:\n"
                                    f"{self.log.read_text(errors='replace')[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-                    if s.recv(64).startswith(b"SSH-2.0-"):
-                        return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"sshd on 127.0.0.1:{self.port} sent no SSH banner within {timeout:.0f}s; "
-                                   f"see {self.log}")
-            time.sleep(0.1)
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                return s.recv(64).startswith(b"SSH-2.0-")
+
+        def not_ready(_last):
+            self.stop()
+            return RuntimeError(f"sshd on 127.0.0.1:{self.port} sent no SSH banner within {timeout:.0f}s; "
+                                f"see {self.log}")
+
+        wait_until(banner, timeout=timeout, interval=0.1, retry=OSError, error=not_ready)
+        return self
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import chromium, decoded_subject, mail_parts, prefect_api, with_email
+from helpers import chromium, decoded_subject, mail_parts, prefect_api, task_runs, with_email
 
 from coderz_backup.errors import AccessError, ConfigError
 from coderz_backup.setup import TEMPLATES_DIR, register_cli, run_cli, setup
+from coderz_backup.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = "coderz-backup"
@@ -249,21 +250,11 @@ def test_deploy_needs_the_pool_then_a_worker_runs_the_daily_backup(stack, smtp):
     # the task runs under the names the README gives (no suffix added by Prefect); the server
     # records task-run states from events, a moment after the run: read until all are final
     import datetime as dt
-    import time
 
-    deadline = time.monotonic() + 30
-    while True:
-        resp = prefect_api("POST", "task_runs/filter", json={"task_runs": {},
-                                                             "flow_runs": {"id": {"any_": [run_id]}},
-                                                             "limit": 50, "offset": 0})
-        resp.raise_for_status()
-        tasks = resp.json()
-        if (len(tasks) >= 7 and all(t["end_time"] for t in tasks)) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert sorted(t["name"] for t in tasks) == sorted(
-        ["backup-postgres-prefect", "backup-postgres-coderapi", "backup-redis", "backup-configs", "size-check",
-         "publish-report", "send-mail"])
+    names = {"backup-postgres-prefect", "backup-postgres-coderapi", "backup-redis", "backup-configs", "size-check",
+             "publish-report", "send-mail"}
+    tasks = list(task_runs(run_id, names).values())
+    assert sorted(t["name"] for t in tasks) == sorted(names)
     # the service tasks ran concurrently: together they took longer than the span they ran in
     spans = [(dt.datetime.fromisoformat(t["start_time"]), dt.datetime.fromisoformat(t["end_time"]))
              for t in tasks if t["name"].startswith("backup-")]
@@ -398,36 +389,27 @@ def test_restore_deployment_pauses_and_an_operator_approves_it_in_the_prefect_ui
 
 
 def _wait_state(run_id: str, state_type: str, timeout: float = 240) -> dict:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def probe():
         state = prefect_api("GET", f"flow_runs/{run_id}").json()["state"]
-        if state and state["type"] == state_type:
-            return state
-        time.sleep(0.5)
-    pytest.fail(f"flow run {run_id} never reached {state_type}")
+        return state if state and state["type"] == state_type else None
+
+    return wait_until(probe, timeout=timeout, interval=0.5,
+                      error=lambda _: AssertionError(f"flow run {run_id} never reached {state_type}"))
 
 
-def _run_log(run_id: str) -> list[str]:
-    """The messages of a flow run's log, as the UI shows them (oldest first)."""
-    import time
+def _run_log(run_id: str, until=lambda m: m.startswith("Finished in state "), timeout: float = 30) -> list[str]:
+    """The messages of a flow run's log, as the UI shows them (oldest first), once one of them
+    satisfies ``until`` — by default the engine's own last line, "Finished in state …"."""
 
-    def read() -> list[str]:
+    def read() -> list[str] | None:
         resp = prefect_api("POST", "logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
                                                         "sort": "TIMESTAMP_ASC", "limit": 200, "offset": 0})
         resp.raise_for_status()
-        return [entry["message"] for entry in resp.json()]
+        messages = [entry["message"] for entry in resp.json()]
+        return messages if any(until(m) for m in messages) else None
 
-    # the last records arrive in batches: read until two reads 1.5 s apart agree (at most 20 s)
-    messages, deadline = read(), time.monotonic() + 20
-    while time.monotonic() < deadline:
-        time.sleep(1.5)
-        again = read()
-        if again == messages:
-            break
-        messages = again
-    return messages
+    return wait_until(read, timeout=timeout, interval=0.5,
+                      error=lambda _: AssertionError(f"the log of flow run {run_id} never had the line awaited"))
 
 
 def _artifacts(run_id: str) -> list[dict]:
@@ -466,7 +448,6 @@ def test_the_scheduler_creates_the_0300_utc_runs_and_a_worker_executes_a_schedul
     (only its scheduled time changes: it stays the scheduler's run) and a worker executes it.
     """
     import datetime as dt
-    import time
 
     from prefect.client.schemas.objects import StateType
 
@@ -478,11 +459,9 @@ def test_the_scheduler_creates_the_0300_utc_runs_and_a_worker_executes_a_schedul
     with _client() as c:
         dep = c.read_deployment_by_name(DEPLOYMENT)
 
-    deadline = time.monotonic() + 90
-    while not (runs := _runs_of(str(dep.id), states=["SCHEDULED"])) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert runs, ("the Prefect scheduler created no run of coderz-backup-daily within 90 s; server log:\n"
-                  + Path(os.environ["CODERZ_TEST_PREFECT_LOG"]).read_text(errors="replace")[-4000:])
+    runs = wait_until(lambda: _runs_of(str(dep.id), states=["SCHEDULED"]), timeout=90, interval=1, error=lambda _: (
+        AssertionError("the Prefect scheduler created no run of coderz-backup-daily within 90 s; server log:\n"
+                       + Path(os.environ["CODERZ_TEST_PREFECT_LOG"]).read_text(errors="replace")[-4000:])))
     assert len(runs) >= 3, runs  # the scheduler keeps at least 3 runs ahead (min_runs)
     starts = [dt.datetime.fromisoformat(r["expected_start_time"].replace("Z", "+00:00")) for r in runs]
     first = _next_0300_utc(deployed_at - dt.timedelta(seconds=5))
@@ -514,20 +493,6 @@ def test_the_scheduler_creates_the_0300_utc_runs_and_a_worker_executes_a_schedul
 # -- off-site copies through the deployment ---------------------------------------------------
 
 
-def _task_runs(run_id: str, n: int) -> list[dict]:
-    import time
-
-    deadline = time.monotonic() + 30
-    while True:
-        resp = prefect_api("POST", "task_runs/filter", json={"task_runs": {}, "flow_runs": {"id": {"any_": [run_id]}},
-                                                             "limit": 50, "offset": 0})
-        resp.raise_for_status()
-        tasks = resp.json()
-        if (len(tasks) >= n and all(t["end_time"] for t in tasks)) or time.monotonic() > deadline:
-            return tasks
-        time.sleep(0.5)
-
-
 def test_a_worker_run_copies_off_site_as_its_own_task_and_a_run_parameter_skips_it(stack, tmp_path):
     drive = tmp_path / "drive"
     drive.mkdir()
@@ -549,13 +514,13 @@ def test_a_worker_run_copies_off_site_as_its_own_task_and_a_run_parameter_skips_
     assert _wait_state(run_id, "COMPLETED")
     [snap] = stack.snapshots()
     assert sorted(p.name for p in drive.iterdir()) == [snap.name]
-    tasks = {t["name"]: t for t in _task_runs(run_id, 8)}
+    tasks = task_runs(run_id, {"offsite-usb", "send-mail", "publish-report", "size-check"})
     assert tasks["offsite-usb"]["state_type"] == "COMPLETED"
     [table] = [a for a in _artifacts(run_id) if a["key"] == "coderz-backup-offsite"]
     [row] = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
     assert (row["target"], row["status"], row["snapshots"], row["attempts"]) == ("usb", "ok", snap.name, 1)
     assert row["bytes"] > 0
-    assert any(m.startswith("offsite-usb: ") and "files" in m for m in _run_log(run_id))
+    assert _run_log(run_id, until=lambda m: m.startswith("offsite-usb: ") and "files" in m)
 
     res = _prefect(["deployment", "run", DEPLOYMENT, "--param", "offsite=false"])
     assert res.returncode == 0, res.stdout + res.stderr
@@ -564,7 +529,7 @@ def test_a_worker_run_copies_off_site_as_its_own_task_and_a_run_parameter_skips_
     assert _wait_state(run_id, "COMPLETED")
     assert len(stack.snapshots()) == 2
     assert sorted(p.name for p in drive.iterdir()) == [snap.name]   # this run's snapshot stayed here
-    assert "offsite-usb" not in {t["name"] for t in _task_runs(run_id, 7)}
+    assert "offsite-usb" not in task_runs(run_id, {"send-mail", "publish-report", "size-check"})
 
 
 # -- the weekly restore drill ---------------------------------------------------------------
@@ -572,7 +537,6 @@ def test_a_worker_run_copies_off_site_as_its_own_task_and_a_run_parameter_skips_
 
 def test_the_scheduler_creates_the_sunday_0500_utc_drills_and_a_worker_runs_one_to_a_matched_drill(stack):
     import datetime as dt
-    import time
 
     from helpers import run_cli as cli
 
@@ -591,10 +555,8 @@ def test_the_scheduler_creates_the_sunday_0500_utc_drills_and_a_worker_runs_one_
         dep = c.read_deployment_by_name("coderz-drill/coderz-drill-weekly")
     [sched] = dep.schedules
     assert (sched.schedule.cron, sched.schedule.timezone, sched.active) == ("0 5 * * 0", "UTC", True)
-    deadline = time.monotonic() + 90
-    while not (runs := _runs_of(str(dep.id), states=["SCHEDULED"])) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert runs, "the Prefect scheduler created no run of coderz-drill-weekly within 90 s"
+    runs = wait_until(lambda: _runs_of(str(dep.id), states=["SCHEDULED"]), timeout=90, interval=1, error=lambda _: (
+        AssertionError("the Prefect scheduler created no run of coderz-drill-weekly within 90 s")))
     starts = [dt.datetime.fromisoformat(r["expected_start_time"].replace("Z", "+00:00")) for r in runs]
     assert all((s.weekday(), s.hour, s.minute) == (6, 5, 0) for s in starts), starts   # Sundays 05:00 UTC
     assert starts[0] > deployed_at and starts[0] - deployed_at <= dt.timedelta(days=7)
@@ -612,5 +574,4 @@ def test_the_scheduler_creates_the_sunday_0500_utc_drills_and_a_worker_runs_one_
     record = json.loads((snap / "drill.json").read_text())
     assert record["ok"] and record["matched"] == 4
     assert {a["key"] for a in _artifacts(run["id"])} >= {"coderz-drill-report", "coderz-drill-results"}
-    names = {t["name"] for t in _task_runs(run["id"], 4)}
-    assert names >= {"drill-postgres-prefect", "drill-postgres-coderapi", "drill-redis", "drill-configs"}
+    task_runs(run["id"], {"drill-postgres-prefect", "drill-postgres-coderapi", "drill-redis", "drill-configs"})

@@ -19,6 +19,8 @@ import redis
 
 from docker_engine import BASE_URL, DATA_ROOT, IMAGE, IMAGE_NAME, PIDFILE, REGISTRY_ENV, DockerTestError
 
+from coderz_backup.waiting import wait_until
+
 
 def _refused(port: int) -> bool:
     try:
@@ -116,13 +118,11 @@ def test_redis_container_requires_its_password_and_keeps_it_out_of_argv(docker_s
 def test_prometheus_container_is_ready_scrapes_itself_and_has_the_admin_api(docker_services):
     prom = docker_services.prometheus()
     assert httpx.get(f"{prom.url}/-/ready", timeout=5).status_code == 200
-    deadline = time.monotonic() + 15
-    while True:  # the first self-scrape lands within a few scrape intervals
-        res = httpx.get(f"{prom.url}/api/v1/query", params={"query": 'up{job="prometheus"}'}, timeout=5).json()
-        if res["data"]["result"] or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    assert [r["value"][1] for r in res["data"]["result"]] == ["1"]
+    # the first self-scrape lands within a few scrape intervals
+    result = wait_until(lambda: httpx.get(f"{prom.url}/api/v1/query", params={"query": 'up{job="prometheus"}'},
+                                          timeout=5).json()["data"]["result"],
+                        timeout=15, interval=0.3, error=lambda _: AssertionError("no self-scrape within 15 s"))
+    assert [r["value"][1] for r in result] == ["1"]
     snap = httpx.post(f"{prom.url}/api/v1/admin/tsdb/snapshot", timeout=30)
     assert snap.status_code == 200 and snap.json()["status"] == "success"
     name = snap.json()["data"]["name"]

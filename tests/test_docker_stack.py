@@ -1,17 +1,18 @@
 """The Coderz Stack as containers, end to end through the real flows and the CLI.
 
 ``coderz-postgres`` (two databases), ``coderz-redis``, ``coderz-etcd`` and an application
-container ``coderz-app`` run on the private test engine (``tests/docker_engine.py``) with
-``--network host`` on 127.0.0.1, non-root, data in named volumes. The CLI runs the
-``coderz-backup`` flow in Docker mode (pg_dump and etcdctl exec'd in the containers, the
-RDB copied out of the container), then ``coderz-restore`` stops the dependent app
-container, restores, starts everything again and the data is back.
+container ``coderz-app`` (each name with a suffix of its own per test, so a leftover or a second
+session never meets a container of the same name) run on the private test engine
+(``tests/docker_engine.py``) with ``--network host`` on 127.0.0.1, non-root, data in named
+volumes. The CLI runs the ``coderz-backup`` flow in Docker mode (pg_dump and etcdctl exec'd in
+the containers, the RDB copied out of the container), then ``coderz-restore`` stops the
+dependent app container, restores, starts everything again and the data is back.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import secrets
 
 import httpx
 
@@ -21,10 +22,14 @@ import redis as redis_lib
 
 from helpers import run_cli
 
+from coderz_backup.waiting import wait_until
+
 
 @pytest.fixture
 def docker_stack(docker_engine, docker_services, tmp_path, cli_env):
-    pg = docker_services.postgres(name="coderz-postgres", database="prefect")
+    tag = secrets.token_hex(3)
+    names = {n: f"coderz-{n}-{tag}" for n in ("postgres", "redis", "etcd", "prometheus", "app")}
+    pg = docker_services.postgres(name=names["postgres"], database="prefect")
     with psycopg.connect(host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password,
                          dbname="prefect", autocommit=True) as conn:
         conn.execute("CREATE DATABASE coderapi")
@@ -32,17 +37,15 @@ def docker_stack(docker_engine, docker_services, tmp_path, cli_env):
     with psycopg.connect(host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password,
                          dbname="coderapi") as conn:
         conn.execute("CREATE TABLE users AS SELECT g AS id, 'u' || g AS email FROM generate_series(1, 3000) g")
-    rd = docker_services.redis(name="coderz-redis")
+    rd = docker_services.redis(name=names["redis"])
     redis_lib.Redis(port=rd.port, password=rd.password).mset({f"session:{i}": i for i in range(300)})
-    et = docker_services.etcd(name="coderz-etcd")
-    pr = docker_services.prometheus(name="coderz-prometheus")
-    deadline = time.monotonic() + 30
-    while not httpx.get(f"{pr.url}/api/v1/query", params={"query": "up"}).json()["data"]["result"]:
-        assert time.monotonic() < deadline, "coderz-prometheus scraped nothing"
-        time.sleep(0.3)
+    et = docker_services.etcd(name=names["etcd"])
+    pr = docker_services.prometheus(name=names["prometheus"])
+    wait_until(lambda: httpx.get(f"{pr.url}/api/v1/query", params={"query": "up"}).json()["data"]["result"],
+               timeout=30, interval=0.3, error=lambda _: AssertionError(f"{names['prometheus']} scraped nothing"))
     # the app refuses to start again once /tmp/coderz-broken exists (a test makes it so)
     app = docker_services.run_service(
-        "coderz-app", ["sh", "-c", "if [ -e /tmp/coderz-broken ]; then exit 3; fi; exec sleep infinity"],
+        names["app"], ["sh", "-c", "if [ -e /tmp/coderz-broken ]; then exit 3; fi; exec sleep infinity"],
         user="nobody")
     conf = tmp_path / "configs"
     conf.mkdir()
@@ -56,17 +59,17 @@ retry_delay_s = [0.2]
 [services.postgres-prefect]
 kind = "postgres"
 title = "PostgreSQL — Prefect DB"
-container = "coderz-postgres"
+container = "{names['postgres']}"
 port = {pg.port}
 user = "{pg.user}"
 password = "env:T_PG"
 database = "prefect"
-stop_containers = ["coderz-app"]
+stop_containers = ["{names['app']}"]
 
 [services.postgres-coderapi]
 kind = "postgres"
 title = "PostgreSQL — CoderAPI DB"
-container = "coderz-postgres"
+container = "{names['postgres']}"
 port = {pg.port}
 user = "{pg.user}"
 password = "env:T_PG"
@@ -74,15 +77,15 @@ database = "coderapi"
 
 [services.redis]
 kind = "redis"
-container = "coderz-redis"
+container = "{names['redis']}"
 port = {rd.port}
 password = "env:T_REDIS"
 data_dir = "/data"
-stop_containers = ["coderz-app"]
+stop_containers = ["{names['app']}"]
 
 [services.prometheus]
 kind = "prometheus"
-container = "coderz-prometheus"
+container = "{names['prometheus']}"
 url = "{pr.url}"
 data_dir = "/prometheus"
 
@@ -92,7 +95,7 @@ paths = ["{conf}"]
 
 [services.etcd-apisix]
 kind = "etcd"
-container = "coderz-etcd"
+container = "{names['etcd']}"
 method = "etcdctl"
 endpoint = "http://127.0.0.1:{et.ports['client']}"
 ''')
@@ -103,6 +106,7 @@ endpoint = "http://127.0.0.1:{et.ports['client']}"
 
     s = S()
     s.pg, s.redis, s.etcd, s.app, s.config, s.dest, s.env = pg, rd, et, app, config, dest, env
+    s.names = names
     s.secrets = [pg.password, rd.password]
     return s
 
@@ -147,8 +151,8 @@ def test_full_backup_of_the_containerised_stack_then_restore_stops_and_restarts_
     assert app.status == "running" and app.attrs["State"]["StartedAt"] != app_started
     assert s.redis.running and s.pg.running
     restore_log = (s.dest / "latest" / "restore.log").read_text()
-    assert "container coderz-app stopped for the restore" in restore_log
-    assert "container coderz-app started again" in restore_log
+    assert f"container {s.names['app']} stopped for the restore" in restore_log
+    assert f"container {s.names['app']} started again" in restore_log
     assert "docker compose restart" not in res.stdout  # only printed when it could not restart them
 
 
@@ -180,7 +184,7 @@ def test_a_container_that_does_not_come_back_makes_the_restore_exit_1_with_the_h
     # the data is back, but the stack is not whole again: not a success
     assert res.returncode == 1, res.stdout + res.stderr
     assert r.get("after-backup") is None and r.get("session:299") == b"299"
-    assert "coderz-app" in res.stdout + res.stderr and "cd /opt/coderz && docker compose restart" in res.stdout
+    assert s.names["app"] in res.stdout + res.stderr and "cd /opt/coderz && docker compose restart" in res.stdout
     s.app.reload()
     assert s.app.status == "exited"
 
@@ -190,7 +194,7 @@ def test_a_stopped_container_fails_only_its_artifact(docker_stack):
     s.redis.container.stop(timeout=10)
     res = run_cli(["backup", "--config", str(s.config)], s.env)
     assert res.returncode == 1, res.stdout + res.stderr
-    assert "✗ redis.rdb — " in res.stdout and "coderz-redis" in res.stdout
+    assert "✗ redis.rdb — " in res.stdout and s.names["redis"] in res.stdout
     m = _manifest(s)
     by = {a["path"]: a for a in m["artifacts"]}
     assert m["status"] == "partial"
@@ -236,7 +240,7 @@ def test_a_drill_of_the_containerised_stack_restores_into_scratch_containers_of_
     assert _production_state(s) == before
     assert _drill_leftovers(docker_engine.client) == []
     log = (s.dest / "latest" / "drill.log").read_text()
-    assert "scratch container coderz-drill-" in log and "coderz-postgres's image" in log and "--network none" in log
+    assert "scratch container coderz-drill-" in log and f"{s.names['postgres']}'s image" in log and "--network none" in log
     for secret in s.secrets:
         assert secret not in res.stdout + res.stderr + log
 
@@ -255,14 +259,14 @@ def test_a_killed_docker_mode_drill_leaves_no_scratch_container_or_volume(docker
                              "--config", str(s.config)], env=s.env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=os.getcwd())
     try:
-        deadline = time.monotonic() + 120
-        scratch = []
-        while time.monotonic() < deadline and not scratch and proc.poll() is None:
-            scratch = [c for c in client.containers.list(filters={"label": "io.coderz.backup.drill"})
-                       if not c.name.endswith("-prep")]
-            time.sleep(0.1)
-        assert scratch, "no scratch container appeared"
-        [c] = scratch
+        def scratch():
+            if proc.poll() is not None:
+                raise AssertionError(f"the drill ended (exit {proc.returncode}) before a scratch container appeared")
+            return [c for c in client.containers.list(filters={"label": "io.coderz.backup.drill"})
+                    if not c.name.endswith("-prep")]
+
+        [c] = wait_until(scratch, timeout=120, interval=0.1,
+                         error=lambda _: AssertionError("no scratch container appeared within 120 s"))
         # a container of the production container's own image, with no network at all
         assert c.attrs["Image"] == s.pg.container.attrs["Image"]
         assert c.attrs["HostConfig"]["NetworkMode"] == "none"
@@ -270,8 +274,6 @@ def test_a_killed_docker_mode_drill_leaves_no_scratch_container_or_volume(docker
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _drill_leftovers(client):
-        time.sleep(0.3)
-    assert _drill_leftovers(client) == []
+    wait_until(lambda: not _drill_leftovers(client), timeout=60, interval=0.3,
+               error=lambda _: AssertionError(f"left behind after 60 s: {_drill_leftovers(client)}"))
     assert _production_state(s) == before

@@ -22,6 +22,7 @@ from standins.elasticsearch import EsStandin
 from standins.grafana import GrafanaStandin
 
 from coderz_backup.sandbox import PrometheusServer
+from coderz_backup.waiting import wait_until
 
 GF_AUTH = ("admin", "gf-admin-pw")
 ES_AUTH = ("elastic", "es-pw-123")
@@ -76,10 +77,8 @@ def full(stack, redis_server, tmp_path):
     _ax(ax.url, "PUT", "/upstreams/1", {"type": "roundrobin", "nodes": {"127.0.0.1:8080": 1}})
     for i in range(1, 13):
         _ax(ax.url, "PUT", f"/routes/{i}", {"uri": f"/api/{i}", "upstream_id": "1"})
-    deadline = time.monotonic() + 30
-    while not httpx.get(f"{prom.url}/api/v1/query", params={"query": "up"}).json()["data"]["result"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    wait_until(lambda: httpx.get(f"{prom.url}/api/v1/query", params={"query": "up"}).json()["data"]["result"],
+               timeout=30, interval=0.5, error=lambda _: AssertionError("Prometheus scraped nothing within 30 s"))
 
     # the data dirs beside the API exports, as on a real host: Grafana's SQLite grafana.db and
     # plugins, an Elasticsearch node's path.data

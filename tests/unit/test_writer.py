@@ -187,6 +187,35 @@ def test_a_big_artifact_compressed_on_every_core_is_one_plain_gzip_member(tmp_pa
     assert threading.active_count() == before   # the compression threads are gone
 
 
+def test_blocks_that_would_not_shrink_are_stored_and_the_rest_is_still_deflated(tmp_path):
+    """TSDB chunks and Lucene segments hardly shrink: their blocks go out as deflate stored
+    blocks (a copy, not a deflate pass); text beside them is compressed as before. The file
+    stays one gzip member every reader takes."""
+    import subprocess
+    import zlib
+
+    from coderz_backup.codecs import GZIP_BLOCK, incompressible
+
+    noise = os.urandom(3 * GZIP_BLOCK)
+    text = b"level=info msg=\"scrape ok\" target=node-exporter\n" * (2 * GZIP_BLOCK // 48)
+    assert incompressible(noise[:GZIP_BLOCK]) and not incompressible(text[:GZIP_BLOCK])
+
+    write_stream(tmp_path, "noise.tar.gz", [noise])
+    on_disk = (tmp_path / "noise.tar.gz").read_bytes()
+    # after the 10-byte gzip header: a stored block (BFINAL 0, BTYPE 00) of 65535 bytes
+    assert on_disk[10:15] == bytes([0, 0xFF, 0xFF, 0, 0]) and on_disk[15:15 + 65535] == noise[:65535]
+    assert len(on_disk) < len(noise) * 1.0001 + 64
+
+    data = noise[:GZIP_BLOCK] + text + noise[GZIP_BLOCK:2 * GZIP_BLOCK]
+    rec = write_stream(tmp_path, "mixed.tar.gz", (data[i:i + 10240] for i in range(0, len(data), 10240)))
+    on_disk = (tmp_path / "mixed.tar.gz").read_bytes()
+    assert rec.bytes < 2 * GZIP_BLOCK + len(text) // 10   # the text part still compresses
+    d = zlib.decompressobj(31)
+    assert d.decompress(on_disk) == data and d.eof and d.unused_data == b""
+    assert subprocess.run(["gzip", "-dc", str(tmp_path / "mixed.tar.gz")], capture_output=True,
+                          check=True).stdout == data
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_a_disk_that_fills_mid_artifact_fails_it_and_leaves_nothing_behind(tmp_path):
     import subprocess
