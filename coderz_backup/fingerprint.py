@@ -251,6 +251,7 @@ class TarCounter(StreamCounter):
     ``files``: regular files and hard links (after an extraction each is a file name);
     ``bytes``: the regular files' sizes (a hard link adds no bytes); ``dirs``, ``symlinks``.
     ``keep``: a predicate on member names whose contents (≤1 MiB) are kept in :attr:`kept`.
+    :attr:`tops`: the first path component of every member.
     """
 
     what = "tar fingerprint"
@@ -260,6 +261,7 @@ class TarCounter(StreamCounter):
         self.files = self.bytes = self.dirs = self.symlinks = self.hardlinks = 0
         self.keep = keep
         self.kept: dict[str, bytes] = {}
+        self.tops: set[str] = set()
         self._hdr = bytearray()
         self._skip = 0
         self._collect: tuple[str, int, int] | None = None   # (purpose, size, padding) while reading contents
@@ -330,6 +332,7 @@ class TarCounter(StreamCounter):
             size = int(pax["size"])
         name = pax.get("path") or longname or _header_name(h)
         name = name[2:] if name.startswith("./") else name
+        self.tops.add(name.split("/", 1)[0])
         if typ in (b"0", b"\0", b"7"):
             self.files += 1
             self.bytes += size

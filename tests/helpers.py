@@ -154,17 +154,22 @@ def task_runs(flow_run_id: str, names: set[str], timeout: float = 60) -> dict[st
     """
     from coderz_backup.waiting import wait_until
 
+    seen: dict[str, str] = {}
+
     def probe():
         resp = prefect_api("POST", "/task_runs/filter",
                            json={"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200})
         resp.raise_for_status()
         runs = {r["name"]: r for r in resp.json()}
+        seen.clear()
+        seen.update({name: r["state_type"] for name, r in runs.items()})
         final = all(r["state_type"] in FINAL_STATES and r["start_time"] and r["end_time"] for r in runs.values())
         return runs if names <= set(runs) and final else None
 
     return wait_until(probe, timeout=timeout, interval=0.3,
                       error=lambda last: AssertionError(f"the task runs of flow run {flow_run_id} were not all "
-                                                        f"final within {timeout:g}s (wanted {sorted(names)})"))
+                                                        f"final within {timeout:g}s (wanted {sorted(names)}; "
+                                                        f"there: {seen})"))
 
 
 def tar_bytes(members: list[tuple[str, str, str]]) -> bytes:

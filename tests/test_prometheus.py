@@ -18,7 +18,7 @@ from coderz_backup.services.prometheus import PrometheusConfig
 from coderz_backup.errors import ArtifactError, RestoreError, StoreError, VerifyError
 from coderz_backup.sandbox import PrometheusServer, free_port
 from coderz_backup.services import create
-from coderz_backup.services.prometheus import read_blocks
+from coderz_backup.services.prometheus import blocks_fingerprint, read_blocks
 
 
 @pytest.fixture
@@ -57,8 +57,9 @@ def test_snapshot_is_streamed_into_the_tarball_and_removed_from_the_data_dir(pro
     [res] = svc.backup(tmp_path / "snap")
     assert res.status == "ok" and res.path == "prometheus-snapshot.tar.gz"
     art = tmp_path / "snap" / res.path
-    blocks = read_blocks(art)
+    blocks = read_blocks(art)   # read back from disk: the blocks the backup took from the stream
     assert res.details["blocks"] == len(blocks) >= 1
+    assert res.fingerprint == blocks_fingerprint(blocks)
     with igzip.open(art) as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
         names = [m.name for m in tar]
     ulid = next(iter(blocks))

@@ -44,7 +44,7 @@ import httpx
 from pydantic import Field
 
 from ..access import ARCHIVE_ERRORS, CHUNK, HostFiles, SeenMembers, check_member, has
-from ..fingerprint import NotDrillable, safely
+from ..fingerprint import NotDrillable, TarCounter, safely
 from ..errors import AccessError, ArtifactError, CoderzBackupError, IncompleteArtifactError, RestoreError, VerifyError
 from ..reader import ArtifactPath, as_artifact
 from ..schema import ServiceBase
@@ -65,7 +65,7 @@ def read_blocks(artifact: ArtifactPath, *, allow_empty: bool = False) -> dict[st
 
     A snapshot without any block is refused unless ``allow_empty`` (an empty TSDB).
     """
-    blocks: dict[str, dict] = {}
+    metas: dict[str, bytes] = {}
     dirs: set[str] = set()
     seen = SeenMembers()
     try:
@@ -83,25 +83,42 @@ def read_blocks(artifact: ArtifactPath, *, allow_empty: bool = False) -> dict[st
                     dirs.add(top)
                 if member.isfile() and name == f"{top}/meta.json":
                     f = tar.extractfile(member)
-                    try:
-                        meta = json.loads(f.read(1 << 20))
-                        blocks[top] = {"minTime": int(meta["minTime"]), "maxTime": int(meta["maxTime"]),
-                                       "ulid": meta["ulid"], "samples": (meta.get("stats") or {}).get("numSamples"),
-                                       "series": (meta.get("stats") or {}).get("numSeries")}
-                    except (ValueError, KeyError, TypeError) as exc:
-                        raise VerifyError(f"{artifact.name}: {name} is not a block meta.json ({exc})") from None
+                    metas[top] = f.read(1 << 20)
                 elif member.isfile():
                     f = tar.extractfile(member)
                     while f and f.read(CHUNK):
                         pass
     except ARCHIVE_ERRORS as exc:
         raise VerifyError(f"{artifact.name}: archive is damaged ({exc})") from None
+    return blocks_of(artifact.name, metas, dirs, allow_empty=allow_empty)
+
+
+def blocks_of(what: str, metas: dict[str, bytes], dirs: set[str], *, allow_empty: bool) -> dict[str, dict]:
+    """``{ulid: meta}`` from the ``<ULID>/meta.json`` contents of a snapshot and its top-level
+    names (``dirs``; those that are no ULID are ignored). Raises VerifyError: a block without
+    its meta.json, a meta.json that is none, no block at all unless ``allow_empty``."""
+    blocks: dict[str, dict] = {}
+    for top, raw in metas.items():
+        name = f"{top}/meta.json"
+        try:
+            meta = json.loads(raw)
+            blocks[top] = {"minTime": int(meta["minTime"]), "maxTime": int(meta["maxTime"]),
+                           "ulid": meta["ulid"], "samples": (meta.get("stats") or {}).get("numSamples"),
+                           "series": (meta.get("stats") or {}).get("numSeries")}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise VerifyError(f"{what}: {name} is not a block meta.json ({exc})") from None
+    dirs = {d for d in dirs if ULID.match(d)}
     missing = sorted(dirs - set(blocks))
     if missing:
-        raise VerifyError(f"{artifact.name}: block(s) without meta.json: {', '.join(missing)}")
+        raise VerifyError(f"{what}: block(s) without meta.json: {', '.join(missing)}")
     if not blocks and not allow_empty:
-        raise VerifyError(f"{artifact.name}: no TSDB block in the snapshot")
+        raise VerifyError(f"{what}: no TSDB block in the snapshot")
     return blocks
+
+
+def _is_block_meta(name: str) -> bool:
+    top, _, rest = name.partition("/")   # as read_blocks takes it: <top>/meta.json
+    return rest == "meta.json" and bool(top)
 
 
 def blocks_fingerprint(blocks: dict[str, dict]) -> dict:
@@ -192,8 +209,10 @@ class PrometheusService(BaseService):
         empty_before = self._head_series() == 0 and not c.skip_head
         name = self._take_snapshot()
         snap_dir = f"{c.data_dir.rstrip('/')}/snapshots/{name}"
+        # the blocks' meta.json are read from the tar stream as it is written: no second pass
+        counter = TarCounter(keep=_is_block_meta)
         try:
-            rec, entries = write_tarball(self.access, snap_dir, into, self.artifact_path)
+            rec, entries = write_tarball(self.access, snap_dir, into, self.artifact_path, counter=counter)
         except AccessError as exc:
             raise ArtifactError(f"{self.name}: cannot read snapshot {name} from {snap_dir} via "
                                 f"{self.access.description}: {exc} (is data_dir the TSDB path?)") from None
@@ -205,7 +224,11 @@ class PrometheusService(BaseService):
         final = Path(into) / self.artifact_path
         try:
             # no block at all is fine only for a Prometheus that holds no data yet
-            blocks = read_blocks(final, allow_empty=empty_before)
+            if counter.result() is not None:
+                metas = {name.split("/", 1)[0]: body for name, body in counter.kept.items()}
+                blocks = blocks_of(self.artifact_path, metas, counter.tops, allow_empty=empty_before)
+            else:   # the stream could not be followed: read the written tarball back instead
+                blocks = read_blocks(final, allow_empty=empty_before)
         except VerifyError as exc:
             final.unlink(missing_ok=True)
             raise IncompleteArtifactError(f"{self.name}: snapshot {name}: {exc}") from None

@@ -133,3 +133,67 @@ def test_compare_names_each_difference():
         "keys: 31 in the manifest, 30 restored", "revision 40 in the manifest, 12 restored (older)"]
     assert compare({"blocks": 3, "series": 90, "samples": 10}, {"blocks": 1, "series": 30, "samples": 10}) == []
     assert compare(None, {}) == ["the manifest has no fingerprint for this artifact"]
+
+
+def _tsdb_tar(blocks: dict[str, dict | None]) -> bytes:
+    """A Prometheus snapshot tarball's stream: each block dir with chunks and index, and its
+    meta.json unless the value is None."""
+    import io
+    import json
+
+    from coderz_backup.tarfile_compat import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for ulid, meta in blocks.items():
+            d = tarfile.TarInfo(f"./{ulid}")
+            d.type = tarfile.DIRTYPE
+            tar.addfile(d)
+            add(f"./{ulid}/chunks/000001", os.urandom(3000))
+            add(f"./{ulid}/index", b"idx" * 100)
+            if meta is not None:
+                add(f"./{ulid}/meta.json", json.dumps(meta).encode())
+        add("./lock", b"")
+    return buf.getvalue()
+
+
+def test_prometheus_blocks_from_the_stream_are_the_blocks_read_back_from_the_file(tmp_path):
+    """The backup takes the blocks' meta.json from the tar stream as it is written (no second
+    pass); that gives exactly what reading the written tarball back gives, errors included."""
+    import pytest
+
+    from coderz_backup.errors import VerifyError
+    from coderz_backup.fingerprint import TarCounter
+    from coderz_backup.services.prometheus import _is_block_meta, blocks_of, read_blocks
+    from coderz_backup.writer import write_stream
+
+    a, b = "01HZAAAAAAAAAAAAAAAAAAAAAA", "01HZBBBBBBBBBBBBBBBBBBBBBB"
+    metas = {a: {"ulid": a, "minTime": 1000, "maxTime": 7201000, "stats": {"numSamples": 480, "numSeries": 2}},
+             b: {"ulid": b, "minTime": 7201000, "maxTime": 14401000, "stats": {"numSamples": 960, "numSeries": 4}}}
+
+    def both(blocks):
+        stream = _tsdb_tar(blocks)
+        counter = TarCounter(keep=_is_block_meta)
+        write_stream(tmp_path, "p.tar.gz", (stream[i:i + 777] for i in range(0, len(stream), 777)),
+                     observe=counter.observe)
+        assert counter.result() is not None
+        kept = {name.split("/", 1)[0]: body for name, body in counter.kept.items()}
+        return (lambda: blocks_of("p.tar.gz", kept, counter.tops, allow_empty=False),
+                lambda: read_blocks(tmp_path / "p.tar.gz"))
+
+    from_stream, from_file = both(metas)
+    assert from_stream() == from_file() and set(from_stream()) == {a, b}
+    assert from_stream()[b]["samples"] == 960
+
+    from_stream, from_file = both({a: metas[a], b: None})
+    for read in (from_stream, from_file):
+        with pytest.raises(VerifyError, match=f"block\\(s\\) without meta.json: {b}"):
+            read()
+    from_stream, from_file = both({a: {"ulid": a}})
+    for read in (from_stream, from_file):
+        with pytest.raises(VerifyError, match=f"{a}/meta.json is not a block meta.json"):
+            read()
