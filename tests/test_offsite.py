@@ -103,6 +103,19 @@ def test_fetch_on_a_new_host_brings_back_a_verified_snapshot_and_refuses_a_tampe
     assert "sha256 differs from the manifest" in refused.stderr and "refused, nothing kept" in refused.stderr
     assert not [p for p in other.iterdir() if not p.name.startswith(".coderz-backup.lock")]
 
+    # the disaster-recovery step on the same damaged copy: `restore --from` refuses it before any
+    # service is touched (exit 2), keeps nothing and makes no safety backup
+    a, _ = stack.dbs
+    with a.connect() as c:
+        c.execute("DELETE FROM flow_run WHERE id > 10")
+    restored = run_cli(["restore", snap.name, "--from", "usb", "--yes", "--dest", str(other),
+                        "--config", str(stack.config)], stack.env)
+    assert restored.returncode == 2, restored.stdout + restored.stderr
+    assert "sha256 differs from the manifest" in restored.stderr
+    assert not [p for p in other.iterdir() if not p.name.startswith(".coderz-backup.lock")]
+    with a.connect() as c:
+        assert c.execute("SELECT count(*) FROM flow_run").fetchone()[0] == 10   # not restored
+
     # a manifest changed on the drive no longer matches its signature: refused before any file is fetched
     manifest = drive / snap.name / MANIFEST
     manifest.write_text(manifest.read_text().replace('"status": "ok"', '"status": "ok" '))

@@ -12,11 +12,10 @@ import os
 import re
 import shlex
 import threading
-import time
 
 import pytest
 
-from helpers import decoded_subject, mail_parts, prefect_api, run_cli, with_email
+from helpers import decoded_subject, mail_parts, prefect_api, run_cli, task_runs, with_email
 from test_restore import _state, backed_up  # noqa: F401  (the fixture: one snapshot, then a "disaster")
 
 from coderz_backup.snapshot import SNAPSHOT_NAME
@@ -85,6 +84,10 @@ def test_plan_and_report_artifacts_are_on_the_prefect_api_with_the_promised_cont
     assert f"Safety backup of the state before this restore: `{safety}`" in rmd
     # the report the CLI printed is the one published
     assert rmd in res.stdout
+    # the task runs under the README's names ("In the Prefect UI"): one verify, one per service
+    services = {"postgres-prefect", "postgres-coderapi", "redis", "configs"}
+    runs = task_runs(run_id, {"verify-snapshot"} | {f"restore-{n}" for n in services})
+    assert {r["state_type"] for name, r in runs.items() if name.startswith(("verify-", "restore-"))} == {"COMPLETED"}
 
     # the safety backup publishes under its own keys, so the latest coderz-backup-report stays the nightly one
     safety_run = json.loads((s.dest / "safety-backups" / safety / "manifest.json").read_text())["flow_run_id"]
