@@ -228,3 +228,19 @@ def embedded_servers(home) -> list:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return out
+
+
+_HELD: list = []
+
+
+def refused_port() -> int:
+    """A 127.0.0.1 port where a connection is refused for the rest of the test session: a socket
+    is bound there and never listens, so no other process can take the port in the meantime
+    (a port that is merely free could be taken by the time the test connects)."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    return sock.getsockname()[1]
+

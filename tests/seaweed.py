@@ -41,11 +41,6 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def closed_port() -> int:
-    """A 127.0.0.1 port nothing listens on (bound and released: refused on connect)."""
-    return _free_ports(1)[0]
-
-
 class SeaweedS3:
     """``weed mini`` with its S3 gateway on ``endpoint``; ``client()`` is a boto3 client for it."""
 

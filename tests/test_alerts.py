@@ -5,13 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from helpers import decoded_subject as _decoded_subject
+from helpers import decoded_subject as _decoded_subject, refused_port
 from helpers import mail_parts as _parts
 from helpers import prefect_api, run_cli
 from helpers import with_email as _with_email
 
 from coderz_backup.report import human_size
-from coderz_backup.sandbox import free_port
 from coderz_backup.snapshot import SnapshotStore
 
 
@@ -69,7 +68,7 @@ def test_run_that_fails_before_a_snapshot_sends_the_red_alert(stack, smtp):
 
 
 def test_smtp_down_backup_still_completes_and_the_run_shows_it(stack):
-    _with_email(stack, free_port())  # nothing listens there
+    _with_email(stack, refused_port())  # connections refused there
     res = run_cli(["backup", "--config", str(stack.config)], stack.env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert stack.manifest()["status"] == "ok"

@@ -38,6 +38,7 @@ from coderz_backup.sandbox import free_port
 from coderz_backup.services import REGISTRY, create, expected_artifacts
 from coderz_backup.services.apisix import CREDENTIALS_NOTE_OFF, SSL_KEY_NOTE, ApisixService
 from coderz_backup.services.etcd import EtcdService
+from helpers import refused_port
 
 pytestmark = pytest.mark.skipif(not shutil.which("etcd"), reason="etcd-server not installed (scripts/setup.sh)")
 
@@ -350,7 +351,7 @@ def test_wrong_or_missing_key_fails_clearly_and_leaves_nothing(apisix, tmp_path)
 
 def test_unreachable_admin_api_says_so(tmp_path):
     with pytest.raises(ArtifactError, match="unreachable.*Admin API enabled"):
-        svc(type("X", (), {"url": f"http://127.0.0.1:{free_port()}"})).backup(tmp_path)
+        svc(type("X", (), {"url": f"http://127.0.0.1:{refused_port()}"})).backup(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Stack, pg_table, run_cli
+from helpers import Stack, pg_table, refused_port, run_cli
 
-from coderz_backup.sandbox import free_port
 from coderz_backup.snapshot import SNAPSHOT_NAME, SnapshotStore
 
 
@@ -74,7 +73,7 @@ def test_full_backup_prints_the_report_and_writes_a_complete_snapshot(stack):
 
 def test_postgres_down_marks_snapshot_partial_and_exits_1(stack):
     dead = stack.config.read_text().replace(f"port = {stack.dbs[1].server.port}\nuser = \"{stack.dbs[1].user}\"",
-                                            f"port = {free_port()}\nuser = \"{stack.dbs[1].user}\"")
+                                            f"port = {refused_port()}\nuser = \"{stack.dbs[1].user}\"")
     stack.config.write_text(dead)
     res = run_cli(["backup", "--config", str(stack.config)], stack.env)
     assert res.returncode == 1, res.stdout + res.stderr
@@ -112,7 +111,7 @@ def test_nothing_usable_exits_2_and_keeps_latest_and_old_snapshots(stack):
     (old / "manifest.json").write_text('{"status": "ok"}')
     os.symlink(old.name, stack.dest / "latest")
     stack.config.write_text(f'dest = "{stack.dest}"\nretries = 0\nkeep_days = 1\n'
-                            + f'[services.pg]\nkind = "postgres"\nport = {free_port()}\nuser = "x"\ndatabase = "x"\n')
+                            + f'[services.pg]\nkind = "postgres"\nport = {refused_port()}\nuser = "x"\ndatabase = "x"\n')
     res = run_cli(["backup", "--config", str(stack.config)], stack.env)
     assert res.returncode == 2, res.stdout + res.stderr
     assert "Backup FAILED" in res.stdout

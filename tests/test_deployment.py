@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import chromium, decoded_subject, mail_parts, prefect_api, task_runs, with_email
+from helpers import chromium, decoded_subject, mail_parts, prefect_api, refused_port, task_runs, with_email
 
 from coderz_backup.errors import AccessError, ConfigError
 from coderz_backup.setup import TEMPLATES_DIR, register_cli, run_cli, setup
@@ -125,9 +125,7 @@ def test_setup_errors_are_clear_and_exit_2(tmp_path, capsys):
     with pytest.raises(ConfigError, match="job_configuration"):
         setup("x", template=tmp_path / "bad.json")
 
-    from coderz_backup.sandbox import free_port
-
-    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{refused_port()}/api"}):
         with pytest.raises(AccessError, match="cannot reach the Prefect API"):
             setup("x")
         assert run_cli(_parse(["setup"])) == 2

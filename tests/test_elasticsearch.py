@@ -36,6 +36,7 @@ from coderz_backup.errors import (
 from coderz_backup.sandbox import free_port
 from coderz_backup.services import REGISTRY, expected_artifacts
 from coderz_backup.services.elasticsearch import ElasticsearchService
+from helpers import refused_port
 
 REGISTRY_HOST = os.environ.get("CODERZ_TEST_REGISTRY")
 ES_IMAGE = "elasticsearch:8.15.3"
@@ -333,7 +334,7 @@ def test_closed_indices_and_data_streams_are_named_not_silently_dropped(es, tmp_
 
 
 def test_unreachable_server(tmp_path):
-    svc = ElasticsearchService(NAME, ElasticsearchConfig(kind="elasticsearch", url=f"http://127.0.0.1:{free_port()}"),
+    svc = ElasticsearchService(NAME, ElasticsearchConfig(kind="elasticsearch", url=f"http://127.0.0.1:{refused_port()}"),
                                LocalAccess())
     with pytest.raises(ArtifactError, match="is unreachable"):
         svc.backup(tmp_path)

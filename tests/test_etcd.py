@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from etcd_server import ROOT_PW, EtcdServer, _b64
-from helpers import watch_argv
+from helpers import refused_port, watch_argv
 from pydantic import SecretStr
 
 from coderz_backup.access import LocalAccess
@@ -25,7 +25,6 @@ from coderz_backup.errors import (
     RestoreError,
     VerifyError,
 )
-from coderz_backup.sandbox import free_port
 from coderz_backup.services import REGISTRY, expected_artifacts
 from coderz_backup.services.etcd import EtcdService
 
@@ -162,7 +161,7 @@ def test_missing_credentials_on_auth_server_say_so(etcd_auth, tmp_path):
 
 @pytest.mark.parametrize("method", ["gateway", "etcdctl"])
 def test_server_down_fails_clearly(tmp_path, method):
-    svc = _svc(None, endpoint=f"http://127.0.0.1:{free_port()}", method=method)
+    svc = _svc(None, endpoint=f"http://127.0.0.1:{refused_port()}", method=method)
     with pytest.raises(ArtifactError, match="is unreachable"):
         svc.backup(tmp_path)
     assert list(tmp_path.iterdir()) == []

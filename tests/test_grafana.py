@@ -39,6 +39,7 @@ from coderz_backup.errors import (
 from coderz_backup.sandbox import free_port
 from coderz_backup.services import REGISTRY, expected_artifacts
 from coderz_backup.services.grafana import GrafanaService, safe_name
+from helpers import refused_port
 
 REGISTRY_HOST = os.environ.get("CODERZ_TEST_REGISTRY")
 GRAFANA_IMAGE = "grafana/grafana:11.3.0"
@@ -302,7 +303,7 @@ def test_basic_auth_works_and_bad_credentials_are_named(gf, tmp_path):
     assert "HTTP 403" in str(err.value) and "lacks permission" in str(err.value) and "Admin role" in str(err.value)
     assert not (tmp_path / "d" / "grafana").exists()
 
-    gone = _svc(gf, url=f"http://127.0.0.1:{free_port()}")
+    gone = _svc(gf, url=f"http://127.0.0.1:{refused_port()}")
     with pytest.raises(ArtifactError, match="unreachable"):
         gone.backup(tmp_path / "e")
 

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from helpers import run_cli
+from helpers import refused_port, run_cli
 
 from coderz_backup.monitor import read_textfile, render_metrics
 from coderz_backup.sandbox import PrometheusServer, free_port
@@ -138,7 +138,7 @@ def test_a_backup_whose_prefect_api_is_down_still_pings_fail_and_writes_status_2
     check = str(uuid.uuid4())
     prom = tmp_path / "textfile" / "coderz_backup.prom"
     prom.parent.mkdir()
-    env = dict(stack.env, PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api", CODERZ_BACKUP_API_TIMEOUT_S="2")
+    env = dict(stack.env, PREFECT_API_URL=f"http://127.0.0.1:{refused_port()}/api", CODERZ_BACKUP_API_TIMEOUT_S="2")
     with PingServer() as hc:
         _with_monitor(stack, f'ping_url = "http://127.0.0.1:{hc.port}/{check}"\ntextfile = "{prom}"\n')
         res = run_cli(["backup", "--config", str(stack.config)], env, timeout=120)
@@ -156,7 +156,7 @@ def test_a_ping_or_push_that_fails_never_fails_the_backup_and_the_report_says_so
     with PingServer(status=500) as hc, socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)   # connections complete in the kernel's backlog; nothing ever reads them
-        port = {"500": hc.port, "nothing listens": free_port(), "never answers": silent.getsockname()[1]}[answer]
+        port = {"500": hc.port, "nothing listens": refused_port(), "never answers": silent.getsockname()[1]}[answer]
         timeout = 1 if answer == "never answers" else 10
         _with_monitor(stack, f'ping_url = "http://127.0.0.1:{port}/{check}"\nping_timeout_s = {timeout}\n'
                              f'pushgateway = "http://127.0.0.1:{port}"\npushgateway_instance = "h1"\n')

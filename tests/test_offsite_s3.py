@@ -14,8 +14,7 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from helpers import run_cli
-from seaweed import closed_port
+from helpers import refused_port, run_cli
 
 from coderz_backup.errors import OffsiteError
 from coderz_backup.offsite import complete_snapshots, create
@@ -132,7 +131,7 @@ def test_fetch_refuses_a_tampered_object_and_brings_back_an_intact_snapshot(stac
 
 
 def test_an_unreachable_endpoint_makes_the_run_a_warning_with_a_clear_message(stack, seaweed):
-    port = closed_port()
+    port = refused_port()
     _with_s3(stack, seaweed, "coderz-nowhere", endpoint=f"http://127.0.0.1:{port}")
     res, snap = _backup(stack)
     assert res.returncode == 1, res.stdout + res.stderr

@@ -4,7 +4,6 @@ down, failing or silent. Nothing may hang, and nothing may be left running."""
 from __future__ import annotations
 
 import http.server
-import os
 import signal
 import socket
 import subprocess
@@ -14,7 +13,7 @@ import time
 
 import pytest
 
-from helpers import decoded_subject, embedded_servers, run_cli, with_email
+from helpers import decoded_subject, embedded_servers, refused_port, run_cli, with_email
 
 
 
@@ -102,12 +101,11 @@ class _Erroring(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize("api", ["dead", "erroring", "silent"])
 def test_an_unusable_api_is_exit_2_with_one_clear_line_and_the_red_mail(stack, smtp, api):
-    from coderz_backup.sandbox import free_port
 
     with_email(stack, smtp.port)
     keep = None
     if api == "dead":
-        port = free_port()
+        port = refused_port()
     elif api == "silent":
         keep = _Silent()
         port = keep.port

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import watch_argv
+from helpers import refused_port, watch_argv
 
 from coderz_backup.access import LocalAccess
 from coderz_backup.errors import ArtifactError, RestoreError, VerifyError
@@ -99,10 +99,9 @@ def test_wrong_password_fails_with_pg_dump_message_and_no_file(make_db, tmp_path
 
 
 def test_server_down_fails_clearly(make_db, tmp_path):
-    from coderz_backup.sandbox import free_port
 
     db = make_db()
-    svc = PostgresService("pg", db.service_config(port=free_port()), LocalAccess())
+    svc = PostgresService("pg", db.service_config(port=refused_port()), LocalAccess())
     with pytest.raises(ArtifactError, match="pg_dump .*exited with status 1.*(refused|connect)"):
         svc.backup(tmp_path)
     assert list(tmp_path.iterdir()) == []
