@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Stack, pg_table, refused_port, run_cli
+from helpers import Stack, decoded_subject, pg_table, refused_port, run_cli, with_email
 
 from coderz_backup.snapshot import SNAPSHOT_NAME, SnapshotStore
 
@@ -105,18 +105,25 @@ def test_flow_state_is_failed_with_count_when_an_artifact_fails(stack):
     assert state.message == "1 of 4 artifacts failed"
 
 
-def test_nothing_usable_exits_2_and_keeps_latest_and_old_snapshots(stack):
+def test_nothing_usable_exits_2_and_keeps_latest_and_old_snapshots(stack, smtp):
     old = stack.dest / "2020-01-01_03-00-00"
     old.mkdir(parents=True)
     (old / "manifest.json").write_text('{"status": "ok"}')
     os.symlink(old.name, stack.dest / "latest")
     stack.config.write_text(f'dest = "{stack.dest}"\nretries = 0\nkeep_days = 1\n'
                             + f'[services.pg]\nkind = "postgres"\nport = {refused_port()}\nuser = "x"\ndatabase = "x"\n')
+    with_email(stack, smtp.port)
     res = run_cli(["backup", "--config", str(stack.config)], stack.env)
     assert res.returncode == 2, res.stdout + res.stderr
     assert "Backup FAILED" in res.stdout
     assert os.readlink(stack.dest / "latest") == old.name
     assert old.exists()  # rotation never runs when nothing usable was produced
+    # the failed run's folder is kept for its log (README "Snapshots"), and the mail is the 🔴 one
+    [failed] = [p for p in stack.snapshots() if p.name != old.name]
+    assert json.loads((failed / "manifest.json").read_text())["status"] == "failed"
+    assert "pg" in (failed / "backup.log").read_text()
+    [(_, msg)] = smtp.messages
+    assert decoded_subject(msg).startswith("🔴 Coderz Backup FAILED on ")
 
 
 def test_second_run_while_locked_exits_2_with_clear_message(stack):

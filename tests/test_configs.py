@@ -62,6 +62,12 @@ def test_configs_round_trip_keeps_bytes_modes_owners_and_links(tmp_path):
     expected = {k: v for k, v in _listing(conf).items() if not k.startswith("cache") and k != "debug.log"}
     assert _listing(restored) == expected
 
+    # a second restore over it: a file made since, which the archive does not have, is left in place
+    (restored / "added-after-the-backup.yml").write_text("kept: true\n")
+    svc.restore(snap / "configs.tar.gz", target=target)
+    assert (restored / "added-after-the-backup.yml").read_text() == "kept: true\n"
+    assert {k: v for k, v in _listing(restored).items() if k != "added-after-the-backup.yml"} == expected
+
 
 def test_missing_path_fails_the_artifact(tmp_path):
     svc = ConfigsService("configs", ConfigsConfig(kind="configs", paths=[str(tmp_path / "nope")]), LocalAccess())
