@@ -109,6 +109,19 @@ _DUMPED_BY = b"-- Dumped by pg_dump version "
 _LONG_LINE = 4 << 20          # a DDL line longer than this cannot be a COPY line we need
 
 
+_LONG_ROW = 48               # mean COPY row length (bytes) from which memchr-counting pays
+
+
+def _end_marker(block: bytes, pos: int) -> int:
+    """``block.find(b"\\n\\\\.\\n", pos)``, faster: every end marker holds a backslash, so the
+    search starts at the first backslash (memchr, ~20× faster than the 4-byte search). Most table
+    data has none; data full of escapes costs one extra memchr."""
+    i = block.find(b"\\", pos)
+    if i < 0:
+        return -1
+    return block.find(b"\n\\.\n", max(pos, i - 1))
+
+
 def _unquote(qualified: bytes) -> str:
     """The table name as the catalog spells it: quotes removed, doubled quotes undone."""
     parts = [(m.group(1).replace(b'""', b'"') if m.group(1) is not None else m.group(2))
@@ -139,6 +152,7 @@ class PgDumpCounter(StreamCounter):
         self._carry = b""                # the partial last line (outside COPY: all of it, ≤ _LONG_LINE)
         self._midline = False            # inside COPY: the carried partial line is longer than 2 bytes
         self._skip_line = False          # outside COPY: the partial line is too long to matter
+        self._long_rows = False          # the last long piece of COPY data had long rows: count by memchr
 
     def _feed(self, data: bytes) -> None:
         start = 0
@@ -162,12 +176,12 @@ class PgDumpCounter(StreamCounter):
                 if block.startswith(b"\\.\n", pos):
                     stop = pos
                 else:
-                    i = block.find(b"\n\\.\n", pos)
+                    i = _end_marker(block, pos)
                     stop = i + 1 if i >= 0 else -1
                 if stop < 0:
                     last = block.rfind(b"\n", pos) + 1      # rows complete in this block
                     if last > pos:
-                        self._rows += block.count(b"\n", pos, last)
+                        self._rows += self._count_rows(block, pos, last)
                     else:
                         last = pos
                     rest = block[last:last + 3]
@@ -176,7 +190,7 @@ class PgDumpCounter(StreamCounter):
                     else:
                         self._carry = bytes(rest)
                     return
-                self._rows += block.count(b"\n", pos, stop)
+                self._rows += self._count_rows(block, pos, stop)
                 self.tables[self._table] = self.tables.get(self._table, 0) + self._rows
                 self._table, self._rows = None, 0
                 pos = stop + 3
@@ -201,6 +215,21 @@ class PgDumpCounter(StreamCounter):
                     if hdr >= 0 and (nxt < 0 or hdr < nxt):
                         nxt = hdr
                 pos = (block.rfind(b"\n", nl) if nxt < 0 else nxt) + 1
+
+    def _count_rows(self, block: bytes, start: int, stop: int) -> int:
+        """Newlines in ``block[start:stop]``. ``bytes.count`` tests every byte (≈1 GB/s here);
+        ``replace`` jumps from newline to newline with memchr, 2.5× faster on rows of ~100 bytes
+        and 10× slower on rows of 2. The mean row length of the last long piece decides."""
+        if not self._long_rows:
+            n = block.count(b"\n", start, stop)
+        elif start < 4096 and block.find(b"\n", stop) < 0:   # the usual piece: the whole block but its ends
+            n = len(block) - len(block.replace(b"\n", b"")) - block.count(b"\n", 0, start)
+        else:
+            part = block[start:stop]
+            n = len(part) - len(part.replace(b"\n", b""))
+        if stop - start >= 1 << 16:   # a piece long enough to judge the rows by: the next one likely alike
+            self._long_rows = stop - start >= _LONG_ROW * n
+        return n
 
     def _line(self, line: bytes) -> None:
         if line.startswith(b"COPY "):

@@ -6,6 +6,7 @@ import io
 import os
 from coderz_backup.tarfile_compat import tarfile
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -61,6 +62,34 @@ def test_rows_with_any_escaped_values(rows, size):
             + b"\\.\n\nCOPY public.u (a) FROM stdin;\n\\.\n")
     fp = pg_dump_fingerprint([dump[i:i + size] for i in range(0, len(dump), size)])
     assert fp == {"server_version": "16.2", "tables": {"public.t": len(rows), "public.u": 0}}
+
+
+def _dump_of(tables: list[tuple[int, int, bool]]) -> tuple[bytes, dict]:
+    parts, expected = [b"-- Dumped from database version 15.1\n"], {}
+    for n, (width, rows, escapes) in enumerate(tables):
+        value = (b"x\\.y\\n" if escapes else b"") + b"v" * width
+        parts.append(b"COPY public.t%d (a) FROM stdin;\n" % n + b"".join(b"%d\t" % r + value + b"\n"
+                                                                        for r in range(rows)) + b"\\.\n\n")
+        expected[f"public.t{n}"] = rows
+    return b"".join(parts), {"server_version": "15.1", "tables": expected}
+
+
+@pytest.mark.parametrize("size", [1 << 20, 100_003, 65_536, 4093])
+def test_tables_of_long_and_short_rows_in_big_chunks(size):
+    """The counter switches between two ways of counting rows by their length (judged on pieces
+    of ≥ 64 KiB): long rows, short rows, long rows with escapes, at the writer's chunk size and others."""
+    dump, expected = _dump_of([(100, 25_000, False), (0, 150_000, False), (300, 5_000, True), (60, 30_000, False),
+                               (1, 3, False)])
+    assert pg_dump_fingerprint([dump[i:i + size] for i in range(0, len(dump), size)]) == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(min_value=1, max_value=300), st.integers(min_value=0, max_value=3000),
+                          st.booleans()), min_size=1, max_size=5),
+       st.sampled_from([1 << 20, 65536, 65537, 4093]))
+def test_any_mix_of_row_lengths_gives_the_same_counts(tables, size):
+    dump, expected = _dump_of(tables)
+    assert pg_dump_fingerprint([dump[i:i + size] for i in range(0, len(dump), size)]) == expected
 
 
 def test_a_dump_cut_inside_table_data_has_no_fingerprint():
