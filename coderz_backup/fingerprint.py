@@ -107,9 +107,7 @@ _IDENT = re.compile(rb'"((?:[^"]|"")*)"|([^."]+)')
 _DUMPED_FROM = b"-- Dumped from database version "
 _DUMPED_BY = b"-- Dumped by pg_dump version "
 _LONG_LINE = 4 << 20          # a DDL line longer than this cannot be a COPY line we need
-
-
-_LONG_ROW = 48               # mean COPY row length (bytes) from which memchr-counting pays
+_LONG_ROW = 48                # mean COPY row length (bytes) from which memchr-counting pays
 
 
 def _end_marker(block: bytes, pos: int) -> int:

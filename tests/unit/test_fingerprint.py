@@ -32,6 +32,10 @@ EXPECTED = {"pg_dump_version": "15.14", "server_version": "15.10",
             "tables": {'Other Schema.Odd "T"': 2, "public.empty": 0, "public.last": 0, "public.users": 6}}
 
 
+def _chunked(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
 def test_a_whole_dump():
     assert pg_dump_fingerprint([DUMP]) == EXPECTED
 
@@ -60,7 +64,7 @@ def test_rows_with_any_escaped_values(rows, size):
     body = "".join("\t".join(esc(v) for v in row) + "\n" for row in rows)
     dump = (b"-- Dumped from database version 16.2\nCOPY public.t (a) FROM stdin;\n" + body.encode()
             + b"\\.\n\nCOPY public.u (a) FROM stdin;\n\\.\n")
-    fp = pg_dump_fingerprint([dump[i:i + size] for i in range(0, len(dump), size)])
+    fp = pg_dump_fingerprint(_chunked(dump, size))
     assert fp == {"server_version": "16.2", "tables": {"public.t": len(rows), "public.u": 0}}
 
 
@@ -80,7 +84,7 @@ def test_tables_of_long_and_short_rows_in_big_chunks(size):
     of ≥ 64 KiB): long rows, short rows, long rows with escapes, at the writer's chunk size and others."""
     dump, expected = _dump_of([(100, 25_000, False), (0, 150_000, False), (300, 5_000, True), (60, 30_000, False),
                                (1, 3, False)])
-    assert pg_dump_fingerprint([dump[i:i + size] for i in range(0, len(dump), size)]) == expected
+    assert pg_dump_fingerprint(_chunked(dump, size)) == expected
 
 
 @settings(max_examples=40, deadline=None)
@@ -89,7 +93,7 @@ def test_tables_of_long_and_short_rows_in_big_chunks(size):
        st.sampled_from([1 << 20, 65536, 65537, 4093]))
 def test_any_mix_of_row_lengths_gives_the_same_counts(tables, size):
     dump, expected = _dump_of(tables)
-    assert pg_dump_fingerprint([dump[i:i + size] for i in range(0, len(dump), size)]) == expected
+    assert pg_dump_fingerprint(_chunked(dump, size)) == expected
 
 
 def test_a_dump_cut_inside_table_data_has_no_fingerprint():
